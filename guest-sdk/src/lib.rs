@@ -120,8 +120,7 @@ impl Event {
     /// The payload as JSON, parsed on first use. An unparsable payload (the
     /// host never sends one) reads as `null`.
     pub fn payload(&self) -> &Value {
-        self.payload
-            .get_or_init(|| serde_json::from_str(&self.payload_text).unwrap_or(Value::Null))
+        self.payload.get_or_init(|| serde_json::from_str(&self.payload_text).unwrap_or(Value::Null))
     }
 
     /// The payload for changing in place.
@@ -291,16 +290,8 @@ impl Outcome {
 
     /// Refuse the event because of one field (dotted path, e.g.
     /// `event_payload.email`).
-    pub fn reject_field(
-        code: impl Into<String>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Outcome {
-        Outcome::Reject(Rejection {
-            code: code.into(),
-            message: message.into(),
-            field: Some(field.into()),
-        })
+    pub fn reject_field(code: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Outcome {
+        Outcome::Reject(Rejection { code: code.into(), message: message.into(), field: Some(field.into()) })
     }
 }
 
@@ -309,24 +300,21 @@ impl From<Outcome> for wit::Outcome {
         match outcome {
             Outcome::Keep(events) => wit::Outcome::Keep(events.into_iter().map(Into::into).collect()),
             Outcome::Drop(reason) => wit::Outcome::Drop(reason),
-            Outcome::Reject(r) => wit::Outcome::Reject(wit::Rejection {
-                code: r.code,
-                message: r.message,
-                field: r.field,
-            }),
+            Outcome::Reject(r) => {
+                wit::Outcome::Reject(wit::Rejection { code: r.code, message: r.message, field: r.field })
+            }
         }
     }
 }
 
 /// Structured logging into the host's per-plugin log.
 pub mod log {
-    pub use crate::bindings::sluice::plugin::types::Level;
     use crate::bindings::sluice::plugin::log as host;
+    pub use crate::bindings::sluice::plugin::types::Level;
 
     /// Log a message with key/value fields.
     pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<(String, String)> =
-            fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         host::log(level, message, &fields);
     }
 
@@ -377,10 +365,7 @@ pub fn __process(events: Vec<wit::Event>) -> Vec<wit::Outcome> {
     let events: Vec<Event> = events.into_iter().map(Into::into).collect();
     let outcomes = INSTANCE.with(|slot| match slot.borrow_mut().as_mut() {
         Some(plugin) => plugin.process_batch(events),
-        None => events
-            .iter()
-            .map(|_| Outcome::reject("not_initialized", "plugin called before init"))
-            .collect(),
+        None => events.iter().map(|_| Outcome::reject("not_initialized", "plugin called before init")).collect(),
     });
     outcomes.into_iter().map(Into::into).collect()
 }

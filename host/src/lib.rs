@@ -1,1 +1,26 @@
+//! Sluice runs customers' sandboxed WebAssembly plugins on a live stream of
+//! events and stores what comes out in DuckDB.
+//!
+//! A tour, in the order data flows:
+//! - [`api`]: the HTTP edge; routes, the one `ApiError`, extractors.
+//! - [`auth`]: tenants and tokens (stored as hashes); who is calling.
+//! - [`event`]: the canonical event every API family is normalized into.
+//! - [`pipeline`]: each tenant's plugin chain; running events through it
+//!   under failure policies; installing and configuring plugins.
+//! - [`runtime`]: the wasmtime sandbox; compiling, limits, calls, faults.
+//! - [`store`]: DuckDB behind one narrow interface; group-committing writer,
+//!   listing, control-plane tables.
+//! - [`config`] and [`startup`]: settings and the `Application` that ties the
+//!   rest together.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod event;
+pub mod pipeline;
+pub mod runtime;
+pub mod startup;
+pub mod store;
+
+pub use config::Settings;
+pub use startup::Application;

@@ -30,9 +30,8 @@ impl Plugin for CustomerPrefix {
             None => {}
             Some(Value::Object(map)) => {
                 for (field, values) in map {
-                    let values = values
-                        .as_array()
-                        .ok_or_else(|| format!("config.match.{field} must be a list of values"))?;
+                    let values =
+                        values.as_array().ok_or_else(|| format!("config.match.{field} must be a list of values"))?;
                     rules.push((field.clone(), values.clone()));
                 }
             }
@@ -42,9 +41,10 @@ impl Plugin for CustomerPrefix {
     }
 
     fn process(&mut self, mut event: Event) -> Outcome {
-        let customer_created = self.rules.iter().all(|(field, accepted)| {
-            event.field(field).is_some_and(|value| accepted.contains(&value))
-        });
+        let customer_created = self
+            .rules
+            .iter()
+            .all(|(field, accepted)| event.field(field).is_some_and(|value| accepted.contains(&value)));
         if customer_created && !event.name.starts_with(&self.prefix) {
             event.name = format!("{}{}", self.prefix, event.name);
         }

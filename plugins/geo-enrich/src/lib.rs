@@ -52,7 +52,8 @@ impl Plugin for GeoEnrich {
             Some(_) => Err(format!("config.{key} must be a string")),
         };
         let table = config["table"].as_array().ok_or("config.table must be a list")?;
-        let mut table: Vec<Entry> = table.iter().enumerate().map(|(i, e)| parse_entry(i, e)).collect::<Result<_, _>>()?;
+        let mut table: Vec<Entry> =
+            table.iter().enumerate().map(|(i, e)| parse_entry(i, e)).collect::<Result<_, _>>()?;
         table.sort_by(|a, b| b.bits.cmp(&a.bits));
         Ok(GeoEnrich { from: text("from", "ip_address")?, into: text("into", "geo")?, table })
     }
@@ -61,9 +62,10 @@ impl Plugin for GeoEnrich {
         let Some(addr) = event.field(&self.from).and_then(|v| v.as_str()?.parse::<IpAddr>().ok()) else {
             return Outcome::keep(event);
         };
-        let found = self.table.iter().find(|e| {
-            e.network.is_ipv4() == addr.is_ipv4() && mask(e.network, e.bits) == mask(addr, e.bits)
-        });
+        let found = self
+            .table
+            .iter()
+            .find(|e| e.network.is_ipv4() == addr.is_ipv4() && mask(e.network, e.bits) == mask(addr, e.bits));
         if let Some(entry) = found {
             if let Value::Object(payload) = event.payload_mut() {
                 payload.insert(self.into.clone(), Value::Object(entry.fields.clone()));

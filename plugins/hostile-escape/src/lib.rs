@@ -21,10 +21,7 @@ impl Plugin for Escape {
             Ok(entries) => format!("listed {} entries", entries.count()),
             Err(e) => format!("denied: {e}"),
         };
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let start = std::time::Instant::now();
         let mut spin: u64 = 0;
         for i in 0..1_000_000u64 {

@@ -39,9 +39,7 @@ impl Guest for Hostile {
                 }
                 "fanout" => {
                     let copies = config("copies").as_u64().unwrap_or(100_000) as usize;
-                    let fan = (0..copies)
-                        .map(|i| Event { id: format!("{}-{i}", event.id), ..event.clone() })
-                        .collect();
+                    let fan = (0..copies).map(|i| Event { id: format!("{}-{i}", event.id), ..event.clone() }).collect();
                     Outcome::Keep(fan)
                 }
                 "tenant" => {

@@ -31,7 +31,9 @@ fn parse_rule(i: usize, rule: &Value) -> Result<Rule, String> {
     let field = rule["field"].as_str().ok_or_else(|| format!("{} must be a string", at("field")))?;
     let length = |key: &str| match rule.get(key) {
         None => Ok(None),
-        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| format!("{} must be a non-negative integer", at(key))),
+        Some(v) => {
+            v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| format!("{} must be a non-negative integer", at(key)))
+        }
     };
     let pattern = match rule.get("pattern") {
         None => None,
@@ -96,11 +98,8 @@ impl Plugin for SchemaGuard {
     }
 
     fn process(&mut self, event: Event) -> Outcome {
-        let errors: Vec<(&str, String)> = self
-            .rules
-            .iter()
-            .filter_map(|rule| rule.check(&event).map(|msg| (rule.field.as_str(), msg)))
-            .collect();
+        let errors: Vec<(&str, String)> =
+            self.rules.iter().filter_map(|rule| rule.check(&event).map(|msg| (rule.field.as_str(), msg))).collect();
         match errors.first() {
             None => Outcome::keep(event),
             Some((field, _)) => {

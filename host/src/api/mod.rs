@@ -1,0 +1,216 @@
+//! The HTTP edge: routes, the one error type, and the extractors that turn
+//! requests into typed input (or into the endpoint's error shape).
+//!
+//! Errors follow the FastAPI shapes of the listing document (002) for the
+//! `/v1/...` endpoints: `{"detail": [{"loc", "msg", "type"}]}` for invalid
+//! input (422) and `{"detail": "message"}` otherwise.
+
+mod audit;
+mod events;
+mod plugins;
+mod tenants;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::auth::{Auth, Principal};
+use crate::config::Settings;
+use crate::pipeline::{Pipeline, PluginError};
+use crate::store::{EventStore, StoreError};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: EventStore,
+    pub pipeline: Arc<Pipeline>,
+    pub auth: Arc<Auth>,
+    pub settings: Arc<Settings>,
+}
+
+/// One entry of a 422 `detail` list.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FieldError {
+    pub loc: Vec<Value>,
+    pub msg: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl FieldError {
+    pub fn new(loc: Vec<Value>, msg: impl Into<String>, kind: &str) -> FieldError {
+        FieldError { loc, msg: msg.into(), kind: kind.to_string() }
+    }
+}
+
+/// Every error a handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid input")]
+    Validation(Vec<FieldError>),
+    #[error("not authenticated")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(loc: Vec<Value>, msg: impl Into<String>, kind: &str) -> ApiError {
+        ApiError::Validation(vec![FieldError::new(loc, msg, kind)])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = match &self {
+            ApiError::Validation(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!(errors)),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!(m)),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!(m)),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!(m)),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!(m)),
+            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(m)),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, json!(m)),
+            ApiError::Internal(m) => {
+                // Logged once here; the client gets no internals.
+                tracing::error!(error = %m, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!("internal error"))
+            }
+        };
+        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        match self {
+            ApiError::Unauthorized => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Overloaded => ApiError::Unavailable("the store is overloaded; retry later".into()),
+            StoreError::BadCursor => {
+                ApiError::field(vec!["query".into(), "cursor".into()], "Invalid cursor", "value_error")
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<PluginError> for ApiError {
+    fn from(e: PluginError) -> Self {
+        match e {
+            PluginError::Upload(u) => ApiError::field(vec!["body".into()], u.to_string(), "invalid_plugin"),
+            PluginError::NotFound(name) => ApiError::NotFound(format!("plugin not found: {name}")),
+            PluginError::Invalid(field, msg) => {
+                let loc = std::iter::once("body".into()).chain(field.split('.').map(Value::from)).collect();
+                ApiError::field(loc, msg, "value_error")
+            }
+            PluginError::Store(s) => s.into(),
+            PluginError::Host(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// The caller, from `Authorization: Bearer <token>` or `X-API-Key: <token>`.
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let secret = bearer.or(key).map(str::trim).filter(|s| !s.is_empty()).ok_or(ApiError::Unauthorized)?;
+        state.auth.authenticate(secret).await?.ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// Refuse the call unless the caller holds `scope`.
+///
+/// # Errors
+///
+/// [`ApiError::Forbidden`] naming the missing scope.
+pub fn require(principal: &Principal, scope: &str) -> Result<(), ApiError> {
+    if principal.has(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("missing scope: {scope}")))
+    }
+}
+
+/// Parse a JSON body, turning every failure into a 422 naming where it broke.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let mut loc: Vec<Value> = vec!["body".into()];
+        for segment in e.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => loc.push((*index).into()),
+                serde_path_to_error::Segment::Map { key } => loc.push(key.clone().into()),
+                serde_path_to_error::Segment::Enum { variant } => loc.push(variant.clone().into()),
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let inner = e.into_inner();
+        let kind = if inner.is_syntax() || inner.is_eof() { "json_invalid" } else { "value_error" };
+        ApiError::field(loc, inner.to_string(), kind)
+    })
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "database": state.store.path().display().to_string() }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("Not Found".into())
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes.max(state.settings.max_plugin_bytes);
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/events", post(events::ingest))
+        .route("/v1/audit/events", get(audit::list))
+        .route("/v1/audit/events/{id}", get(audit::get_one))
+        .route("/v1/plugins", post(plugins::upload).get(plugins::list))
+        .route("/v1/plugins/{name}", get(plugins::get_one).patch(plugins::update))
+        .route("/v1/plugins/{name}/versions", get(plugins::versions))
+        .route("/v1/plugins/{name}/logs", get(plugins::logs))
+        .route("/v1/dead-letters", get(plugins::dead_letters))
+        .route("/v1/tenants", post(tenants::create))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

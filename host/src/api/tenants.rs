@@ -1,0 +1,42 @@
+//! `POST /v1/tenants` (admin of the default tenant): create a tenant and its
+//! first admin token.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{parse_json, require, ApiError, AppState};
+use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require(&principal, ADMIN_SCOPE)?;
+    if principal.tenant != DEFAULT_TENANT {
+        return Err(ApiError::Forbidden("only the default tenant's admin may create tenants".into()));
+    }
+    let new: NewTenant = parse_json(&body)?;
+    let valid = (1..=64).contains(&new.id.len())
+        && new.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ApiError::field(
+            vec!["body".into(), "id".into()],
+            "Tenant ids are 1..64 characters of a-z, 0-9, '-' and '_'",
+            "string_pattern_mismatch",
+        ));
+    }
+    match state.auth.create_tenant(&new.id).await? {
+        Some(token) => Ok((StatusCode::CREATED, Json(json!({ "id": new.id, "admin_token": token })))),
+        None => Err(ApiError::Conflict(format!("tenant {} already exists", new.id))),
+    }
+}

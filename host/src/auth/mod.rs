@@ -1,0 +1,128 @@
+//! Tenants and tokens: who is calling and what they may do. Tokens are stored
+//! only as SHA-256 hashes.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use parking_lot::RwLock;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::store::{EventStore, StoreError, TokenRecord};
+
+/// The tenant that exists from the first start; the bootstrap admin token
+/// belongs to it.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The scope that grants everything, including creating tenants.
+pub const ADMIN_SCOPE: &str = "admin";
+
+/// How long a looked-up token is trusted without asking the store again.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub tenant: String,
+    pub token_name: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the caller holds `scope` (or `admin`).
+    pub fn has(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope || s == ADMIN_SCOPE)
+    }
+}
+
+/// A new random token secret.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("sl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub fn hash_token(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Resolves tokens to principals, with a short cache in front of the store.
+pub struct Auth {
+    store: EventStore,
+    cache: RwLock<HashMap<String, (Option<Principal>, Instant)>>,
+}
+
+impl Auth {
+    pub fn new(store: EventStore) -> Auth {
+        Auth { store, cache: RwLock::new(HashMap::new()) }
+    }
+
+    /// The principal of a token secret, or `None` for an unknown or revoked
+    /// token.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
+        let hash = hash_token(secret);
+        if let Some((principal, at)) = self.cache.read().get(&hash) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(principal.clone());
+            }
+        }
+        let principal = self.store.find_token(hash.clone()).await?.map(|r| Principal {
+            tenant: r.tenant,
+            token_name: r.name,
+            scopes: r.scopes,
+        });
+        let mut cache = self.cache.write();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(hash, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    /// Create a tenant and an admin token for it. Returns the token secret,
+    /// or `None` when the tenant already exists.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn create_tenant(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        if !self.store.create_tenant(tenant.to_string()).await? {
+            return Ok(None);
+        }
+        let secret = generate_token();
+        let record = TokenRecord { tenant: tenant.to_string(), name: "admin".into(), scopes: vec![ADMIN_SCOPE.into()] };
+        self.store.put_token(hash_token(&secret), record).await?;
+        Ok(Some(secret))
+    }
+
+    /// Make sure the default tenant and its admin token exist. With a
+    /// configured token, that token is (re)registered; without one, the first
+    /// start generates a token and returns it to be shown once.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn bootstrap(&self, configured: Option<&str>) -> Result<Option<String>, StoreError> {
+        self.store.create_tenant(DEFAULT_TENANT.to_string()).await?;
+        let record = TokenRecord {
+            tenant: DEFAULT_TENANT.into(),
+            name: "bootstrap-admin".into(),
+            scopes: vec![ADMIN_SCOPE.into()],
+        };
+        if let Some(secret) = configured {
+            self.store.put_token(hash_token(secret), record).await?;
+            return Ok(None);
+        }
+        if self.store.has_tokens()? {
+            return Ok(None);
+        }
+        let secret = generate_token();
+        self.store.put_token(hash_token(&secret), record).await?;
+        Ok(Some(secret))
+    }
+}

@@ -1,0 +1,183 @@
+//! A plugin installed for one tenant: its settings, its instances and its
+//! health (consecutive failures, automatic disabling).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::Event;
+use crate::runtime::{CompiledPlugin, PluginFault, PluginInstances, PluginLimits};
+
+/// What happens to events when a plugin faults (trap, timeout, limit, bad
+/// output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Fail closed: the events are refused and the client gets an error.
+    #[default]
+    Reject,
+    /// Fail open: the events continue down the chain without this plugin.
+    Skip,
+    /// The untransformed events go to the dead-letter table with the reason,
+    /// to be inspected and replayed.
+    DeadLetter,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn five() -> u32 {
+    5
+}
+
+/// The persisted settings of an installation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// The installed version (1, 2, ...) and its content hash.
+    pub version: u32,
+    pub sha256: String,
+    /// Whether the plugin runs. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Place in the chain; lower runs first, ties by name. New plugins go last.
+    #[serde(default)]
+    pub position: i32,
+    /// The JSON config handed to the plugin's `init`. Default `{}`.
+    #[serde(default = "empty_object")]
+    pub config: Value,
+    #[serde(default)]
+    pub limits: PluginLimits,
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Families the plugin sees; empty means all.
+    #[serde(default)]
+    pub families: Vec<String>,
+    /// Consecutive failed calls after which the plugin is disabled. Default 5.
+    #[serde(default = "five")]
+    pub max_consecutive_failures: u32,
+    /// Why the host disabled the plugin, if it did.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+}
+
+impl PluginSettings {
+    pub fn new(version: u32, sha256: String, position: i32) -> Self {
+        PluginSettings {
+            version,
+            sha256,
+            enabled: true,
+            position,
+            config: empty_object(),
+            limits: PluginLimits::default(),
+            failure_policy: FailurePolicy::default(),
+            families: Vec::new(),
+            max_consecutive_failures: five(),
+            disabled_reason: None,
+        }
+    }
+}
+
+/// One installed plugin of one tenant.
+pub struct Installation {
+    pub tenant: String,
+    pub name: String,
+    settings: Mutex<PluginSettings>,
+    pub instances: PluginInstances,
+    consecutive_failures: AtomicU32,
+}
+
+impl Installation {
+    pub fn new(tenant: String, name: String, settings: PluginSettings, plugin: Arc<CompiledPlugin>) -> Self {
+        let instances = PluginInstances::new(plugin, settings.config.to_string(), settings.limits);
+        Installation {
+            tenant,
+            name,
+            settings: Mutex::new(settings),
+            instances,
+            consecutive_failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> PluginSettings {
+        self.settings.lock().clone()
+    }
+
+    pub fn version(&self) -> u32 {
+        self.settings.lock().version
+    }
+
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.settings.lock().failure_policy
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether the plugin runs now: enabled by the customer and not disabled
+    /// by the host.
+    pub fn is_active(&self) -> bool {
+        let s = self.settings.lock();
+        s.enabled && s.disabled_reason.is_none()
+    }
+
+    /// Whether the event is in this installation's scope.
+    pub fn matches(&self, event: &Event) -> bool {
+        let s = self.settings.lock();
+        s.families.is_empty() || s.families.iter().any(|f| *f == event.family)
+    }
+
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Count a failed call. Returns the settings to persist when this failure
+    /// disables the plugin.
+    pub fn record_failure(&self, fault: &PluginFault) -> Option<PluginSettings> {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut s = self.settings.lock();
+        if failures >= s.max_consecutive_failures && s.disabled_reason.is_none() {
+            s.disabled_reason =
+                Some(format!("disabled after {failures} consecutive failures; last: {} ({fault})", fault.reason()));
+            tracing::warn!(tenant = %self.tenant, plugin = %self.name, reason = ?s.disabled_reason, "plugin disabled");
+            return Some(s.clone());
+        }
+        None
+    }
+
+    /// A JSON view for the API.
+    pub fn view(&self) -> Value {
+        let s = self.settings();
+        let state = if s.disabled_reason.is_some() {
+            "auto-disabled"
+        } else if s.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        serde_json::json!({
+            "name": self.name,
+            "version": s.version,
+            "sha256": s.sha256,
+            "state": state,
+            "enabled": s.enabled,
+            "disabled_reason": s.disabled_reason,
+            "position": s.position,
+            "config": s.config,
+            "limits": s.limits,
+            "failure_policy": s.failure_policy,
+            "families": s.families,
+            "max_consecutive_failures": s.max_consecutive_failures,
+            "consecutive_failures": self.consecutive_failures(),
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! Tenants' plugin chains: installing and configuring plugins, and running
+//! events through the chain that is current when their batch starts.
+//!
+//! A chain is an immutable `Arc<[Installation]>`, swapped whole on every
+//! change: a batch keeps the chain it started with, new batches take the new
+//! one, so a change is atomic and no event is processed twice or dropped.
+
+mod installation;
+mod run;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::{Mutex, Semaphore};
+
+pub use installation::{FailurePolicy, Installation, PluginSettings};
+pub use run::{Disposition, Input, Rejection, RunOutput};
+
+use crate::runtime::{store_artifacts, PluginFault, PluginLimits, Runtime, UploadError};
+use crate::store::{EventStore, PluginVersion, StoreError};
+
+/// Why a control-plane change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error("plugin not found: {0}")]
+    NotFound(String),
+    /// `(field, message)`: a setting out of range or a config `init` refused.
+    #[error("{0}: {1}")]
+    Invalid(String, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Host(String),
+}
+
+/// A change to an installation's settings (`PATCH /v1/plugins/{name}`).
+/// Absent fields keep their value.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub enabled: Option<bool>,
+    pub position: Option<i32>,
+    pub config: Option<Value>,
+    pub limits: Option<PluginLimits>,
+    pub failure_policy: Option<FailurePolicy>,
+    pub families: Option<Vec<String>>,
+    pub max_consecutive_failures: Option<u32>,
+}
+
+#[derive(Default)]
+struct TenantPlugins {
+    all: HashMap<String, Arc<Installation>>,
+    /// Installations in chain order (position, then name).
+    chain: Arc<[Arc<Installation>]>,
+}
+
+impl TenantPlugins {
+    fn rebuild(&mut self) {
+        let mut chain: Vec<Arc<Installation>> = self.all.values().cloned().collect();
+        chain.sort_by_key(|i| (i.settings().position, i.name.clone()));
+        self.chain = chain.into();
+    }
+}
+
+/// Every tenant's plugins, and the way events run through them.
+pub struct Pipeline {
+    runtime: Arc<Runtime>,
+    store: EventStore,
+    plugin_dir: PathBuf,
+    tenants: RwLock<HashMap<String, TenantPlugins>>,
+    /// Serializes control-plane changes, so two uploads cannot interleave.
+    control: Mutex<()>,
+    /// Bounds how many batches run plugins at once, so plugin work cannot
+    /// starve the machine; further batches wait their turn.
+    workers: Semaphore,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+impl Pipeline {
+    /// Load every installed plugin from the store and the artifact directory.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be read. A plugin whose artifact cannot be
+    /// loaded is logged and left out (its settings stay stored).
+    pub fn load(runtime: Arc<Runtime>, store: EventStore, plugin_dir: PathBuf) -> Result<Pipeline, PluginError> {
+        let mut tenants: HashMap<String, TenantPlugins> = HashMap::new();
+        for (tenant, name, settings) in store.load_plugins()? {
+            let settings: PluginSettings = match serde_json::from_str(&settings) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%tenant, %name, error = %e, "unreadable plugin settings; plugin not loaded");
+                    continue;
+                }
+            };
+            match runtime.load(&plugin_dir, &settings.sha256) {
+                Ok(compiled) => {
+                    let inst = Installation::new(tenant.clone(), name.clone(), settings, Arc::new(compiled));
+                    tenants.entry(tenant).or_default().all.insert(name, Arc::new(inst));
+                }
+                Err(e) => tracing::error!(%tenant, %name, error = %e, "cannot load plugin artifact; plugin not loaded"),
+            }
+        }
+        for plugins in tenants.values_mut() {
+            plugins.rebuild();
+        }
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        Ok(Pipeline {
+            runtime,
+            store,
+            plugin_dir,
+            tenants: RwLock::new(tenants),
+            control: Mutex::new(()),
+            workers: Semaphore::new(workers),
+        })
+    }
+
+    /// The chain a new batch of `tenant` runs through.
+    pub fn chain(&self, tenant: &str) -> Arc<[Arc<Installation>]> {
+        self.tenants.read().get(tenant).map(|t| t.chain.clone()).unwrap_or_else(|| Arc::new([]))
+    }
+
+    /// Run events through the tenant's current chain on a blocking thread,
+    /// and persist any plugin the run disabled.
+    ///
+    /// # Errors
+    ///
+    /// Only when the blocking pool is gone (shutdown).
+    pub async fn run(&self, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, PluginError> {
+        let chain = self.chain(tenant);
+        let output = if chain.iter().any(|i| i.is_active()) {
+            let _permit = self.workers.acquire().await.map_err(|e| PluginError::Host(e.to_string()))?;
+            tokio::task::spawn_blocking(move || run::run_chain(&chain, inputs))
+                .await
+                .map_err(|e| PluginError::Host(e.to_string()))?
+        } else {
+            run::run_chain(&[], inputs)
+        };
+        for (tenant, name, settings) in &output.disabled {
+            let json = serde_json::to_string(settings).unwrap_or_default();
+            if let Err(e) = self.store.save_plugin(tenant.clone(), name.clone(), json).await {
+                tracing::error!(%tenant, %name, error = %e, "cannot persist disabled plugin");
+            }
+        }
+        Ok(output)
+    }
+
+    /// Views of a tenant's plugins in chain order.
+    pub fn list(&self, tenant: &str) -> Vec<Value> {
+        self.chain(tenant).iter().map(|i| i.view()).collect()
+    }
+
+    /// The view of one plugin.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`].
+    pub fn get(&self, tenant: &str, name: &str) -> Result<Value, PluginError> {
+        self.installation(tenant, name).map(|i| i.view())
+    }
+
+    fn installation(&self, tenant: &str, name: &str) -> Result<Arc<Installation>, PluginError> {
+        self.tenants
+            .read()
+            .get(tenant)
+            .and_then(|t| t.all.get(name).cloned())
+            .ok_or_else(|| PluginError::NotFound(name.to_string()))
+    }
+
+    /// The versions uploaded for a plugin.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`] when none was uploaded.
+    pub async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<PluginVersion>, PluginError> {
+        let versions = self.store.plugin_versions(tenant.to_string(), name.to_string()).await?;
+        if versions.is_empty() {
+            return Err(PluginError::NotFound(name.to_string()));
+        }
+        Ok(versions)
+    }
+
+    /// Upload a component as the new version of plugin `name` (installing it
+    /// if new). Keeps the installation's settings; its `init` must accept the
+    /// config before the new version goes live. Returns the view and whether
+    /// the plugin was new.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::Upload`] for a component that fails validation,
+    /// [`PluginError::Invalid`] when `init` refuses the config.
+    pub async fn upload(&self, tenant: &str, name: &str, bytes: Vec<u8>) -> Result<(Value, bool), PluginError> {
+        if !valid_name(name) {
+            return Err(PluginError::Invalid(
+                "name".into(),
+                "must be 1..64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit".into(),
+            ));
+        }
+        let _guard = self.control.lock().await;
+        let runtime = self.runtime.clone();
+        let dir = self.plugin_dir.clone();
+        let size = bytes.len() as u64;
+        let compiled = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
+            let (plugin, artifact) = runtime.compile(&bytes)?;
+            store_artifacts(&dir, plugin.sha256(), &bytes, &artifact)
+                .map_err(|e| PluginError::Host(format!("cannot store plugin: {e}")))?;
+            Ok(plugin)
+        })
+        .await
+        .map_err(|e| PluginError::Host(e.to_string()))??;
+        let compiled = Arc::new(compiled);
+        let sha256 = compiled.sha256().to_string();
+        let (version, _) =
+            self.store.add_plugin_version(tenant.to_string(), name.to_string(), sha256.clone(), size).await?;
+        let existing = self.installation(tenant, name).ok();
+        let is_new = existing.is_none();
+        let mut settings = match existing {
+            Some(inst) => inst.settings(),
+            None => {
+                let last = self.chain(tenant).iter().map(|i| i.settings().position).max();
+                PluginSettings::new(version, sha256.clone(), last.map_or(0, |p| p + 10))
+            }
+        };
+        settings.version = version;
+        settings.sha256 = sha256;
+        settings.disabled_reason = None;
+        let inst = Installation::new(tenant.to_string(), name.to_string(), settings, compiled);
+        self.activate(inst).await?;
+        Ok((self.get(tenant, name)?, is_new))
+    }
+
+    /// Change an installation's settings. A new config or new limits are
+    /// checked by running the plugin's `init` before they go live.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`], or [`PluginError::Invalid`] naming the field.
+    pub async fn update(&self, tenant: &str, name: &str, patch: SettingsPatch) -> Result<Value, PluginError> {
+        let _guard = self.control.lock().await;
+        let current = self.installation(tenant, name)?;
+        let mut settings = current.settings();
+        if let Some(enabled) = patch.enabled {
+            settings.enabled = enabled;
+            if enabled {
+                settings.disabled_reason = None;
+            }
+        }
+        if let Some(position) = patch.position {
+            settings.position = position;
+        }
+        if let Some(config) = patch.config {
+            settings.config = config;
+        }
+        if let Some(limits) = patch.limits {
+            limits.validate().map_err(|(field, msg)| PluginError::Invalid(format!("limits.{field}"), msg))?;
+            settings.limits = limits;
+        }
+        if let Some(policy) = patch.failure_policy {
+            settings.failure_policy = policy;
+        }
+        if let Some(families) = patch.families {
+            settings.families = families;
+        }
+        if let Some(max) = patch.max_consecutive_failures {
+            if max == 0 {
+                return Err(PluginError::Invalid("max_consecutive_failures".into(), "must be at least 1".into()));
+            }
+            settings.max_consecutive_failures = max;
+        }
+        let inst =
+            Installation::new(tenant.to_string(), name.to_string(), settings, current.instances.plugin().clone());
+        self.activate(inst).await?;
+        self.get(tenant, name)
+    }
+
+    /// Check the installation's config with `init`, persist its settings and
+    /// swap it into the tenant's chain.
+    async fn activate(&self, inst: Installation) -> Result<(), PluginError> {
+        let inst = Arc::new(inst);
+        let checking = inst.clone();
+        let checked = tokio::task::spawn_blocking(move || checking.instances.check())
+            .await
+            .map_err(|e| PluginError::Host(e.to_string()))?;
+        match checked {
+            Ok(_) => {}
+            Err(PluginFault::Init(message)) => return Err(PluginError::Invalid("config".into(), message)),
+            Err(fault) => return Err(PluginError::Invalid("config".into(), format!("init failed: {fault}"))),
+        }
+        let json = serde_json::to_string(&inst.settings()).map_err(|e| PluginError::Host(e.to_string()))?;
+        self.store.save_plugin(inst.tenant.clone(), inst.name.clone(), json).await?;
+        let mut tenants = self.tenants.write();
+        let plugins = tenants.entry(inst.tenant.clone()).or_default();
+        plugins.all.insert(inst.name.clone(), inst);
+        plugins.rebuild();
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! Running a batch of events through a tenant's chain: each plugin sees the
+//! events in its scope, and its outcomes (keep, fan out, drop, reject) or its
+//! fault (under its failure policy) decide what reaches the store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::installation::{FailurePolicy, Installation, PluginSettings};
+use crate::event::{now_micros, DeadLetter, Event, LineageStep, PluginLog, StoredEvent};
+use crate::runtime::bindings::types;
+use crate::runtime::PluginFault;
+use crate::store::WriteBatch;
+
+/// One input event with the client's raw input it came from.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub event: Event,
+    pub raw: Arc<Value>,
+}
+
+/// Why an event was refused, for the client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+    /// The plugin that refused it.
+    pub plugin: String,
+}
+
+/// What became of one input event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Disposition {
+    /// Stored as these events (more than one after a fan-out).
+    Stored {
+        ids: Vec<String>,
+    },
+    Dropped {
+        reason: String,
+        plugin: String,
+    },
+    Rejected {
+        error: Rejection,
+    },
+    DeadLettered {
+        reason: String,
+        plugin: String,
+    },
+}
+
+/// The result of a run: one disposition per input, what to commit, and
+/// installations that this run disabled (their settings to persist).
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    pub dispositions: Vec<Disposition>,
+    pub batch: WriteBatch,
+    pub disabled: Vec<(String, String, PluginSettings)>,
+}
+
+/// Longest rejection code and message passed on to clients.
+const MAX_CODE: usize = 64;
+const MAX_MESSAGE: usize = 2048;
+/// Longest event id a plugin may set.
+const MAX_ID: usize = 128;
+
+struct Item {
+    input: usize,
+    event: Event,
+    lineage: Vec<LineageStep>,
+}
+
+fn to_wit(e: &Event) -> types::Event {
+    types::Event {
+        id: e.id.clone(),
+        tenant: e.tenant.clone(),
+        family: e.family.clone(),
+        name: e.name.clone(),
+        group: e.group.clone(),
+        status: e.status.clone(),
+        source: e.source.clone(),
+        occurred_at: e.occurred_at,
+        received_at: e.received_at,
+        actor_type: e.actor_type.clone(),
+        actor_id: e.actor_id.clone(),
+        user_id: e.user_id,
+        resource_type: e.resource_type.clone(),
+        resource_id: e.resource_id.clone(),
+        session_id: e.session_id.clone(),
+        attributes: e.attributes.clone(),
+        payload: e.payload.clone(),
+    }
+}
+
+fn from_wit(e: types::Event) -> Event {
+    Event {
+        id: e.id,
+        tenant: e.tenant,
+        family: e.family,
+        name: e.name,
+        group: e.group,
+        status: e.status,
+        source: e.source,
+        occurred_at: e.occurred_at,
+        received_at: e.received_at,
+        actor_type: e.actor_type,
+        actor_id: e.actor_id,
+        user_id: e.user_id,
+        resource_type: e.resource_type,
+        resource_id: e.resource_id,
+        session_id: e.session_id,
+        attributes: e.attributes,
+        payload: e.payload,
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Check a plugin's output for one input event; any breach is the plugin's
+/// fault and fails the whole call.
+fn check_output(inst: &Installation, input: &Event, outcome: &types::Outcome) -> Result<(), PluginFault> {
+    let limits = inst.instances.limits();
+    let types::Outcome::Keep(events) = outcome else {
+        return Ok(());
+    };
+    if events.len() > limits.max_fanout as usize {
+        return Err(PluginFault::InvalidOutput(format!(
+            "fan-out of {} events exceeds the limit of {}",
+            events.len(),
+            limits.max_fanout
+        )));
+    }
+    let mut ids = HashSet::with_capacity(events.len());
+    for e in events {
+        if e.tenant != input.tenant {
+            return Err(PluginFault::InvalidOutput(
+                "an event's tenant was changed; plugins may not move events between tenants".into(),
+            ));
+        }
+        if e.family != input.family {
+            return Err(PluginFault::InvalidOutput("an event's family was changed".into()));
+        }
+        if e.id.is_empty() || e.id.len() > MAX_ID {
+            return Err(PluginFault::InvalidOutput(format!("event id must be 1..{MAX_ID} bytes")));
+        }
+        if !ids.insert(e.id.as_str()) {
+            return Err(PluginFault::InvalidOutput(format!("fan-out repeats event id {}", e.id)));
+        }
+        if e.name.is_empty() {
+            return Err(PluginFault::InvalidOutput("event name is empty".into()));
+        }
+        let size = e.payload.len() + e.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if size as u64 > limits.max_event_bytes {
+            return Err(PluginFault::InvalidOutput(format!(
+                "event of {size} bytes exceeds the limit of {} bytes",
+                limits.max_event_bytes
+            )));
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(&e.payload).is_err() {
+            return Err(PluginFault::InvalidOutput(format!("payload of event {} is not valid JSON", e.id)));
+        }
+        for (key, value) in &e.attributes {
+            let numeric = match key.as_str() {
+                "task_id" | "http_status" => value.parse::<i64>().is_ok(),
+                "latency_ms" => value.parse::<f64>().is_ok(),
+                _ => true,
+            };
+            if !numeric {
+                return Err(PluginFault::InvalidOutput(format!("attribute {key} must be a number, got {value:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run `inputs` through `chain` (already ordered, already filtered to this
+/// tenant). Blocking: call it from a blocking thread.
+pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>) -> RunOutput {
+    let mut out = RunOutput { dispositions: Vec::with_capacity(inputs.len()), ..Default::default() };
+    let mut finals: Vec<Option<Disposition>> = vec![None; inputs.len()];
+    let mut last_drop: Vec<Option<(String, String)>> = vec![None; inputs.len()];
+    let mut items: Vec<Item> = inputs
+        .iter()
+        .enumerate()
+        .map(|(input, i)| Item { input, event: i.event.clone(), lineage: Vec::new() })
+        .collect();
+
+    for inst in chain {
+        if !inst.is_active() {
+            continue;
+        }
+        let in_scope: Vec<usize> = (0..items.len()).filter(|&i| inst.matches(&items[i].event)).collect();
+        if in_scope.is_empty() {
+            continue;
+        }
+        let version = inst.version();
+        let wit_events: Vec<types::Event> = in_scope.iter().map(|&i| to_wit(&items[i].event)).collect();
+        let (result, report) = inst.instances.process(&wit_events);
+        let at = now_micros();
+        for log in report.logs {
+            out.batch.logs.push(PluginLog {
+                tenant: inst.tenant.clone(),
+                plugin: inst.name.clone(),
+                plugin_version: version,
+                at,
+                level: log.level,
+                message: log.message,
+                fields: log.fields,
+            });
+        }
+        let result = result.and_then(|outcomes| {
+            for (&i, outcome) in in_scope.iter().zip(&outcomes) {
+                check_output(inst, &items[i].event, outcome)?;
+            }
+            Ok(outcomes)
+        });
+        match result {
+            Ok(outcomes) => {
+                inst.record_success();
+                let step = LineageStep {
+                    plugin: inst.name.clone(),
+                    version,
+                    sha256: inst.instances.plugin().sha256().to_string(),
+                };
+                let mut outcomes = in_scope.iter().copied().zip(outcomes).peekable();
+                let mut next_items = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    let outcome = match outcomes.peek() {
+                        Some((j, _)) if *j == i => outcomes.next().map(|(_, o)| o),
+                        _ => None,
+                    };
+                    match outcome {
+                        None => next_items.push(item),
+                        Some(types::Outcome::Keep(events)) => {
+                            if events.is_empty() {
+                                last_drop[item.input] = Some(("no events kept".into(), inst.name.clone()));
+                            }
+                            for event in events {
+                                let mut lineage = item.lineage.clone();
+                                lineage.push(step.clone());
+                                next_items.push(Item { input: item.input, event: from_wit(event), lineage });
+                            }
+                        }
+                        Some(types::Outcome::Drop(reason)) => {
+                            last_drop[item.input] = Some((truncate(reason, MAX_MESSAGE), inst.name.clone()));
+                        }
+                        Some(types::Outcome::Reject(r)) => {
+                            finals[item.input].get_or_insert(Disposition::Rejected {
+                                error: Rejection {
+                                    code: truncate(r.code, MAX_CODE),
+                                    message: truncate(r.message, MAX_MESSAGE),
+                                    field: r.field.map(|f| truncate(f, 256)),
+                                    plugin: inst.name.clone(),
+                                },
+                            });
+                        }
+                    }
+                }
+                items = next_items;
+            }
+            Err(fault) => {
+                tracing::debug!(tenant = %inst.tenant, plugin = %inst.name, %fault, "plugin call failed");
+                if let Some(settings) = inst.record_failure(&fault) {
+                    out.disabled.push((inst.tenant.clone(), inst.name.clone(), settings));
+                }
+                let affected: HashSet<usize> = in_scope.iter().map(|&i| items[i].input).collect();
+                match inst.failure_policy() {
+                    FailurePolicy::Skip => {}
+                    FailurePolicy::Reject => {
+                        for input in affected {
+                            finals[input].get_or_insert(Disposition::Rejected {
+                                error: Rejection {
+                                    code: "plugin_failed".into(),
+                                    message: format!("plugin {} failed: {fault}", inst.name),
+                                    field: None,
+                                    plugin: inst.name.clone(),
+                                },
+                            });
+                        }
+                    }
+                    FailurePolicy::DeadLetter => {
+                        for input in affected {
+                            if finals[input].is_some() {
+                                continue;
+                            }
+                            let original = &inputs[input];
+                            let reason = format!("{}: {fault}", fault.reason());
+                            out.batch.dead_letters.push(DeadLetter {
+                                id: original.event.id.clone(),
+                                tenant: original.event.tenant.clone(),
+                                family: original.event.family.clone(),
+                                received_at: original.event.received_at,
+                                plugin: inst.name.clone(),
+                                plugin_version: version,
+                                reason: reason.clone(),
+                                event: original.event.clone(),
+                                raw: original.raw.clone(),
+                            });
+                            finals[input] = Some(Disposition::DeadLettered { reason, plugin: inst.name.clone() });
+                        }
+                    }
+                }
+            }
+        }
+        items.retain(|item| finals[item.input].is_none());
+    }
+
+    let mut ids: Vec<Vec<String>> = vec![Vec::new(); inputs.len()];
+    for item in items {
+        ids[item.input].push(item.event.id.clone());
+        out.batch.events.push(StoredEvent {
+            event: item.event,
+            lineage: item.lineage,
+            raw: inputs[item.input].raw.clone(),
+        });
+    }
+    for (input, (fin, ids)) in finals.into_iter().zip(ids).enumerate() {
+        out.dispositions.push(match fin {
+            Some(d) => d,
+            None if !ids.is_empty() => Disposition::Stored { ids },
+            None => {
+                let (reason, plugin) = last_drop[input].take().unwrap_or_else(|| ("dropped".into(), String::new()));
+                Disposition::Dropped { reason, plugin }
+            }
+        });
+    }
+    out
+}

@@ -1,0 +1,255 @@
+//! A compiled plugin, the instances of one installation, and one call under
+//! limits with a typed fault when the plugin misbehaves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::{types, Plugin, PluginPre};
+use super::engine::EPOCH_TICK;
+use super::host::{HostState, LogRecord};
+use super::limits::PluginLimits;
+
+/// A plugin compiled and linked, ready to be instantiated (`InstancePre`).
+pub struct CompiledPlugin {
+    sha256: String,
+    pre: PluginPre<HostState>,
+    engine: Engine,
+    fuel_metering: bool,
+}
+
+impl CompiledPlugin {
+    pub(crate) fn new(sha256: String, pre: PluginPre<HostState>, engine: Engine, fuel_metering: bool) -> Self {
+        CompiledPlugin { sha256, pre, engine, fuel_metering }
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// Why a call into a plugin failed. `blame()` says whose fault it was; the
+/// failure policy of the installation decides what happens to the events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginFault {
+    #[error("deadline exceeded")]
+    Timeout,
+    #[error("fuel budget exhausted")]
+    OutOfFuel,
+    #[error("memory limit exceeded")]
+    MemoryLimit,
+    #[error("stack overflow")]
+    StackOverflow,
+    #[error("plugin panicked (unreachable trap)")]
+    Panic,
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+    #[error("init failed: {0}")]
+    Init(String),
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+/// Who caused a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Guest,
+    Host,
+}
+
+impl PluginFault {
+    /// A stable short name, used in API responses, dead letters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PluginFault::Timeout => "timeout",
+            PluginFault::OutOfFuel => "out_of_fuel",
+            PluginFault::MemoryLimit => "memory_limit",
+            PluginFault::StackOverflow => "stack_overflow",
+            PluginFault::Panic => "panic",
+            PluginFault::Trap(_) => "trap",
+            PluginFault::InvalidOutput(_) => "invalid_output",
+            PluginFault::Init(_) => "init_failed",
+            PluginFault::Host(_) => "host_error",
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            PluginFault::Host(_) => Blame::Host,
+            _ => Blame::Guest,
+        }
+    }
+
+    fn classify(err: wasmtime::Error, state: &HostState) -> PluginFault {
+        if state.memory_exceeded {
+            return PluginFault::MemoryLimit;
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PluginFault::Timeout,
+            Some(Trap::OutOfFuel) => PluginFault::OutOfFuel,
+            Some(Trap::StackOverflow) => PluginFault::StackOverflow,
+            Some(Trap::UnreachableCodeReached) => PluginFault::Panic,
+            Some(trap) => PluginFault::Trap(trap.to_string()),
+            // Errors that are not traps come from lifting the plugin's answer
+            // (bad UTF-8, out-of-bounds pointers): the plugin's fault.
+            None => PluginFault::Trap(format!("{err:#}")),
+        }
+    }
+}
+
+/// What one call cost and what the plugin logged.
+#[derive(Debug, Clone, Default)]
+pub struct CallReport {
+    pub elapsed: Duration,
+    /// Fuel burned (0 when metering is off).
+    pub fuel: u64,
+    pub logs: Vec<LogRecord>,
+    pub logs_dropped: u32,
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Plugin,
+}
+
+/// The instances of one installation: a plugin with its config and limits.
+/// Instances are reused across batches (never across installations, so never
+/// across tenants); one that faulted is thrown away, since its memory may be
+/// in any state.
+pub struct PluginInstances {
+    plugin: Arc<CompiledPlugin>,
+    config: String,
+    limits: PluginLimits,
+    idle: Mutex<Vec<Live>>,
+    max_idle: usize,
+}
+
+impl PluginInstances {
+    pub fn new(plugin: Arc<CompiledPlugin>, config: String, limits: PluginLimits) -> Self {
+        let max_idle = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PluginInstances { plugin, config, limits, idle: Mutex::new(Vec::new()), max_idle }
+    }
+
+    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
+        &self.plugin
+    }
+
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    fn arm(&self, store: &mut Store<HostState>) -> u64 {
+        let ticks = self.limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1;
+        store.set_epoch_deadline(ticks);
+        let budget = if self.plugin.fuel_metering { self.limits.fuel.unwrap_or(u64::MAX / 2) } else { 0 };
+        if self.plugin.fuel_metering {
+            // Cannot fail: metering is on.
+            let _ = store.set_fuel(budget);
+        }
+        budget
+    }
+
+    fn spent(&self, store: &Store<HostState>, budget: u64) -> u64 {
+        if self.plugin.fuel_metering {
+            budget.saturating_sub(store.get_fuel().unwrap_or(budget))
+        } else {
+            0
+        }
+    }
+
+    fn take_logs(store: &mut Store<HostState>, report: &mut CallReport) {
+        let state = store.data_mut();
+        report.logs.append(&mut state.logs);
+        report.logs_dropped += std::mem::take(&mut state.logs_dropped);
+    }
+
+    /// Create an instance and run `init` with the installation's config.
+    fn instantiate(&self, report: &mut CallReport) -> Result<Live, PluginFault> {
+        let mut store = Store::new(&self.plugin.engine, HostState::new(self.limits.memory_bytes));
+        store.limiter(|state| state);
+        let budget = self.arm(&mut store);
+        let bindings = match self.plugin.pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(e) => {
+                let fault = if e.downcast_ref::<Trap>().is_some() || store.data().memory_exceeded {
+                    PluginFault::classify(e, store.data())
+                } else {
+                    PluginFault::Host(format!("{e:#}"))
+                };
+                return Err(fault);
+            }
+        };
+        let result = bindings.sluice_plugin_handler().call_init(&mut store, &self.config);
+        report.fuel += self.spent(&store, budget);
+        Self::take_logs(&mut store, report);
+        match result {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(message)) => Err(PluginFault::Init(message)),
+            Err(e) => Err(match PluginFault::classify(e, store.data()) {
+                PluginFault::Timeout => PluginFault::Init("init exceeded the deadline".into()),
+                other => PluginFault::Init(other.to_string()),
+            }),
+        }
+    }
+
+    /// Instantiate and initialize once, to check that the config is accepted.
+    /// The instance is kept for the first batch.
+    ///
+    /// # Errors
+    ///
+    /// The fault of `init` (usually [`PluginFault::Init`] with the plugin's
+    /// message).
+    pub fn check(&self) -> Result<CallReport, PluginFault> {
+        let mut report = CallReport::default();
+        let started = Instant::now();
+        let live = self.instantiate(&mut report)?;
+        report.elapsed = started.elapsed();
+        self.idle.lock().push(live);
+        Ok(report)
+    }
+
+    /// Run one batch through the plugin. Returns one outcome per event or the
+    /// fault, together with the cost and the logs of the call.
+    pub fn process(&self, events: &[types::Event]) -> (Result<Vec<types::Outcome>, PluginFault>, CallReport) {
+        let mut report = CallReport::default();
+        let started = Instant::now();
+        let live = self.idle.lock().pop();
+        let mut live = match live {
+            Some(live) => live,
+            None => match self.instantiate(&mut report) {
+                Ok(live) => live,
+                Err(fault) => {
+                    report.elapsed = started.elapsed();
+                    return (Err(fault), report);
+                }
+            },
+        };
+        let budget = self.arm(&mut live.store);
+        let result = live.bindings.sluice_plugin_handler().call_process(&mut live.store, events);
+        report.fuel += self.spent(&live.store, budget);
+        Self::take_logs(&mut live.store, &mut report);
+        report.elapsed = started.elapsed();
+        match result {
+            Ok(outcomes) if outcomes.len() == events.len() => {
+                let mut idle = self.idle.lock();
+                if idle.len() < self.max_idle {
+                    idle.push(live);
+                }
+                (Ok(outcomes), report)
+            }
+            Ok(outcomes) => (
+                Err(PluginFault::InvalidOutput(format!(
+                    "{} outcomes for {} events; the contract asks for exactly one per event",
+                    outcomes.len(),
+                    events.len()
+                ))),
+                report,
+            ),
+            Err(e) => (Err(PluginFault::classify(e, live.store.data())), report),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Building and running the service: open the store, load plugins, bind the
+//! listener, serve until stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tokio::net::TcpListener;
+
+use crate::api::{router, AppState};
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::pipeline::Pipeline;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::EventStore;
+
+/// The service, built and bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    generated_admin_token: Option<String>,
+}
+
+fn cursor_key(settings: &Settings) -> anyhow::Result<[u8; 32]> {
+    let path = settings.key_path();
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(key);
+        }
+    }
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    std::fs::write(&path, key).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+impl Application {
+    /// Open the data directory, run migrations, load installed plugins and
+    /// bind the listener.
+    ///
+    /// # Errors
+    ///
+    /// When the data directory, the database, the engine or the address
+    /// cannot be set up.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
+        let store = EventStore::open(&settings.database_path(), cursor_key(&settings)?)
+            .with_context(|| format!("cannot open {}", settings.database_path().display()))?;
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            max_module_bytes: settings.max_plugin_bytes,
+            compile_timeout: Duration::from_secs(settings.compile_timeout_secs),
+            max_stack_bytes: settings.plugin_stack_bytes,
+            fuel_metering: settings.fuel_metering,
+            max_instances: settings.max_plugin_instances,
+        })?);
+        let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir())?;
+        let auth = Arc::new(Auth::new(store.clone()));
+        let generated_admin_token = auth.bootstrap(settings.admin_token.as_deref()).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = AppState { store, pipeline: Arc::new(pipeline), auth, settings: Arc::new(settings) };
+        Ok(Application { listener, state, generated_admin_token })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The admin token generated on first start, if this start generated one.
+    pub fn generated_admin_token(&self) -> Option<&str> {
+        self.generated_admin_token.as_deref()
+    }
+
+    /// Serve until Ctrl-C or SIGTERM, then finish in-flight requests.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors of the listener.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown_signal()).await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,181 @@
+//! The control plane's tables: tenants, tokens and plugin installations.
+//! Writes go through the writer thread, in order with event writes.
+
+use duckdb::OptionalExt;
+
+use super::{EventStore, StoreError};
+
+/// A stored token: who it belongs to and what it may do.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub tenant: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+/// One uploaded version of a plugin.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginVersion {
+    pub version: u32,
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_at: String,
+}
+
+impl EventStore {
+    /// Create a tenant if it does not exist. Returns whether it was created.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn create_tenant(&self, tenant: String) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let n = conn.execute("INSERT INTO tenants VALUES (?, now()) ON CONFLICT DO NOTHING", [tenant])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Store a token by its hash.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn put_token(&self, hash: String, record: TokenRecord) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let scopes = serde_json::to_string(&record.scopes).unwrap_or_else(|_| "[]".into());
+            conn.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, now(), NULL) ON CONFLICT (hash) DO UPDATE \
+                 SET tenant = excluded.tenant, name = excluded.name, scopes = excluded.scopes, revoked_at = NULL",
+                [hash, record.tenant, record.name, scopes],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Look a token up by its hash; revoked tokens are not found.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn find_token(&self, hash: String) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT tenant, name, scopes FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                    [hash],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+                )
+                .optional()?;
+            Ok(row.map(|(tenant, name, scopes)| TokenRecord {
+                tenant,
+                name,
+                scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+            }))
+        })
+        .await
+    }
+
+    /// Whether any token exists (first start prints a generated one).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn has_tokens(&self) -> Result<bool, StoreError> {
+        self.read_blocking(|conn| Ok(conn.query_row("SELECT count(*) > 0 FROM tokens", [], |row| row.get(0))?))
+    }
+
+    /// Record an uploaded plugin version; uploading the same bytes again
+    /// returns the existing version.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn add_plugin_version(
+        &self,
+        tenant: String,
+        name: String,
+        sha256: String,
+        size: u64,
+    ) -> Result<(u32, bool), StoreError> {
+        self.write(move |conn| {
+            let existing: Option<u32> = conn
+                .query_row(
+                    "SELECT version FROM plugin_versions WHERE tenant = ? AND name = ? AND sha256 = ?",
+                    [&tenant, &name, &sha256],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(version) = existing {
+                return Ok((version, false));
+            }
+            let version: u32 = conn.query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM plugin_versions WHERE tenant = ? AND name = ?",
+                [&tenant, &name],
+                |row| row.get(0),
+            )?;
+            conn.execute(
+                "INSERT INTO plugin_versions VALUES (?, ?, ?, ?, ?, now())",
+                duckdb::params![tenant, name, version, sha256, size as i64],
+            )?;
+            Ok((version, true))
+        })
+        .await
+    }
+
+    /// The versions of a plugin, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn plugin_versions(&self, tenant: String, name: String) -> Result<Vec<PluginVersion>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT version, sha256, size, epoch_us(uploaded_at) FROM plugin_versions \
+                 WHERE tenant = ? AND name = ? ORDER BY version",
+            )?;
+            let rows = stmt.query_map([tenant, name], |row| {
+                Ok(PluginVersion {
+                    version: row.get(0)?,
+                    sha256: row.get(1)?,
+                    size: row.get::<_, i64>(2)? as u64,
+                    uploaded_at: super::read::rfc3339(row.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<duckdb::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// Save the settings (JSON) of a plugin installation.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn save_plugin(&self, tenant: String, name: String, settings: String) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO plugins VALUES (?, ?, ?, now()) ON CONFLICT (tenant, name) DO UPDATE \
+                 SET settings = excluded.settings, updated_at = excluded.updated_at",
+                [tenant, name, settings],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every plugin installation: `(tenant, name, settings JSON, sha256 of
+    /// its current version)`.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn load_plugins(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.read_blocking(|conn| {
+            let mut stmt = conn.prepare("SELECT tenant, name, settings FROM plugins ORDER BY tenant, name")?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            Ok(rows.collect::<duckdb::Result<_>>()?)
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Storage behind one narrow interface, [`EventStore`]: today an embedded
+//! DuckDB file, tomorrow a DuckLake shared by several hosts.
+//!
+//! One writer thread owns the connection that writes (the Appender is neither
+//! `Send` nor `Sync`); requests reach it through a bounded queue and are
+//! committed in groups, and a request is acknowledged only after its group's
+//! COMMIT returned. Reads use connections of their own on blocking threads.
+
+mod control;
+mod read;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use duckdb::Connection;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::event::{DeadLetter, PluginLog, StoredEvent};
+
+pub use control::{PluginVersion, TokenRecord};
+pub use read::{EventFilter, EventPage};
+
+/// Most write requests waiting for the writer; beyond it writes are refused
+/// with [`StoreError::Overloaded`] instead of growing memory.
+const QUEUE_DEPTH: usize = 512;
+
+/// Everything one request writes; committed together or not at all.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub events: Vec<StoredEvent>,
+    pub dead_letters: Vec<DeadLetter>,
+    pub logs: Vec<PluginLog>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.dead_letters.is_empty() && self.logs.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is overloaded; retry later")]
+    Overloaded,
+    #[error("the store is shut down")]
+    Closed,
+    #[error("database error: {0}")]
+    Db(#[from] duckdb::Error),
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+type Job = Box<dyn FnOnce(&Connection) + Send>;
+
+pub(crate) enum Command {
+    Write { batch: WriteBatch, done: oneshot::Sender<Result<(), StoreError>> },
+    Run(Job),
+}
+
+/// A cheap-to-clone handle to the store.
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<Command>,
+    readers: Mutex<Vec<Connection>>,
+    /// A connection kept only to clone readers from.
+    base: Mutex<Connection>,
+    cursor_key: [u8; 32],
+}
+
+impl EventStore {
+    /// Open (or create) the database file, run migrations and start the
+    /// writer thread.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or migrated.
+    pub fn open(path: &Path, cursor_key: [u8; 32]) -> Result<EventStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
+        }
+        let conn = Connection::open(path)?;
+        schema::migrate(&conn)?;
+        let write_conn = conn.try_clone()?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        writer::spawn(write_conn, rx)?;
+        Ok(EventStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: tx,
+                readers: Mutex::new(Vec::new()),
+                base: Mutex::new(conn),
+                cursor_key,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Commit a batch durably. Returns once it is committed (group commit).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Overloaded`] when the queue is full (nothing written),
+    /// or the database error that rolled the batch back.
+    pub async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.inner.writer.try_send(Command::Write { batch, done }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Run a control-plane write (tenants, tokens, plugin settings) on the
+    /// writer's connection, in order with event writes.
+    ///
+    /// # Errors
+    ///
+    /// The closure's error, or [`StoreError::Closed`].
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
+    {
+        let (done, wait) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = done.send(f(conn));
+        });
+        self.inner.writer.send(Command::Run(job)).await.map_err(|_| StoreError::Closed)?;
+        Ok(wait.await.map_err(|_| StoreError::Closed)??)
+    }
+
+    /// Run a read on a reader connection, on a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// The closure's error.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().pop() {
+                Some(conn) => conn,
+                None => inner.base.lock().try_clone()?,
+            };
+            let result = f(&conn);
+            inner.readers.lock().push(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// The same reads, synchronously, for callers already on a blocking
+    /// thread (startup).
+    ///
+    /// # Errors
+    ///
+    /// The closure's error.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.inner.base.lock().try_clone()?;
+        f(&conn)
+    }
+
+    pub(crate) fn cursor_key(&self) -> &[u8; 32] {
+        &self.inner.cursor_key
+    }
+}

@@ -1,0 +1,121 @@
+//! Versioned migrations, run in order at startup inside one transaction each.
+
+use duckdb::Connection;
+
+/// `(version, SQL)`; append only, never edit a released entry.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+    CREATE TABLE events (
+        seq BIGINT NOT NULL,
+        tenant VARCHAR NOT NULL,
+        id VARCHAR NOT NULL,
+        family VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        received_at TIMESTAMP NOT NULL,
+        user_id BIGINT,
+        actor_type VARCHAR NOT NULL,
+        actor_id VARCHAR,
+        source VARCHAR NOT NULL,
+        event_group VARCHAR NOT NULL,
+        event_type VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        resource_type VARCHAR,
+        resource_id VARCHAR,
+        session_id VARCHAR,
+        vm_id VARCHAR,
+        task_id BIGINT,
+        request_id VARCHAR,
+        correlation_id VARCHAR,
+        http_method VARCHAR,
+        path VARCHAR,
+        http_status INTEGER,
+        latency_ms DOUBLE,
+        ip_address VARCHAR,
+        user_agent VARCHAR,
+        node_ip VARCHAR,
+        worker_id VARCHAR,
+        event_payload VARCHAR,
+        error_message VARCHAR,
+        attributes VARCHAR,
+        lineage VARCHAR NOT NULL,
+        raw VARCHAR NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        seq BIGINT NOT NULL,
+        tenant VARCHAR NOT NULL,
+        id VARCHAR NOT NULL,
+        family VARCHAR NOT NULL,
+        received_at TIMESTAMP NOT NULL,
+        plugin VARCHAR NOT NULL,
+        plugin_version INTEGER NOT NULL,
+        reason VARCHAR NOT NULL,
+        event VARCHAR NOT NULL,
+        raw VARCHAR NOT NULL
+    );
+    CREATE TABLE plugin_logs (
+        tenant VARCHAR NOT NULL,
+        plugin VARCHAR NOT NULL,
+        plugin_version INTEGER NOT NULL,
+        at TIMESTAMP NOT NULL,
+        level VARCHAR NOT NULL,
+        message VARCHAR NOT NULL,
+        fields VARCHAR NOT NULL
+    );
+    CREATE TABLE tenants (
+        id VARCHAR PRIMARY KEY,
+        created_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE tokens (
+        hash VARCHAR PRIMARY KEY,
+        tenant VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        scopes VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        revoked_at TIMESTAMP
+    );
+    CREATE TABLE plugin_versions (
+        tenant VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        version INTEGER NOT NULL,
+        sha256 VARCHAR NOT NULL,
+        size BIGINT NOT NULL,
+        uploaded_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (tenant, name, version)
+    );
+    CREATE TABLE plugins (
+        tenant VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        settings VARCHAR NOT NULL,
+        updated_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    ",
+)];
+
+/// Bring the database up to the newest schema.
+///
+/// # Errors
+///
+/// Any DuckDB error; a failed migration is rolled back whole.
+pub fn migrate(conn: &Connection) -> duckdb::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)",
+    )?;
+    let current: i32 =
+        conn.query_row("SELECT coalesce(max(version), 0) FROM schema_migrations", [], |row| row.get(0))?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        conn.execute_batch("BEGIN TRANSACTION")?;
+        let applied = conn
+            .execute_batch(sql)
+            .and_then(|()| conn.execute("INSERT INTO schema_migrations VALUES (?, now())", [version]).map(|_| ()));
+        match applied {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}

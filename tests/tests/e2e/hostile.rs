@@ -1,0 +1,163 @@
+//! Hostile plugins are contained: typed reason, host healthy, other tenants
+//! unaffected, and the effect matches the failure policy.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_e2e::{spawn_app, TestApp, ADMIN_TOKEN};
+
+/// Install `krate` for the token's tenant with `settings`.
+async fn hostile(app: &TestApp, token: &str, krate: &str, settings: Value) {
+    app.install(token, krate, krate, settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_is_stopped_at_its_deadline_while_other_tenants_carry_on() {
+    let app = spawn_app().await;
+    let other = app.create_tenant("bystander").await;
+    hostile(
+        &app,
+        ADMIN_TOKEN,
+        "hostile-loop",
+        json!({"limits": {"deadline_ms": 200}, "max_consecutive_failures": 100}),
+    )
+    .await;
+
+    let started = Instant::now();
+    let looping = app.post_events(ADMIN_TOKEN, &json!({"event_type": "spin"}));
+    let bystander = async {
+        // While the loop spins, the other tenant is served promptly.
+        let t = Instant::now();
+        let (status, _) = app.post_events(&other, &json!({"event_type": "calm"})).await;
+        (status, t.elapsed())
+    };
+    let ((status, body), (other_status, other_elapsed)) = tokio::join!(looping, bystander);
+    let elapsed = started.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["results"][0]["error"]["code"], "plugin_failed");
+    assert!(body["results"][0]["error"]["message"].as_str().unwrap().contains("deadline exceeded"), "{body}");
+    assert!(elapsed < Duration::from_millis(1500), "returned after {elapsed:?}");
+    assert_eq!(other_status, 200);
+    assert!(other_elapsed < Duration::from_millis(1000), "bystander took {other_elapsed:?}");
+    assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty());
+    assert_eq!(app.all_events(&other, "").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fuel_budget_stops_a_loop_deterministically() {
+    let app = spawn_app().await;
+    hostile(&app, ADMIN_TOKEN, "hostile-loop", json!({"limits": {"fuel": 1000000, "deadline_ms": 5000}})).await;
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "spin"})).await;
+    assert_eq!(status, 502);
+    assert!(body["results"][0]["error"]["message"].as_str().unwrap().contains("fuel budget exhausted"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_is_dead_lettered_with_its_reason() {
+    let app = spawn_app().await;
+    hostile(
+        &app,
+        ADMIN_TOKEN,
+        "hostile-memory",
+        json!({"limits": {"memory_bytes": 16777216}, "failure_policy": "dead-letter"}),
+    )
+    .await;
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "hog", "id": "hog-1"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "dead_lettered");
+    assert!(body["results"][0]["reason"].as_str().unwrap().starts_with("memory_limit"), "{body}");
+    let (status, letters) = app.get(ADMIN_TOKEN, "/v1/dead-letters").await;
+    assert_eq!(status, 200);
+    let letter = &letters["items"][0];
+    assert_eq!(letter["id"], "hog-1");
+    assert_eq!(letter["plugin"], "hostile-memory");
+    assert_eq!(letter["raw"], json!({"event_type": "hog", "id": "hog-1"}), "the untransformed input");
+    assert_eq!(letter["event"]["event_type"], "hog");
+    assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runaway_recursion_under_skip_lets_the_event_through_untouched() {
+    let app = spawn_app().await;
+    hostile(&app, ADMIN_TOKEN, "hostile-recursion", json!({"failure_policy": "skip"})).await;
+    app.install(ADMIN_TOKEN, "prefix", "customer-prefix", json!({"position": 100})).await;
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "deep"})).await;
+    assert_eq!(status, 200, "{body}");
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    assert_eq!(events[0]["event_type"], "customer.deep", "the next plugin still ran");
+    let lineage: Vec<&str> =
+        events[0]["lineage"].as_array().unwrap().iter().map(|s| s["plugin"].as_str().unwrap()).collect();
+    assert_eq!(lineage, ["prefix"], "the skipped plugin is not in the lineage");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_plugin_is_disabled_after_repeated_failures() {
+    let app = spawn_app().await;
+    hostile(&app, ADMIN_TOKEN, "hostile-panic", json!({"max_consecutive_failures": 3})).await;
+    for _ in 0..3 {
+        let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "boom"})).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body["results"][0]["error"]["message"].as_str().unwrap().contains("panicked"), "{body}");
+    }
+    let (_, plugin) = app.get(ADMIN_TOKEN, "/v1/plugins/hostile-panic").await;
+    assert_eq!(plugin["state"], "auto-disabled", "{plugin}");
+    assert!(plugin["disabled_reason"].as_str().unwrap().contains("3 consecutive failures; last: panic"));
+    let (status, _) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "after"})).await;
+    assert_eq!(status, 200, "a disabled plugin no longer runs");
+    // Re-enabling clears the reason.
+    let (_, plugin) = app.patch(ADMIN_TOKEN, "/v1/plugins/hostile-panic", &json!({"enabled": true})).await;
+    assert_eq!(plugin["state"], "enabled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abusive_output_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let victim = app.create_tenant("victim").await;
+    hostile(&app, ADMIN_TOKEN, "hostile-output", json!({"max_consecutive_failures": 100})).await;
+    let cases = [
+        (json!({"mode": "oversized"}), "exceeds the limit"),
+        (json!({"mode": "malformed"}), "is not valid JSON"),
+        (json!({"mode": "tenant", "tenant": "victim"}), "tenant was changed"),
+        (json!({"mode": "fanout", "copies": 5000}), "fan-out of 5000 events exceeds the limit of 1000"),
+        (json!({"mode": "count"}), "2 outcomes for 1 events"),
+    ];
+    for (config, expected) in cases {
+        let (status, _) = app.patch(ADMIN_TOKEN, "/v1/plugins/hostile-output", &json!({"config": config})).await;
+        assert_eq!(status, 200);
+        let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "abuse"})).await;
+        assert_eq!(status, 502, "{config}: {body}");
+        let message = body["results"][0]["error"]["message"].as_str().unwrap();
+        assert!(message.contains("invalid output") && message.contains(expected), "{config}: {message}");
+    }
+    assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty());
+    assert!(app.all_events(&victim, "").await.is_empty(), "nothing written into another tenant");
+    let (status, _) = app.get(ADMIN_TOKEN, "/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_reach_files_environment_or_clocks() {
+    let app = spawn_app().await;
+    hostile(&app, ADMIN_TOKEN, "hostile-escape", Value::Null).await;
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "peek"})).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = &app.all_events(ADMIN_TOKEN, "").await[0]["event_payload"]["escape"];
+    assert!(seen["file"].as_str().unwrap().starts_with("denied"), "{seen}");
+    assert!(seen["dir"].as_str().unwrap().starts_with("denied"), "{seen}");
+    assert_eq!(seen["env"], 0, "{seen}");
+    assert_eq!(seen["args"], 0, "{seen}");
+    assert_eq!(seen["wall_clock_secs"], 0, "the wall clock is frozen at the epoch");
+    assert_eq!(seen["monotonic_elapsed_ns"], 0, "no timer to measure with");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_whose_init_never_returns_is_refused_at_install() {
+    let app = spawn_app().await;
+    let started = Instant::now();
+    let (status, body) = app.upload_bytes(ADMIN_TOKEN, "slow", sluice_e2e::plugin_wasm("hostile-slow-init")).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("init exceeded the deadline"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (_, list) = app.get(ADMIN_TOKEN, "/v1/plugins").await;
+    assert_eq!(list["items"], json!([]));
+}

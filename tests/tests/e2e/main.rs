@@ -1,0 +1,6 @@
+//! End-to-end tests: the real service over HTTP, real wasmtime running the
+//! plugins built from `plugins/`, a real DuckDB file.
+
+mod hostile;
+mod ingest;
+mod plugins;

@@ -1,0 +1,190 @@
+//! The shipped plugins, uploads, settings and restarts.
+
+use serde_json::{json, Value};
+use sluice_e2e::{plugin_wasm, spawn_app, spawn_app_in, ADMIN_TOKEN};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_prefix_rewrites_names_with_lineage_and_never_double_prefixes() {
+    let app = spawn_app().await;
+    let view = app.install(ADMIN_TOKEN, "customer-prefix", "customer-prefix", Value::Null).await;
+    assert_eq!(view["version"], 1);
+    let sha = view["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha.len(), 64);
+
+    let (status, body) = app
+        .post_events(ADMIN_TOKEN, &json!([{"event_type": "match.started"}, {"event_type": "customer.already"}]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    let names: Vec<&str> = events.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(names, ["customer.already", "customer.match.started"]);
+    assert_eq!(events[1]["lineage"], json!([{"plugin": "customer-prefix", "version": 1, "sha256": sha}]));
+
+    // The rule is configurable: only events from source "game".
+    let (status, body) = app
+        .patch(
+            ADMIN_TOKEN,
+            "/v1/plugins/customer-prefix",
+            &json!({"config": {"match": {"source": ["game"]}, "prefix": "cust:"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    app.post_events(
+        ADMIN_TOKEN,
+        &json!([{"event_type": "e1", "source": "game"}, {"event_type": "e2", "source": "ops"}]),
+    )
+    .await;
+    let names: Vec<String> = app.all_events(ADMIN_TOKEN, "").await[..2]
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["e2", "cust:e1"]);
+
+    let (status, body) = app.patch(ADMIN_TOKEN, "/v1/plugins/customer-prefix", &json!({"config": {"prefix": 3}})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "config"]));
+    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("prefix must be a non-empty string"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_guard_rejects_with_field_level_errors() {
+    let app = spawn_app().await;
+    let rules = json!({"rules": [
+        {"field": "session_id", "required": true, "max_length": 8},
+        {"field": "status", "enum": ["success", "failure"]},
+        {"field": "event_payload.email", "pattern": "^[^@]+@[^@]+$"}
+    ]});
+    app.install(ADMIN_TOKEN, "schema-guard", "schema-guard", json!({"config": rules})).await;
+    let (status, body) = app
+        .post_events(
+            ADMIN_TOKEN,
+            &json!([
+                {"event_type": "ok", "session_id": "s1", "event_payload": {"email": "a@b"}},
+                {"event_type": "bad", "status": "maybe", "event_payload": {"email": "nope"}}
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "stored");
+    let rejected = &body["results"][1];
+    assert_eq!(rejected["status"], "rejected");
+    assert_eq!(rejected["error"]["code"], "invalid_field");
+    assert_eq!(rejected["error"]["field"], "session_id");
+    let message = rejected["error"]["message"].as_str().unwrap();
+    assert!(message.contains("session_id: field required"), "{message}");
+    assert!(message.contains("status: must be one of"), "{message}");
+    assert!(message.contains("event_payload.email: does not match pattern"), "{message}");
+
+    // All events refused: the request fails in the 422 shape, naming the field.
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "bad"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["body", 0, "session_id"]));
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await.len(), 1);
+
+    let (status, body) = app
+        .patch(ADMIN_TOKEN, "/v1/plugins/schema-guard", &json!({"config": {"rules": [{"field": "x", "pattern": "("}]}}))
+        .await;
+    assert_eq!(status, 422);
+    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("config.rules[0].pattern"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pii_redact_hashes_fields_consistently_and_geo_enrich_adds_location() {
+    let app = spawn_app().await;
+    app.install(
+        ADMIN_TOKEN,
+        "geo",
+        "geo-enrich",
+        json!({"position": 0, "config": {"table": [
+            {"cidr": "81.2.0.0/16", "country": "GB"},
+            {"cidr": "81.2.69.0/24", "country": "GB", "city": "London"}
+        ]}}),
+    )
+    .await;
+    app.install(
+        ADMIN_TOKEN,
+        "pii",
+        "pii-redact",
+        json!({"position": 10, "config": {"key": "k1", "fields": ["event_payload.email", "ip_address", "actor_id"]}}),
+    )
+    .await;
+    let event = |n: i64| {
+        json!({"event_type": "login", "task_id": n, "actor_id": "alice", "ip_address": "81.2.69.160",
+               "event_payload": {"email": "alice@example.com", "keep": "me"}})
+    };
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!([event(1), event(2)])).await;
+    assert_eq!(status, 200, "{body}");
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    let (a, b) = (&events[0], &events[1]);
+    let email = a["event_payload"]["email"].as_str().unwrap();
+    assert!(email.starts_with("hmac:") && email.len() == 37, "{email}");
+    assert_ne!(email, "alice@example.com");
+    assert_eq!(a["event_payload"]["email"], b["event_payload"]["email"], "same input, same hash: joinable");
+    assert_eq!(a["event_payload"]["keep"], "me");
+    assert!(a["ip_address"].as_str().unwrap().starts_with("hmac:"));
+    assert!(a["actor_id"].as_str().unwrap().starts_with("hmac:"));
+    // geo-enrich ran first (position 0), on the clear address.
+    assert_eq!(a["event_payload"]["geo"], json!({"country": "GB", "city": "London"}));
+    let lineage: Vec<&str> = a["lineage"].as_array().unwrap().iter().map(|s| s["plugin"].as_str().unwrap()).collect();
+    assert_eq!(lineage, ["geo", "pii"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_uploads_are_refused_with_the_exact_problem() {
+    let app = spawn_app().await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("random", b"hello, world".to_vec(), "not a WebAssembly binary"),
+        ("core", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module, not a component"),
+        ("truncated", plugin_wasm("customer-prefix")[..4000].to_vec(), "invalid component"),
+        ("net", plugin_wasm("hostile-network"), "import `wasi:sockets/"),
+    ];
+    for (name, bytes, expected) in cases {
+        let (status, body) = app.upload_bytes(ADMIN_TOKEN, name, bytes).await;
+        assert_eq!(status, 422, "{name}: {body}");
+        let msg = body["detail"][0]["msg"].as_str().unwrap();
+        assert!(msg.contains(expected), "{name}: {msg}");
+    }
+    let (status, _) = app.upload_bytes(ADMIN_TOKEN, "Bad Name", plugin_wasm("customer-prefix")).await;
+    assert_eq!(status, 422);
+    let (status, body) = app.upload_bytes(ADMIN_TOKEN, "big", vec![0; 17 << 20]).await;
+    assert_eq!(status, 413, "{body}");
+    let (_, list) = app.get(ADMIN_TOKEN, "/v1/plugins").await;
+    assert_eq!(list["items"], json!([]), "nothing installed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_and_events_survive_a_restart_and_versions_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let app = spawn_app_in(dir.path()).await;
+        app.install(ADMIN_TOKEN, "prefix", "customer-prefix", json!({"families": ["generic"]})).await;
+        let (status, body) = app.upload_bytes(ADMIN_TOKEN, "prefix", plugin_wasm("customer-prefix")).await;
+        assert_eq!(status, 200, "same bytes again: {body}");
+        assert_eq!(body["version"], 1, "content-addressed");
+        app.post_events(ADMIN_TOKEN, &json!({"event_type": "before"})).await;
+    }
+    let artifacts = std::fs::read_dir(dir.path().join("plugins")).unwrap().count();
+    assert_eq!(artifacts, 2, "component and its precompiled artifact");
+    let app = spawn_app_in(dir.path()).await;
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "after"})).await;
+    let names: Vec<String> =
+        app.all_events(ADMIN_TOKEN, "").await.iter().map(|e| e["event_type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["customer.after", "customer.before"]);
+    let (_, list) = app.get(ADMIN_TOKEN, "/v1/plugins").await;
+    assert_eq!(list["items"][0]["families"], json!(["generic"]));
+    let (status, versions) = app.get(ADMIN_TOKEN, "/v1/plugins/prefix/versions").await;
+    assert_eq!(status, 200);
+    assert_eq!(versions["items"].as_array().unwrap().len(), 1);
+
+    // Scope: a plugin limited to another family leaves generic events alone.
+    let (status, _) = app.patch(ADMIN_TOKEN, "/v1/plugins/prefix", &json!({"families": ["session-audit"]})).await;
+    assert_eq!(status, 200);
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "scoped"})).await;
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await[0]["event_type"], "scoped");
+    let (status, body) = app.patch(ADMIN_TOKEN, "/v1/plugins/prefix", &json!({"limits": {"deadline_ms": 0}})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "limits", "deadline_ms"]));
+    let (status, body) = app.patch(ADMIN_TOKEN, "/v1/plugins/prefix", &json!({"failure_policy": "explode"})).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "failure_policy"]), "{body}");
+}
