@@ -38,7 +38,7 @@ fn plugin_crates() -> Vec<String> {
 fn ensure_wasm_target() {
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     let has = installed.map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2"));
-    if has == Ok(false) {
+    if matches!(has, Ok(false)) {
         // RUSTUP_AUTO_INSTALL=0 machines do not install the toolchain file's
         // targets on their own.
         let status = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
@@ -156,17 +156,38 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Upload the plugin crate `krate` as plugin `name` and, when `settings`
-    /// is not null, PATCH it; panics unless both succeed.
+    /// Upload the plugin crate `krate` as plugin `name` with `settings` (null
+    /// for none) as the upload's manifest; panics unless it succeeds.
     pub async fn install(&self, token: &str, name: &str, krate: &str, settings: Value) -> Value {
-        let (status, body) = self.upload_bytes(token, name, plugin_wasm(krate)).await;
+        let (status, body) = self.upload_with_manifest(token, name, plugin_wasm(krate), &settings).await;
         assert!(status == 201 || status == 200, "upload of {krate} failed: {status} {body}");
-        if settings.is_null() {
-            return body;
-        }
-        let (status, body) = self.patch(token, &format!("/v1/plugins/{name}"), &settings).await;
-        assert_eq!(status, 200, "settings of {name} refused: {body}");
         body
+    }
+
+    /// Upload as `multipart/form-data`: the component and, unless null, a
+    /// manifest of settings.
+    pub async fn upload_with_manifest(
+        &self,
+        token: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        manifest: &Value,
+    ) -> (u16, Value) {
+        let mut form = reqwest::multipart::Form::new()
+            .part("component", reqwest::multipart::Part::bytes(bytes).mime_str("application/wasm").expect("mime"));
+        if !manifest.is_null() {
+            form = form.text("manifest", manifest.to_string());
+        }
+        let r = self
+            .client
+            .post(self.url(&format!("/v1/plugins?name={name}")))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Create a tenant; returns its admin token.

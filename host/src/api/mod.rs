@@ -197,13 +197,15 @@ async fn not_found() -> ApiError {
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.settings.max_body_bytes.max(state.settings.max_plugin_bytes);
+    let body_limit = state.settings.max_body_bytes;
+    // Uploads read their body themselves, bounded by the plugin size limit.
+    let uploads = post(plugins::upload).layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/events", post(events::ingest))
         .route("/v1/audit/events", get(audit::list))
         .route("/v1/audit/events/{id}", get(audit::get_one))
-        .route("/v1/plugins", post(plugins::upload).get(plugins::list))
+        .route("/v1/plugins", uploads.get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::get_one).patch(plugins::update))
         .route("/v1/plugins/{name}/versions", get(plugins::versions))
         .route("/v1/plugins/{name}/logs", get(plugins::logs))

@@ -4,42 +4,90 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::Json;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::pipeline::SettingsPatch;
 
-/// `POST /v1/plugins?name=NAME` with the component as an `application/wasm`
-/// body: install a plugin, or upload a new version of it.
+/// `POST /v1/plugins?name=NAME`: install a plugin, or upload a new version
+/// of it. The body is the component (`application/wasm`), or
+/// `multipart/form-data` with a `component` part and an optional `manifest`
+/// part: JSON settings as for PATCH (config, limits, policy, ...), applied
+/// together with the upload so a plugin whose `init` needs a config can be
+/// installed in one step.
 pub async fn upload(
     State(state): State<AppState>,
     principal: Principal,
     Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&principal, "plugins:write")?;
     let name = params
         .get("name")
-        .ok_or_else(|| ApiError::field(vec!["query".into(), "name".into()], "Field required", "missing"))?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !matches!(content_type, "application/wasm" | "application/octet-stream") {
+        .ok_or_else(|| ApiError::field(vec!["query".into(), "name".into()], "Field required", "missing"))?
+        .clone();
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // This route reads its body itself (no DefaultBodyLimit) up to the
+    // plugin size limit, draining anything beyond it.
+    let limit = state.settings.max_plugin_bytes;
+    let too_large =
+        |size: usize| ApiError::PayloadTooLarge(format!("plugin is {size} bytes or more; the limit is {limit} bytes"));
+    let (component, patch) = if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::field(vec!["body".into()], e.body_text(), "multipart"))?;
+        let (mut component, mut patch) = (None, SettingsPatch::default());
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| ApiError::field(vec!["body".into()], e.body_text(), "multipart"))?
+        {
+            let part = field.name().unwrap_or("").to_string();
+            let bytes = field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::field(vec!["body".into(), part.clone().into()], e.body_text(), "multipart"))?;
+            match part.as_str() {
+                "component" => component = Some(bytes),
+                "manifest" => patch = parse_json(&bytes)?,
+                other => {
+                    return Err(ApiError::field(
+                        vec!["body".into(), other.into()],
+                        "Unknown part: send `component` and optionally `manifest`",
+                        "extra_forbidden",
+                    ))
+                }
+            }
+        }
+        let component = component
+            .ok_or_else(|| ApiError::field(vec!["body".into(), "component".into()], "Field required", "missing"))?;
+        (component, patch)
+    } else if matches!(content_type.as_str(), "application/wasm" | "application/octet-stream") {
+        let mut body = request.into_body().into_data_stream();
+        let (mut bytes, mut total) = (Vec::new(), 0usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::field(vec!["body".into()], e.to_string(), "body"))?;
+            total += chunk.len();
+            if total <= limit {
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        if total > limit {
+            return Err(too_large(total));
+        }
+        (Bytes::from(bytes), SettingsPatch::default())
+    } else {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "unsupported content type {content_type:?}: send the component as application/wasm"
+            "unsupported content type {content_type:?}: send the component as application/wasm, or multipart/form-data"
         )));
-    }
-    if body.len() > state.settings.max_plugin_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "plugin is {} bytes; the limit is {} bytes",
-            body.len(),
-            state.settings.max_plugin_bytes
-        )));
-    }
-    let (view, created) = state.pipeline.upload(&principal.tenant, name, body.to_vec()).await?;
+    };
+    let (view, created) = state.pipeline.upload(&principal.tenant, &name, component.to_vec(), patch).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
 }
 

@@ -52,6 +52,45 @@ pub struct SettingsPatch {
     pub max_consecutive_failures: Option<u32>,
 }
 
+impl SettingsPatch {
+    /// The settings with this patch applied.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::Invalid`] naming the first field out of range.
+    pub fn apply(self, mut settings: PluginSettings) -> Result<PluginSettings, PluginError> {
+        if let Some(enabled) = self.enabled {
+            settings.enabled = enabled;
+            if enabled {
+                settings.disabled_reason = None;
+            }
+        }
+        if let Some(position) = self.position {
+            settings.position = position;
+        }
+        if let Some(config) = self.config {
+            settings.config = config;
+        }
+        if let Some(limits) = self.limits {
+            limits.validate().map_err(|(field, msg)| PluginError::Invalid(format!("limits.{field}"), msg))?;
+            settings.limits = limits;
+        }
+        if let Some(policy) = self.failure_policy {
+            settings.failure_policy = policy;
+        }
+        if let Some(families) = self.families {
+            settings.families = families;
+        }
+        if let Some(max) = self.max_consecutive_failures {
+            if max == 0 {
+                return Err(PluginError::Invalid("max_consecutive_failures".into(), "must be at least 1".into()));
+            }
+            settings.max_consecutive_failures = max;
+        }
+        Ok(settings)
+    }
+}
+
 #[derive(Default)]
 struct TenantPlugins {
     all: HashMap<String, Arc<Installation>>,
@@ -191,15 +230,21 @@ impl Pipeline {
     }
 
     /// Upload a component as the new version of plugin `name` (installing it
-    /// if new). Keeps the installation's settings; its `init` must accept the
-    /// config before the new version goes live. Returns the view and whether
-    /// the plugin was new.
+    /// if new), with optional settings changes from the upload's manifest.
+    /// Other settings are kept; `init` must accept the config before the new
+    /// version goes live. Returns the view and whether the plugin was new.
     ///
     /// # Errors
     ///
     /// [`PluginError::Upload`] for a component that fails validation,
     /// [`PluginError::Invalid`] when `init` refuses the config.
-    pub async fn upload(&self, tenant: &str, name: &str, bytes: Vec<u8>) -> Result<(Value, bool), PluginError> {
+    pub async fn upload(
+        &self,
+        tenant: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        patch: SettingsPatch,
+    ) -> Result<(Value, bool), PluginError> {
         if !valid_name(name) {
             return Err(PluginError::Invalid(
                 "name".into(),
@@ -234,6 +279,7 @@ impl Pipeline {
         settings.version = version;
         settings.sha256 = sha256;
         settings.disabled_reason = None;
+        let settings = patch.apply(settings)?;
         let inst = Installation::new(tenant.to_string(), name.to_string(), settings, compiled);
         self.activate(inst).await?;
         Ok((self.get(tenant, name)?, is_new))
@@ -248,35 +294,7 @@ impl Pipeline {
     pub async fn update(&self, tenant: &str, name: &str, patch: SettingsPatch) -> Result<Value, PluginError> {
         let _guard = self.control.lock().await;
         let current = self.installation(tenant, name)?;
-        let mut settings = current.settings();
-        if let Some(enabled) = patch.enabled {
-            settings.enabled = enabled;
-            if enabled {
-                settings.disabled_reason = None;
-            }
-        }
-        if let Some(position) = patch.position {
-            settings.position = position;
-        }
-        if let Some(config) = patch.config {
-            settings.config = config;
-        }
-        if let Some(limits) = patch.limits {
-            limits.validate().map_err(|(field, msg)| PluginError::Invalid(format!("limits.{field}"), msg))?;
-            settings.limits = limits;
-        }
-        if let Some(policy) = patch.failure_policy {
-            settings.failure_policy = policy;
-        }
-        if let Some(families) = patch.families {
-            settings.families = families;
-        }
-        if let Some(max) = patch.max_consecutive_failures {
-            if max == 0 {
-                return Err(PluginError::Invalid("max_consecutive_failures".into(), "must be at least 1".into()));
-            }
-            settings.max_consecutive_failures = max;
-        }
+        let settings = patch.apply(current.settings())?;
         let inst =
             Installation::new(tenant.to_string(), name.to_string(), settings, current.instances.plugin().clone());
         self.activate(inst).await?;

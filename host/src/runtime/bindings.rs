@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub use exports::sluice::plugin::handler;
-pub use sluice::plugin::types;
+pub use self::exports::sluice::plugin::handler;
+pub use self::sluice::plugin::types;

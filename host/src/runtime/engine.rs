@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
@@ -209,14 +208,10 @@ impl Runtime {
                 return Err(UploadError::ForbiddenImport(name.to_string()));
             }
         }
-        let exports: Vec<(String, ComponentItem)> =
-            ty.exports(&self.engine).map(|(name, item)| (name.to_string(), item)).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let supported = SUPPORTED_CONTRACTS.map(|v| format!("sluice:plugin/handler@{v}"));
-        if !exports.iter().any(|(name, _)| supported.contains(name)) {
-            return Err(UploadError::MissingExport {
-                expected: supported.join(", "),
-                found: exports.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-            });
+        if !exports.iter().any(|name| supported.contains(name)) {
+            return Err(UploadError::MissingExport { expected: supported.join(", "), found: exports.join(", ") });
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| UploadError::Link(format!("{e:#}")))?;
         let pre = PluginPre::new(pre).map_err(|e| UploadError::Link(format!("{e:#}")))?;

@@ -253,8 +253,8 @@ impl EventStore {
     ) -> Result<Vec<Value>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT plugin, plugin_version, epoch_us(at), level, message, fields FROM plugin_logs \
-                 WHERE tenant = ? AND (? IS NULL OR plugin = ?) ORDER BY at DESC LIMIT ?",
+                "SELECT plugin, plugin_version, epoch_us(logged_at), level, message, fields FROM plugin_logs \
+                 WHERE tenant = ? AND (? IS NULL OR plugin = ?) ORDER BY logged_at DESC LIMIT ?",
             )?;
             let rows = stmt.query_map(duckdb::params![tenant, plugin, plugin, limit as i64], |row| {
                 Ok(serde_json::json!({

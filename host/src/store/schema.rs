@@ -57,7 +57,7 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         tenant VARCHAR NOT NULL,
         plugin VARCHAR NOT NULL,
         plugin_version INTEGER NOT NULL,
-        at TIMESTAMP NOT NULL,
+        logged_at TIMESTAMP NOT NULL,
         level VARCHAR NOT NULL,
         message VARCHAR NOT NULL,
         fields VARCHAR NOT NULL

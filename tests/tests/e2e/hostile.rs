@@ -24,7 +24,8 @@ async fn an_endless_loop_is_stopped_at_its_deadline_while_other_tenants_carry_on
     .await;
 
     let started = Instant::now();
-    let looping = app.post_events(ADMIN_TOKEN, &json!({"event_type": "spin"}));
+    let spin = json!({"event_type": "spin"});
+    let looping = app.post_events(ADMIN_TOKEN, &spin);
     let bystander = async {
         // While the loop spins, the other tenant is served promptly.
         let t = Instant::now();
