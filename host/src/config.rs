@@ -37,6 +37,19 @@ pub struct Settings {
     /// address space in the pooling allocator).
     #[arg(long, env = "SLUICE_MAX_PLUGIN_INSTANCES", default_value_t = 512)]
     pub max_plugin_instances: u32,
+    /// Memory DuckDB may use for storage and queries (its `memory_limit`).
+    #[arg(long, env = "SLUICE_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
+    pub duckdb_memory_limit: String,
+    /// Longest analyst query before it is interrupted, in seconds.
+    #[arg(long, env = "SLUICE_QUERY_TIMEOUT_SECS", default_value_t = 10)]
+    pub query_timeout_secs: u64,
+    /// Most rows a JSON or CSV query result returns (the rest is cut and the
+    /// result marked truncated).
+    #[arg(long, env = "SLUICE_QUERY_MAX_ROWS", default_value_t = 10_000)]
+    pub query_max_rows: usize,
+    /// How often the retention job runs, in seconds.
+    #[arg(long, env = "SLUICE_RETENTION_INTERVAL_SECS", default_value_t = 300)]
+    pub retention_interval_secs: u64,
     /// Meter fuel on every plugin call (needed for fuel budgets and reports).
     #[arg(long, env = "SLUICE_FUEL_METERING", default_value_t = true, action = clap::ArgAction::Set)]
     pub fuel_metering: bool,
@@ -56,6 +69,10 @@ impl Settings {
             compile_timeout_secs: 20,
             plugin_stack_bytes: 512 << 10,
             max_plugin_instances: 512,
+            duckdb_memory_limit: "4GB".into(),
+            query_timeout_secs: 10,
+            query_max_rows: 10_000,
+            retention_interval_secs: 300,
             fuel_metering: true,
         }
     }

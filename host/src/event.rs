@@ -123,6 +123,24 @@ pub struct PluginLog {
     pub fields: Vec<(String, String)>,
 }
 
+/// One call of one plugin on one batch: what went in, what came out, what
+/// it cost. Kept in `plugin_runs`.
+#[derive(Debug, Clone)]
+pub struct PluginRun {
+    pub tenant: String,
+    pub plugin: String,
+    pub plugin_version: u32,
+    pub started_at: i64,
+    pub events_in: u32,
+    pub events_out: u32,
+    pub dropped: u32,
+    pub rejected: u32,
+    /// The fault's reason (`timeout`, `panic`, ...) when the call failed.
+    pub fault: Option<String>,
+    pub elapsed_us: i64,
+    pub fuel: u64,
+}
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()

@@ -46,7 +46,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
-        let store = EventStore::open(&settings.database_path(), cursor_key(&settings)?)
+        let store = EventStore::open(&settings.database_path(), cursor_key(&settings)?, &settings.duckdb_memory_limit)
             .with_context(|| format!("cannot open {}", settings.database_path().display()))?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             max_module_bytes: settings.max_plugin_bytes,

@@ -91,9 +91,14 @@ impl Drop for TestApp {
 
 /// Start the service on port 0 with a new temporary data directory.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Start the service with settings changed by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut sluice::Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().to_path_buf();
-    let mut app = spawn_app_in(&path).await;
+    let mut app = start(&path, adjust).await;
     app._dir = Some(dir);
     app
 }
@@ -101,10 +106,16 @@ pub async fn spawn_app() -> TestApp {
 /// Start the service on port 0 over an existing data directory (to test
 /// restarts).
 pub async fn spawn_app_in(data_dir: &Path) -> TestApp {
+    start(data_dir, |_| {}).await
+}
+
+async fn start(data_dir: &Path, adjust: impl FnOnce(&mut sluice::Settings)) -> TestApp {
     let mut settings = sluice::Settings::new(data_dir.to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
     settings.admin_token = Some(ADMIN_TOKEN.to_string());
     // Many apps share one test process: keep each engine's pool small.
     settings.max_plugin_instances = 32;
+    settings.duckdb_memory_limit = "1GB".into();
+    adjust(&mut settings);
     let app = sluice::Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let server = tokio::spawn(async move {

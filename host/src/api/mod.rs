@@ -7,7 +7,9 @@
 
 mod audit;
 mod events;
+mod export;
 mod plugins;
+mod query;
 mod tenants;
 
 use std::sync::Arc;
@@ -211,6 +213,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins/{name}/logs", get(plugins::logs))
         .route("/v1/dead-letters", get(plugins::dead_letters))
         .route("/v1/tenants", post(tenants::create))
+        .route("/v1/query", post(query::run))
+        .route("/v1/export", get(export::export))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

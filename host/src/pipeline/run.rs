@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::installation::{FailurePolicy, Installation, PluginSettings};
-use crate::event::{now_micros, DeadLetter, Event, LineageStep, PluginLog, StoredEvent};
+use crate::event::{now_micros, DeadLetter, Event, LineageStep, PluginLog, PluginRun, StoredEvent};
 use crate::runtime::bindings::types;
 use crate::runtime::PluginFault;
 use crate::store::WriteBatch;
@@ -225,6 +225,33 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>) -> RunOutput {
             }
             Ok(outcomes)
         });
+        let mut run = PluginRun {
+            tenant: inst.tenant.clone(),
+            plugin: inst.name.clone(),
+            plugin_version: version,
+            started_at: at - report.elapsed.as_micros() as i64,
+            events_in: in_scope.len() as u32,
+            events_out: 0,
+            dropped: 0,
+            rejected: 0,
+            fault: None,
+            elapsed_us: report.elapsed.as_micros() as i64,
+            fuel: report.fuel,
+        };
+        match &result {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    match outcome {
+                        types::Outcome::Keep(events) if events.is_empty() => run.dropped += 1,
+                        types::Outcome::Keep(events) => run.events_out += events.len() as u32,
+                        types::Outcome::Drop(_) => run.dropped += 1,
+                        types::Outcome::Reject(_) => run.rejected += 1,
+                    }
+                }
+            }
+            Err(fault) => run.fault = Some(fault.reason().to_string()),
+        }
+        out.batch.runs.push(run);
         match result {
             Ok(outcomes) => {
                 inst.record_success();

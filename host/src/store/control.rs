@@ -30,7 +30,8 @@ impl EventStore {
     /// Database errors.
     pub async fn create_tenant(&self, tenant: String) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            let n = conn.execute("INSERT INTO tenants VALUES (?, now()) ON CONFLICT DO NOTHING", [tenant])?;
+            let n = conn
+                .execute("INSERT INTO tenants (id, created_at) VALUES (?, now()) ON CONFLICT DO NOTHING", [tenant])?;
             Ok(n == 1)
         })
         .await

@@ -7,6 +7,7 @@
 //! COMMIT returned. Reads use connections of their own on blocking threads.
 
 mod control;
+mod query;
 mod read;
 mod schema;
 mod writer;
@@ -18,9 +19,10 @@ use duckdb::Connection;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::event::{DeadLetter, PluginLog, StoredEvent};
+use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 
 pub use control::{PluginVersion, TokenRecord};
+pub use query::{QueryError, QueryLimits, QueryResult, QUERY_VIEWS};
 pub use read::{EventFilter, EventPage};
 
 /// Most write requests waiting for the writer; beyond it writes are refused
@@ -33,11 +35,12 @@ pub struct WriteBatch {
     pub events: Vec<StoredEvent>,
     pub dead_letters: Vec<DeadLetter>,
     pub logs: Vec<PluginLog>,
+    pub runs: Vec<PluginRun>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.dead_letters.is_empty() && self.logs.is_empty()
+        self.events.is_empty() && self.dead_letters.is_empty() && self.logs.is_empty() && self.runs.is_empty()
     }
 }
 
@@ -73,6 +76,8 @@ struct Inner {
     /// A connection kept only to clone readers from.
     base: Mutex<Connection>,
     cursor_key: [u8; 32],
+    /// The only directory DuckDB may write files to (exports).
+    export_dir: PathBuf,
 }
 
 impl EventStore {
@@ -82,12 +87,30 @@ impl EventStore {
     /// # Errors
     ///
     /// When the file cannot be opened or migrated.
-    pub fn open(path: &Path, cursor_key: [u8; 32]) -> Result<EventStore, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;
+    pub fn open(path: &Path, cursor_key: [u8; 32], memory_limit: &str) -> Result<EventStore, StoreError> {
+        let io = |e: std::io::Error| StoreError::Db(duckdb::Error::ToSqlConversionFailure(Box::new(e)));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let export_dir = std::path::absolute(dir.join("exports")).map_err(io)?;
+        std::fs::create_dir_all(&export_dir).map_err(io)?;
+        // Left-overs of exports interrupted by a crash.
+        for entry in std::fs::read_dir(&export_dir).map_err(io)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
         }
         let conn = Connection::open(path)?;
         schema::migrate(&conn)?;
+        // Analysts' SQL runs on this database: from here on it reaches no
+        // file but its own and the export directory, loads no extension, and
+        // no statement can change these settings.
+        let allowed = format!("{}/", export_dir.display()).replace('\'', "''");
+        conn.execute_batch(&format!(
+            "SET memory_limit = '{}'; \
+             SET allowed_directories = ['{allowed}']; \
+             SET enable_external_access = false; \
+             SET autoinstall_known_extensions = false; \
+             SET autoload_known_extensions = false; \
+             SET lock_configuration = true;",
+            memory_limit.replace('\'', "''")
+        ))?;
         let write_conn = conn.try_clone()?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         writer::spawn(write_conn, rx)?;
@@ -98,6 +121,7 @@ impl EventStore {
                 readers: Mutex::new(Vec::new()),
                 base: Mutex::new(conn),
                 cursor_key,
+                export_dir,
             }),
         })
     }
@@ -176,6 +200,11 @@ impl EventStore {
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let conn = self.inner.base.lock().try_clone()?;
         f(&conn)
+    }
+
+    /// A fresh file name in the export directory.
+    pub(crate) fn export_path(&self, extension: &str) -> PathBuf {
+        self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4()))
     }
 
     pub(crate) fn cursor_key(&self) -> &[u8; 32] {

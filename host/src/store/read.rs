@@ -197,6 +197,55 @@ impl EventStore {
         .await
     }
 
+    /// Export: up to `limit` of a tenant's events after sequence `after`,
+    /// oldest first, in `[from, to)` of `created_at`. Returns the rows and
+    /// the last sequence number, to continue from.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn export_page(
+        &self,
+        tenant: String,
+        filter: EventFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<i64>), StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?");
+            let mut args = vec![DbValue::Text(tenant)];
+            filter.conditions(&mut sql, &mut args);
+            sql.push_str(&format!(" AND seq > ? ORDER BY seq LIMIT {limit}"));
+            args.push(DbValue::BigInt(after));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows: Vec<(i64, Value)> =
+                stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;
+            let last = rows.last().map(|(seq, _)| *seq);
+            Ok((rows.into_iter().map(|(_, v)| v).collect(), last))
+        })
+        .await
+    }
+
+    /// Export a tenant's events in `[from, to)` into a Parquet file under the
+    /// export directory and return its path.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn export_parquet(&self, tenant: String, filter: EventFilter) -> Result<std::path::PathBuf, StoreError> {
+        let path = self.export_path("parquet");
+        let target = path.clone();
+        self.read(move |conn| {
+            let mut sql = "SELECT * EXCLUDE (tenant) FROM events WHERE tenant = ?".to_string();
+            let mut args = vec![DbValue::Text(tenant)];
+            filter.conditions(&mut sql, &mut args);
+            let copy = format!("COPY ({sql} ORDER BY seq) TO '{}' (FORMAT parquet)", target.display());
+            conn.execute(&copy, params_from_iter(args))?;
+            Ok(target)
+        })
+        .await
+    }
+
     /// One event of a tenant by id.
     ///
     /// # Errors

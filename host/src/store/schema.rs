@@ -3,9 +3,10 @@
 use duckdb::Connection;
 
 /// `(version, SQL)`; append only, never edit a released entry.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE events (
         seq BIGINT NOT NULL,
         tenant VARCHAR NOT NULL,
@@ -91,7 +92,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (tenant, name)
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+        CREATE TABLE plugin_runs (
+            tenant VARCHAR NOT NULL,
+            plugin VARCHAR NOT NULL,
+            plugin_version INTEGER NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            events_in INTEGER NOT NULL,
+            events_out INTEGER NOT NULL,
+            dropped INTEGER NOT NULL,
+            rejected INTEGER NOT NULL,
+            fault VARCHAR,
+            elapsed_us BIGINT NOT NULL,
+            fuel BIGINT NOT NULL
+        );
+        ALTER TABLE tenants ADD COLUMN retention_days INTEGER;
+        ",
+    ),
+];
 
 /// Bring the database up to the newest schema.
 ///

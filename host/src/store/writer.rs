@@ -207,6 +207,25 @@ impl Writer {
             }
             appender.flush()?;
         }
+        {
+            let mut appender = self.conn.appender("plugin_runs")?;
+            for r in batches.iter().flat_map(|b| &b.runs) {
+                appender.append_row(params![
+                    r.tenant,
+                    r.plugin,
+                    r.plugin_version,
+                    ts(r.started_at),
+                    r.events_in,
+                    r.events_out,
+                    r.dropped,
+                    r.rejected,
+                    r.fault,
+                    r.elapsed_us,
+                    r.fuel as i64,
+                ])?;
+            }
+            appender.flush()?;
+        }
         self.next_seq = seq;
         Ok(())
     }

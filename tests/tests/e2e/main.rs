@@ -1,6 +1,7 @@
 //! End-to-end tests: the real service over HTTP, real wasmtime running the
 //! plugins built from `plugins/`, a real DuckDB file.
 
+mod analytics;
 mod hostile;
 mod ingest;
 mod plugins;

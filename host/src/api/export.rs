@@ -1,0 +1,113 @@
+//! `GET /v1/export?from=...&to=...&format=parquet|ndjson`: stream the
+//! caller's events, oldest first.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+
+use super::{require, ApiError, AppState};
+use crate::auth::Principal;
+use crate::store::EventFilter;
+
+/// Rows fetched per step of an NDJSON export.
+const PAGE: usize = 2_000;
+
+fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    params
+        .get(name)
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text).map(|t| t.timestamp_micros()).map_err(|e| {
+                ApiError::field(
+                    vec!["query".into(), name.into()],
+                    format!("Input should be a valid datetime, {e}"),
+                    "datetime_parsing",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Stream a file written under the export directory, then forget it: the
+/// path is removed at once and the open handle keeps the data readable.
+pub(crate) async fn stream_file(
+    path: PathBuf,
+    content_type: &'static str,
+    filename: &str,
+) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let _ = tokio::fs::remove_file(&path).await;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn export(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    require(&principal, "events:read")?;
+    let filter = EventFilter {
+        from: time_param(&params, "from")?,
+        to: time_param(&params, "to")?,
+        family: params.get("family").cloned(),
+        ..EventFilter::default()
+    };
+    match params.get("format").map(String::as_str).unwrap_or("ndjson") {
+        "parquet" => {
+            let path = state.store.export_parquet(principal.tenant, filter).await?;
+            stream_file(path, "application/vnd.apache.parquet", "events.parquet").await
+        }
+        "ndjson" => {
+            let store = state.store.clone();
+            let tenant = principal.tenant;
+            // Keyset paging on the insertion sequence: each step reads the
+            // next page; nothing is held beyond one page.
+            let pages = stream::unfold(Some(0i64), move |after| {
+                let (store, tenant, filter) = (store.clone(), tenant.clone(), filter.clone());
+                async move {
+                    let after = after?;
+                    match store.export_page(tenant, filter, after, PAGE).await {
+                        Ok((rows, _)) if rows.is_empty() => None,
+                        Ok((rows, last)) => {
+                            let mut chunk = String::new();
+                            for row in &rows {
+                                chunk.push_str(&row.to_string());
+                                chunk.push('\n');
+                            }
+                            let next = if rows.len() < PAGE { None } else { last };
+                            Some((Ok::<_, std::io::Error>(chunk), next))
+                        }
+                        Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                    }
+                }
+            });
+            Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
+                    (header::CONTENT_DISPOSITION, "attachment; filename=\"events.ndjson\"".to_string()),
+                ],
+                Body::from_stream(pages),
+            )
+                .into_response())
+        }
+        other => Err(ApiError::field(
+            vec!["query".into(), "format".into()],
+            format!("Input should be 'parquet' or 'ndjson', got {other:?}"),
+            "enum",
+        )),
+    }
+}
