@@ -81,7 +81,27 @@ impl Application {
     ///
     /// I/O errors of the listener.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown_signal()).await
+        let retention = tokio::spawn(retention_job(
+            self.state.store.clone(),
+            Duration::from_secs(self.state.settings.retention_interval_secs.max(1)),
+        ));
+        let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown_signal()).await;
+        retention.abort();
+        served
+    }
+}
+
+/// Enforce tenants' retention periods, every `interval`.
+async fn retention_job(store: crate::store::EventStore, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.sweep_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "retention removed expired rows"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod events;
 mod export;
 mod plugins;
 mod query;
+mod retention;
 mod tenants;
 
 use std::sync::Arc;
@@ -215,6 +216,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tenants", post(tenants::create))
         .route("/v1/query", post(query::run))
         .route("/v1/export", get(export::export))
+        .route("/v1/retention", get(retention::get).put(retention::put))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())

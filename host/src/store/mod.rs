@@ -9,6 +9,7 @@
 mod control;
 mod query;
 mod read;
+mod retention;
 mod schema;
 mod writer;
 

@@ -1,0 +1,36 @@
+//! `GET /v1/retention` and `PUT /v1/retention` (`{"days": N}` or
+//! `{"days": null}`): how long the caller's tenant keeps its events.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{parse_json, require, ApiError, AppState};
+use crate::auth::{Principal, ADMIN_SCOPE};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Retention {
+    days: Option<u32>,
+}
+
+pub async fn get(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
+    require(&principal, "events:read")?;
+    let days = state.store.retention(principal.tenant).await?;
+    Ok(Json(json!({ "days": days })))
+}
+
+pub async fn put(State(state): State<AppState>, principal: Principal, body: Bytes) -> Result<Json<Value>, ApiError> {
+    require(&principal, ADMIN_SCOPE)?;
+    let retention: Retention = parse_json(&body)?;
+    if retention.days == Some(0) || retention.days.is_some_and(|d| d > 36_500) {
+        return Err(ApiError::field(
+            vec!["body".into(), "days".into()],
+            "Input should be between 1 and 36500, or null to keep events forever",
+            "value_error",
+        ));
+    }
+    state.store.set_retention(principal.tenant, retention.days).await?;
+    Ok(Json(json!({ "days": retention.days })))
+}
