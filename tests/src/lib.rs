@@ -148,6 +148,12 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn put(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.client.put(self.url(path)).bearer_auth(token).json(body).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post_events(&self, token: &str, body: &Value) -> (u16, Value) {
         self.post(token, "/v1/events", body).await
     }
