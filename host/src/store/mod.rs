@@ -14,6 +14,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use duckdb::Connection;
@@ -79,6 +80,8 @@ struct Inner {
     cursor_key: [u8; 32],
     /// The only directory DuckDB may write files to (exports).
     export_dir: PathBuf,
+    /// Highest sequence number committed (see `read::list_events`).
+    committed: Arc<AtomicI64>,
 }
 
 impl EventStore {
@@ -99,12 +102,17 @@ impl EventStore {
         }
         let conn = Connection::open(path)?;
         schema::migrate(&conn)?;
+        // A large checkpoint threshold: each checkpoint recompresses the
+        // last, partly filled row group, so frequent small checkpoints cost
+        // more than they save (measured: BENCHMARKS.md). Recovery replays at
+        // most this much WAL.
         // Analysts' SQL runs on this database: from here on it reaches no
         // file but its own and the export directory, loads no extension, and
         // no statement can change these settings.
         let allowed = format!("{}/", export_dir.display()).replace('\'', "''");
         conn.execute_batch(&format!(
             "SET memory_limit = '{}'; \
+             SET checkpoint_threshold = '512MB'; \
              SET allowed_directories = ['{allowed}']; \
              SET enable_external_access = false; \
              SET autoinstall_known_extensions = false; \
@@ -114,7 +122,8 @@ impl EventStore {
         ))?;
         let write_conn = conn.try_clone()?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        writer::spawn(write_conn, rx)?;
+        let committed = Arc::new(AtomicI64::new(0));
+        writer::spawn(write_conn, rx, committed.clone())?;
         Ok(EventStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -123,6 +132,7 @@ impl EventStore {
                 base: Mutex::new(conn),
                 cursor_key,
                 export_dir,
+                committed,
             }),
         })
     }
@@ -206,6 +216,11 @@ impl EventStore {
     /// A fresh file name in the export directory.
     pub(crate) fn export_path(&self, extension: &str) -> PathBuf {
         self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4()))
+    }
+
+    /// Highest sequence number committed so far.
+    pub(crate) fn committed_seq(&self) -> i64 {
+        self.inner.committed.load(Ordering::Acquire)
     }
 
     pub(crate) fn cursor_key(&self) -> &[u8; 32] {

@@ -174,18 +174,31 @@ impl EventStore {
     ) -> Result<EventPage, StoreError> {
         let key = *self.cursor_key();
         let after = cursor.map(|c| decode_cursor(&key, &tenant, &filter, &c)).transpose()?;
+        // Rows are appended in sequence order, so DuckDB's per-row-group
+        // min/max of `seq` lets it skip everything outside a sequence window.
+        // Look in a window below the cursor first and widen it until the page
+        // is full or the window covers the table: the first page and deep
+        // pages then read a few row groups, not the whole table.
+        let below = after.unwrap_or(self.committed_seq() + 1);
         self.read(move |conn| {
             let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?");
             let mut args = vec![DbValue::Text(tenant.clone())];
             filter.conditions(&mut sql, &mut args);
-            if let Some(seq) = after {
-                sql.push_str(" AND seq < ?");
-                args.push(DbValue::BigInt(seq));
-            }
-            sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", limit + 1));
+            sql.push_str(&format!(" AND seq < ? AND seq >= ? ORDER BY seq DESC LIMIT {}", limit + 1));
             let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows: Vec<(i64, Value)> =
-                stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;
+            let mut window: i64 = 16_384;
+            let mut rows: Vec<(i64, Value)> = loop {
+                let floor = below.saturating_sub(window).max(0);
+                let mut bound = args.clone();
+                bound.push(DbValue::BigInt(below));
+                bound.push(DbValue::BigInt(floor));
+                let rows: Vec<(i64, Value)> =
+                    stmt.query_map(params_from_iter(bound), event_row)?.collect::<duckdb::Result<_>>()?;
+                if rows.len() > limit || floor == 0 {
+                    break rows;
+                }
+                window = window.saturating_mul(16);
+            };
             let next_cursor = if rows.len() > limit {
                 rows.truncate(limit);
                 rows.last().map(|(seq, _)| encode_cursor(&key, &tenant, &filter, *seq))

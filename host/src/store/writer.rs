@@ -4,13 +4,28 @@ use duckdb::types::{TimeUnit, Value};
 use duckdb::{params, Connection};
 use tokio::sync::mpsc;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use duckdb::arrow::array::{
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use duckdb::arrow::error::ArrowError;
+use duckdb::arrow::record_batch::RecordBatch;
+
 use super::{Command, StoreError, WriteBatch};
-use crate::event::{Event, COLUMN_ATTRIBUTES};
+use crate::event::{Event, StoredEvent, COLUMN_ATTRIBUTES};
 
 /// Most write requests committed in one group.
 const MAX_GROUP: usize = 256;
 
-pub(super) fn spawn(conn: Connection, rx: mpsc::Receiver<Command>) -> Result<(), StoreError> {
+/// Start the writer. `committed` follows the highest sequence number
+/// committed so far (readers use it to bound their scans).
+pub(super) fn spawn(
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    committed: Arc<AtomicI64>,
+) -> Result<(), StoreError> {
     let next_seq: i64 = conn.query_row(
         "SELECT greatest((SELECT coalesce(max(seq), 0) FROM events), (SELECT coalesce(max(seq), 0) FROM dead_letters)) + 1",
         [],
@@ -18,7 +33,10 @@ pub(super) fn spawn(conn: Connection, rx: mpsc::Receiver<Command>) -> Result<(),
     )?;
     std::thread::Builder::new()
         .name("sluice-writer".into())
-        .spawn(move || Writer { conn, next_seq }.run(rx))
+        .spawn(move || {
+            committed.store(next_seq - 1, Ordering::Release);
+            Writer { conn, next_seq, committed }.run(rx)
+        })
         .map_err(|e| StoreError::Db(duckdb::Error::ToSqlConversionFailure(Box::new(e))))?;
     Ok(())
 }
@@ -28,32 +46,118 @@ struct Writer {
     /// Insertion order of rows; the listing's keyset. Only this thread
     /// assigns it, so it is strictly increasing in commit order.
     next_seq: i64,
+    committed: Arc<AtomicI64>,
 }
 
 fn ts(micros: i64) -> Value {
     Value::Timestamp(TimeUnit::Microsecond, micros)
 }
 
-fn opt_int(s: Option<&str>) -> Value {
-    s.and_then(|v| v.parse::<i64>().ok()).map_or(Value::Null, Value::BigInt)
-}
-
-fn opt_text(s: Option<&str>) -> Value {
-    s.map_or(Value::Null, |v| Value::Text(v.to_string()))
-}
-
-fn extra_attributes(event: &Event) -> Value {
+fn extra_attributes(event: &Event) -> Option<String> {
     let extra: serde_json::Map<String, serde_json::Value> = event
         .attributes
         .iter()
         .filter(|(k, _)| !COLUMN_ATTRIBUTES.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
-    if extra.is_empty() {
-        Value::Null
-    } else {
-        Value::Text(serde_json::Value::Object(extra).to_string())
+    (!extra.is_empty()).then(|| serde_json::Value::Object(extra).to_string())
+}
+
+/// The rows of `events` as one Arrow batch in the column order of the
+/// `events` table, numbered from `seq`.
+fn events_batch(events: &[&StoredEvent], seq: i64) -> Result<RecordBatch, ArrowError> {
+    let n = events.len();
+    let text = || StringBuilder::with_capacity(n, n * 16);
+    let mut seqs = Int64Builder::with_capacity(n);
+    let (mut tenant, mut id, mut family) = (text(), text(), text());
+    let (mut created, mut received) =
+        (TimestampMicrosecondBuilder::with_capacity(n), TimestampMicrosecondBuilder::with_capacity(n));
+    let mut user_id = Int64Builder::with_capacity(n);
+    let (mut actor_type, mut actor_id, mut source, mut group, mut name, mut status) =
+        (text(), text(), text(), text(), text(), text());
+    let (mut resource_type, mut resource_id, mut session_id) = (text(), text(), text());
+    let mut vm_id = text();
+    let mut task_id = Int64Builder::with_capacity(n);
+    let (mut request_id, mut correlation_id, mut http_method, mut path) = (text(), text(), text(), text());
+    let mut http_status = Int32Builder::with_capacity(n);
+    let mut latency = Float64Builder::with_capacity(n);
+    let (mut ip, mut agent, mut node_ip, mut worker) = (text(), text(), text(), text());
+    let mut payload = StringBuilder::with_capacity(n, n * 128);
+    let (mut error_message, mut attributes, mut lineage) = (text(), text(), text());
+    let mut raw = StringBuilder::with_capacity(n, n * 128);
+    for (i, stored) in events.iter().enumerate() {
+        let e = &stored.event;
+        let attr = |k: &str| e.attribute(k);
+        seqs.append_value(seq + i as i64);
+        tenant.append_value(&e.tenant);
+        id.append_value(&e.id);
+        family.append_value(&e.family);
+        created.append_value(e.occurred_at);
+        received.append_value(e.received_at);
+        user_id.append_option(e.user_id);
+        actor_type.append_value(&e.actor_type);
+        actor_id.append_option(e.actor_id.as_deref());
+        source.append_value(&e.source);
+        group.append_value(&e.group);
+        name.append_value(&e.name);
+        status.append_value(&e.status);
+        resource_type.append_option(e.resource_type.as_deref());
+        resource_id.append_option(e.resource_id.as_deref());
+        session_id.append_option(e.session_id.as_deref());
+        vm_id.append_option(attr("vm_id"));
+        task_id.append_option(attr("task_id").and_then(|v| v.parse().ok()));
+        request_id.append_option(attr("request_id"));
+        correlation_id.append_option(attr("correlation_id"));
+        http_method.append_option(attr("http_method"));
+        path.append_option(attr("path"));
+        http_status.append_option(attr("http_status").and_then(|v| v.parse().ok()));
+        latency.append_option(attr("latency_ms").and_then(|v| v.parse().ok()));
+        ip.append_option(attr("ip_address"));
+        agent.append_option(attr("user_agent"));
+        node_ip.append_option(attr("node_ip"));
+        worker.append_option(attr("worker_id"));
+        payload.append_value(&e.payload);
+        error_message.append_option(attr("error_message"));
+        attributes.append_option(extra_attributes(e));
+        lineage.append_value(serde_json::to_string(&stored.lineage).unwrap_or_else(|_| "[]".into()));
+        raw.append_value(stored.raw.to_string());
     }
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("seq", Arc::new(seqs.finish())),
+        ("tenant", Arc::new(tenant.finish())),
+        ("id", Arc::new(id.finish())),
+        ("family", Arc::new(family.finish())),
+        ("created_at", Arc::new(created.finish())),
+        ("received_at", Arc::new(received.finish())),
+        ("user_id", Arc::new(user_id.finish())),
+        ("actor_type", Arc::new(actor_type.finish())),
+        ("actor_id", Arc::new(actor_id.finish())),
+        ("source", Arc::new(source.finish())),
+        ("event_group", Arc::new(group.finish())),
+        ("event_type", Arc::new(name.finish())),
+        ("status", Arc::new(status.finish())),
+        ("resource_type", Arc::new(resource_type.finish())),
+        ("resource_id", Arc::new(resource_id.finish())),
+        ("session_id", Arc::new(session_id.finish())),
+        ("vm_id", Arc::new(vm_id.finish())),
+        ("task_id", Arc::new(task_id.finish())),
+        ("request_id", Arc::new(request_id.finish())),
+        ("correlation_id", Arc::new(correlation_id.finish())),
+        ("http_method", Arc::new(http_method.finish())),
+        ("path", Arc::new(path.finish())),
+        ("http_status", Arc::new(http_status.finish())),
+        ("latency_ms", Arc::new(latency.finish())),
+        ("ip_address", Arc::new(ip.finish())),
+        ("user_agent", Arc::new(agent.finish())),
+        ("node_ip", Arc::new(node_ip.finish())),
+        ("worker_id", Arc::new(worker.finish())),
+        ("event_payload", Arc::new(payload.finish())),
+        ("error_message", Arc::new(error_message.finish())),
+        ("attributes", Arc::new(attributes.finish())),
+        ("lineage", Arc::new(lineage.finish())),
+        ("raw", Arc::new(raw.finish())),
+    ];
+    RecordBatch::try_from_iter(columns)
 }
 
 impl Writer {
@@ -111,7 +215,10 @@ impl Writer {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         match self.append(batches) {
             Ok(()) => match self.conn.execute_batch("COMMIT") {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    self.committed.store(self.next_seq - 1, Ordering::Release);
+                    Ok(())
+                }
                 Err(e) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
                     Err(e.into())
@@ -126,50 +233,16 @@ impl Writer {
 
     fn append(&mut self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
         let mut seq = self.next_seq;
-        {
+        let events: Vec<&StoredEvent> = batches.iter().flat_map(|b| &b.events).collect();
+        if !events.is_empty() {
+            // Columnar (Arrow) append: an order of magnitude faster than
+            // appending value by value.
+            let batch = events_batch(&events, seq)
+                .map_err(|e| StoreError::Db(duckdb::Error::ToSqlConversionFailure(e.into())))?;
             let mut appender = self.conn.appender("events")?;
-            for stored in batches.iter().flat_map(|b| &b.events) {
-                let e = &stored.event;
-                let attr = |k: &str| e.attribute(k);
-                let lineage = serde_json::to_string(&stored.lineage).unwrap_or_else(|_| "[]".into());
-                appender.append_row(params![
-                    seq,
-                    e.tenant,
-                    e.id,
-                    e.family,
-                    ts(e.occurred_at),
-                    ts(e.received_at),
-                    e.user_id,
-                    e.actor_type,
-                    e.actor_id,
-                    e.source,
-                    e.group,
-                    e.name,
-                    e.status,
-                    e.resource_type,
-                    e.resource_id,
-                    e.session_id,
-                    opt_text(attr("vm_id")),
-                    opt_int(attr("task_id")),
-                    opt_text(attr("request_id")),
-                    opt_text(attr("correlation_id")),
-                    opt_text(attr("http_method")),
-                    opt_text(attr("path")),
-                    opt_int(attr("http_status")),
-                    attr("latency_ms").and_then(|v| v.parse::<f64>().ok()),
-                    opt_text(attr("ip_address")),
-                    opt_text(attr("user_agent")),
-                    opt_text(attr("node_ip")),
-                    opt_text(attr("worker_id")),
-                    e.payload,
-                    opt_text(attr("error_message")),
-                    extra_attributes(e),
-                    lineage,
-                    stored.raw.to_string(),
-                ])?;
-                seq += 1;
-            }
+            appender.append_record_batch(batch)?;
             appender.flush()?;
+            seq += events.len() as i64;
         }
         {
             let mut appender = self.conn.appender("dead_letters")?;
