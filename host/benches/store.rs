@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice::event::{Event, StoredEvent};
-use sluice::store::{EventFilter, EventStore, QueryLimits, WriteBatch};
+use sluice::store::{EventFilter, EventStore, QueryLimits, StoreOptions, WriteBatch};
 
 fn event(tenant: &str, n: u64) -> StoredEvent {
     let raw = Arc::new(json!({"event_type": "bench"}));
@@ -111,7 +111,8 @@ async fn listing(store: &EventStore, label: &str) {
 async fn main() {
     let largest: u64 = std::env::var("SLUICE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let store = EventStore::open(&dir.path().join("bench.duckdb"), [1; 32], "8GB").unwrap();
+    let options = StoreOptions { cursor_key: [1; 32], memory_limit: "8GB".into(), queue_depth: 512 };
+    let store = EventStore::open(&dir.path().join("bench.duckdb"), options).unwrap();
 
     for (batch, concurrency, total) in [(1u64, 64u64, 20_000u64), (100, 16, 400_000), (1000, 8, 1_000_000)] {
         let rate = write(&store, "warmup", 0, total, batch, concurrency).await;

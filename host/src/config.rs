@@ -37,6 +37,10 @@ pub struct Settings {
     /// address space in the pooling allocator).
     #[arg(long, env = "SLUICE_MAX_PLUGIN_INSTANCES", default_value_t = 512)]
     pub max_plugin_instances: u32,
+    /// Most write requests waiting for the store; beyond it ingest answers
+    /// 503 with Retry-After.
+    #[arg(long, env = "SLUICE_WRITE_QUEUE_DEPTH", default_value_t = 512)]
+    pub write_queue_depth: usize,
     /// Memory DuckDB may use for storage and queries (its `memory_limit`).
     #[arg(long, env = "SLUICE_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     pub duckdb_memory_limit: String,
@@ -69,6 +73,7 @@ impl Settings {
             compile_timeout_secs: 20,
             plugin_stack_bytes: 512 << 10,
             max_plugin_instances: 512,
+            write_queue_depth: 512,
             duckdb_memory_limit: "4GB".into(),
             query_timeout_secs: 10,
             query_max_rows: 10_000,

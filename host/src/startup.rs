@@ -13,7 +13,7 @@ use crate::auth::Auth;
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::EventStore;
+use crate::store::{EventStore, StoreOptions};
 
 /// The service, built and bound, not yet serving.
 pub struct Application {
@@ -46,7 +46,12 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data directory {}", settings.data_dir.display()))?;
-        let store = EventStore::open(&settings.database_path(), cursor_key(&settings)?, &settings.duckdb_memory_limit)
+        let options = StoreOptions {
+            cursor_key: cursor_key(&settings)?,
+            memory_limit: settings.duckdb_memory_limit.clone(),
+            queue_depth: settings.write_queue_depth,
+        };
+        let store = EventStore::open(&settings.database_path(), options)
             .with_context(|| format!("cannot open {}", settings.database_path().display()))?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             max_module_bytes: settings.max_plugin_bytes,

@@ -27,10 +27,6 @@ pub use control::{PluginVersion, TokenRecord};
 pub use query::{QueryError, QueryLimits, QueryResult, QUERY_VIEWS};
 pub use read::{EventFilter, EventPage};
 
-/// Most write requests waiting for the writer; beyond it writes are refused
-/// with [`StoreError::Overloaded`] instead of growing memory.
-const QUEUE_DEPTH: usize = 512;
-
 /// Everything one request writes; committed together or not at all.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
@@ -65,6 +61,18 @@ pub(crate) enum Command {
     Run(Job),
 }
 
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Signs listing cursors.
+    pub cursor_key: [u8; 32],
+    /// DuckDB's `memory_limit`, e.g. `4GB`.
+    pub memory_limit: String,
+    /// Most write requests waiting for the writer; beyond it writes are
+    /// refused with [`StoreError::Overloaded`] instead of growing memory.
+    pub queue_depth: usize,
+}
+
 /// A cheap-to-clone handle to the store.
 #[derive(Clone)]
 pub struct EventStore {
@@ -91,7 +99,8 @@ impl EventStore {
     /// # Errors
     ///
     /// When the file cannot be opened or migrated.
-    pub fn open(path: &Path, cursor_key: [u8; 32], memory_limit: &str) -> Result<EventStore, StoreError> {
+    pub fn open(path: &Path, options: StoreOptions) -> Result<EventStore, StoreError> {
+        let StoreOptions { cursor_key, memory_limit, queue_depth } = options;
         let io = |e: std::io::Error| StoreError::Db(duckdb::Error::ToSqlConversionFailure(Box::new(e)));
         let dir = path.parent().unwrap_or(Path::new("."));
         let export_dir = std::path::absolute(dir.join("exports")).map_err(io)?;
@@ -121,7 +130,7 @@ impl EventStore {
             memory_limit.replace('\'', "''")
         ))?;
         let write_conn = conn.try_clone()?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::channel(queue_depth.max(1));
         let committed = Arc::new(AtomicI64::new(0));
         writer::spawn(write_conn, rx, committed.clone())?;
         Ok(EventStore {
