@@ -141,6 +141,105 @@ pub struct PluginRun {
     pub fuel: u64,
 }
 
+/// RFC 3339 with microseconds and `Z`, as the APIs show times.
+pub fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Canonical fields under their listing-API names; every other key of the
+/// JSON form is an attribute.
+const CORE_FIELDS: [&str; 16] = [
+    "id",
+    "family",
+    "created_at",
+    "received_at",
+    "user_id",
+    "actor_type",
+    "actor_id",
+    "source",
+    "event_group",
+    "event_type",
+    "status",
+    "resource_type",
+    "resource_id",
+    "session_id",
+    "event_payload",
+    "tenant",
+];
+
+impl Event {
+    /// The event as JSON in the listing API's field names (attributes as
+    /// top-level keys). Used for dry runs and dead letters; [`Event::from_json`]
+    /// reads it back.
+    pub fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        map.insert("id".into(), self.id.clone().into());
+        map.insert("family".into(), self.family.clone().into());
+        map.insert("created_at".into(), rfc3339(self.occurred_at).into());
+        map.insert("received_at".into(), rfc3339(self.received_at).into());
+        map.insert("user_id".into(), self.user_id.into());
+        map.insert("actor_type".into(), self.actor_type.clone().into());
+        map.insert("actor_id".into(), self.actor_id.clone().into());
+        map.insert("source".into(), self.source.clone().into());
+        map.insert("event_group".into(), self.group.clone().into());
+        map.insert("event_type".into(), self.name.clone().into());
+        map.insert("status".into(), self.status.clone().into());
+        map.insert("resource_type".into(), self.resource_type.clone().into());
+        map.insert("resource_id".into(), self.resource_id.clone().into());
+        map.insert("session_id".into(), self.session_id.clone().into());
+        for (k, v) in &self.attributes {
+            map.insert(k.clone(), v.clone().into());
+        }
+        map.insert("event_payload".into(), serde_json::from_str(&self.payload).unwrap_or(Value::Null));
+        Value::Object(map)
+    }
+
+    /// Read back the JSON form of [`Event::to_json`] for `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the first missing or mistyped field.
+    pub fn from_json(tenant: &str, value: &Value) -> Result<Event, String> {
+        let map = value.as_object().ok_or("event must be an object")?;
+        let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
+        let required = |k: &str| text(k).ok_or_else(|| format!("{k} is missing"));
+        let time = |k: &str| -> Result<i64, String> {
+            let t = required(k)?;
+            chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.timestamp_micros()).map_err(|e| format!("{k}: {e}"))
+        };
+        let attributes = map
+            .iter()
+            .filter(|(k, _)| !CORE_FIELDS.contains(&k.as_str()))
+            .filter_map(|(k, v)| match v {
+                Value::Null => None,
+                Value::String(s) => Some((k.clone(), s.clone())),
+                other => Some((k.clone(), other.to_string())),
+            })
+            .collect();
+        Ok(Event {
+            id: required("id")?,
+            tenant: tenant.to_string(),
+            family: required("family")?,
+            name: required("event_type")?,
+            group: required("event_group")?,
+            status: required("status")?,
+            source: required("source")?,
+            occurred_at: time("created_at")?,
+            received_at: time("received_at")?,
+            actor_type: required("actor_type")?,
+            actor_id: text("actor_id"),
+            user_id: map.get("user_id").and_then(Value::as_i64),
+            resource_type: text("resource_type"),
+            resource_id: text("resource_id"),
+            session_id: text("session_id"),
+            attributes,
+            payload: map.get("event_payload").map_or_else(|| "{}".to_string(), Value::to_string),
+        })
+    }
+}
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()

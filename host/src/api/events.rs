@@ -133,7 +133,7 @@ fn check_len(errors: &mut Vec<FieldError>, loc: &[Value], field: &str, value: Op
 }
 
 /// Validate one generic event and turn it into the canonical record.
-fn to_event(tenant: &str, index: usize, raw: &Value, received_at: i64) -> Result<Event, Vec<FieldError>> {
+pub(crate) fn to_event(tenant: &str, index: usize, raw: &Value, received_at: i64) -> Result<Event, Vec<FieldError>> {
     let loc: Vec<Value> = vec!["body".into(), index.into()];
     let g: GenericEvent = serde_path_to_error::deserialize(raw).map_err(|e| {
         let mut loc = loc.clone();

@@ -6,6 +6,7 @@
 //! input (422) and `{"detail": "message"}` otherwise.
 
 mod audit;
+mod dry_run;
 mod events;
 mod export;
 mod plugins;
@@ -209,7 +210,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/events", get(audit::list))
         .route("/v1/audit/events/{id}", get(audit::get_one))
         .route("/v1/plugins", uploads.get(plugins::list))
-        .route("/v1/plugins/{name}", get(plugins::get_one).patch(plugins::update))
+        .route("/v1/plugins/{name}", get(plugins::get_one).patch(plugins::update).delete(plugins::remove))
+        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
+        .route("/v1/plugins/{name}/test", post(dry_run::plugin))
+        .route("/v1/pipeline/test", post(dry_run::pipeline))
         .route("/v1/plugins/{name}/versions", get(plugins::versions))
         .route("/v1/plugins/{name}/logs", get(plugins::logs))
         .route("/v1/dead-letters", get(plugins::dead_letters))

@@ -119,6 +119,36 @@ pub async fn update(
     Ok(Json(state.pipeline.update(&principal.tenant, &name, patch).await?))
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    version: Option<u32>,
+}
+
+/// `POST /v1/plugins/{name}/rollback` with `{"version": N}` (default: the
+/// version before the current one).
+pub async fn rollback(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require(&principal, "plugins:write")?;
+    let request: Rollback = if body.is_empty() { Rollback::default() } else { parse_json(&body)? };
+    Ok(Json(state.pipeline.rollback(&principal.tenant, &name, request.version).await?))
+}
+
+/// `DELETE /v1/plugins/{name}`: uninstall; versions and lineage stay.
+pub async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&principal, "plugins:write")?;
+    state.pipeline.remove(&principal.tenant, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn versions(
     State(state): State<AppState>,
     principal: Principal,

@@ -8,6 +8,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use wildmatch::WildMatch;
+
 use crate::event::Event;
 use crate::runtime::{CompiledPlugin, PluginFault, PluginInstances, PluginLimits};
 
@@ -61,6 +63,12 @@ pub struct PluginSettings {
     /// Families the plugin sees; empty means all.
     #[serde(default)]
     pub families: Vec<String>,
+    /// Event names the plugin sees, as globs (`match.*`); empty means all.
+    #[serde(default)]
+    pub event_names: Vec<String>,
+    /// Sources the plugin sees; empty means all.
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// Consecutive failed calls after which the plugin is disabled. Default 5.
     #[serde(default = "five")]
     pub max_consecutive_failures: u32,
@@ -80,6 +88,8 @@ impl PluginSettings {
             limits: PluginLimits::default(),
             failure_policy: FailurePolicy::default(),
             families: Vec::new(),
+            event_names: Vec::new(),
+            sources: Vec::new(),
             max_consecutive_failures: five(),
             disabled_reason: None,
         }
@@ -91,6 +101,8 @@ pub struct Installation {
     pub tenant: String,
     pub name: String,
     settings: Mutex<PluginSettings>,
+    /// `settings.event_names`, compiled.
+    name_globs: Vec<WildMatch>,
     pub instances: PluginInstances,
     consecutive_failures: AtomicU32,
 }
@@ -98,10 +110,12 @@ pub struct Installation {
 impl Installation {
     pub fn new(tenant: String, name: String, settings: PluginSettings, plugin: Arc<CompiledPlugin>) -> Self {
         let instances = PluginInstances::new(plugin, settings.config.to_string(), settings.limits);
+        let name_globs = settings.event_names.iter().map(|g| WildMatch::new(g)).collect();
         Installation {
             tenant,
             name,
             settings: Mutex::new(settings),
+            name_globs,
             instances,
             consecutive_failures: AtomicU32::new(0),
         }
@@ -133,7 +147,9 @@ impl Installation {
     /// Whether the event is in this installation's scope.
     pub fn matches(&self, event: &Event) -> bool {
         let s = self.settings.lock();
-        s.families.is_empty() || s.families.iter().any(|f| *f == event.family)
+        (s.families.is_empty() || s.families.iter().any(|f| *f == event.family))
+            && (s.sources.is_empty() || s.sources.iter().any(|f| *f == event.source))
+            && (self.name_globs.is_empty() || self.name_globs.iter().any(|g| g.matches(&event.name)))
     }
 
     pub fn record_success(&self) {
@@ -176,6 +192,8 @@ impl Installation {
             "limits": s.limits,
             "failure_policy": s.failure_policy,
             "families": s.families,
+            "event_names": s.event_names,
+            "sources": s.sources,
             "max_consecutive_failures": s.max_consecutive_failures,
             "consecutive_failures": self.consecutive_failures(),
         })

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 pub use installation::{FailurePolicy, Installation, PluginSettings};
-pub use run::{Disposition, Input, Rejection, RunOutput};
+pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
 
 use crate::runtime::{store_artifacts, PluginFault, PluginLimits, Runtime, UploadError};
 use crate::store::{EventStore, PluginVersion, StoreError};
@@ -49,6 +49,8 @@ pub struct SettingsPatch {
     pub limits: Option<PluginLimits>,
     pub failure_policy: Option<FailurePolicy>,
     pub families: Option<Vec<String>>,
+    pub event_names: Option<Vec<String>>,
+    pub sources: Option<Vec<String>>,
     pub max_consecutive_failures: Option<u32>,
 }
 
@@ -80,6 +82,12 @@ impl SettingsPatch {
         }
         if let Some(families) = self.families {
             settings.families = families;
+        }
+        if let Some(names) = self.event_names {
+            settings.event_names = names;
+        }
+        if let Some(sources) = self.sources {
+            settings.sources = sources;
         }
         if let Some(max) = self.max_consecutive_failures {
             if max == 0 {
@@ -177,14 +185,7 @@ impl Pipeline {
     /// Only when the blocking pool is gone (shutdown).
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, PluginError> {
         let chain = self.chain(tenant);
-        let output = if chain.iter().any(|i| i.is_active()) {
-            let _permit = self.workers.acquire().await.map_err(|e| PluginError::Host(e.to_string()))?;
-            tokio::task::spawn_blocking(move || run::run_chain(&chain, inputs))
-                .await
-                .map_err(|e| PluginError::Host(e.to_string()))?
-        } else {
-            run::run_chain(&[], inputs)
-        };
+        let output = self.run_on(chain, inputs, Mode::Live).await?;
         for (tenant, name, settings) in &output.disabled {
             let json = serde_json::to_string(settings).unwrap_or_default();
             if let Err(e) = self.store.save_plugin(tenant.clone(), name.clone(), json).await {
@@ -192,6 +193,41 @@ impl Pipeline {
             }
         }
         Ok(output)
+    }
+
+    /// Run `inputs` through one plugin (`Some(name)`, even when disabled) or
+    /// the tenant's whole chain, without touching plugin health. The output
+    /// is for the caller to show; nothing is stored.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`] for an unknown plugin.
+    pub async fn dry_run(
+        &self,
+        tenant: &str,
+        plugin: Option<&str>,
+        inputs: Vec<Input>,
+    ) -> Result<RunOutput, PluginError> {
+        let chain: Arc<[Arc<Installation>]> = match plugin {
+            Some(name) => Arc::new([self.installation(tenant, name)?]),
+            None => self.chain(tenant).iter().filter(|i| i.is_active()).cloned().collect(),
+        };
+        self.run_on(chain, inputs, Mode::Dry).await
+    }
+
+    async fn run_on(
+        &self,
+        chain: Arc<[Arc<Installation>]>,
+        inputs: Vec<Input>,
+        mode: Mode,
+    ) -> Result<RunOutput, PluginError> {
+        if chain.is_empty() {
+            return Ok(run::run_chain(&[], inputs, mode));
+        }
+        let _permit = self.workers.acquire().await.map_err(|e| PluginError::Host(e.to_string()))?;
+        tokio::task::spawn_blocking(move || run::run_chain(&chain, inputs, mode))
+            .await
+            .map_err(|e| PluginError::Host(e.to_string()))
     }
 
     /// Views of a tenant's plugins in chain order.
@@ -299,6 +335,54 @@ impl Pipeline {
             Installation::new(tenant.to_string(), name.to_string(), settings, current.instances.plugin().clone());
         self.activate(inst).await?;
         self.get(tenant, name)
+    }
+
+    /// Make an earlier version of a plugin current again (the previous one
+    /// when `version` is `None`), keeping the installation's settings.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`] for an unknown plugin or version;
+    /// [`PluginError::Invalid`] when that version's `init` refuses the config.
+    pub async fn rollback(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Value, PluginError> {
+        let _guard = self.control.lock().await;
+        let current = self.installation(tenant, name)?;
+        let mut settings = current.settings();
+        let versions = self.store.plugin_versions(tenant.to_string(), name.to_string()).await?;
+        let wanted = version.unwrap_or(settings.version.saturating_sub(1));
+        let target = versions
+            .iter()
+            .find(|v| v.version == wanted)
+            .ok_or_else(|| PluginError::NotFound(format!("{name} version {wanted}")))?;
+        let (runtime, dir, sha) = (self.runtime.clone(), self.plugin_dir.clone(), target.sha256.clone());
+        let compiled = tokio::task::spawn_blocking(move || runtime.load(&dir, &sha))
+            .await
+            .map_err(|e| PluginError::Host(e.to_string()))?
+            .map_err(|e| PluginError::Host(format!("cannot load version {wanted}: {e:#}")))?;
+        settings.version = target.version;
+        settings.sha256 = target.sha256.clone();
+        settings.disabled_reason = None;
+        let inst = Installation::new(tenant.to_string(), name.to_string(), settings, Arc::new(compiled));
+        self.activate(inst).await?;
+        self.get(tenant, name)
+    }
+
+    /// Remove a plugin from the tenant's chain. Its versions stay recorded,
+    /// and events it processed keep their lineage.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`].
+    pub async fn remove(&self, tenant: &str, name: &str) -> Result<(), PluginError> {
+        let _guard = self.control.lock().await;
+        self.installation(tenant, name)?;
+        self.store.delete_plugin(tenant.to_string(), name.to_string()).await?;
+        let mut tenants = self.tenants.write();
+        if let Some(plugins) = tenants.get_mut(tenant) {
+            plugins.all.remove(name);
+            plugins.rebuild();
+        }
+        Ok(())
     }
 
     /// Check the installation's config with `init`, persist its settings and

@@ -184,9 +184,17 @@ fn check_output(inst: &Installation, input: &Event, outcome: &types::Outcome) ->
     Ok(())
 }
 
+/// Whether a run counts: live runs track plugin health (consecutive
+/// failures, automatic disabling); dry runs leave no trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Dry,
+}
+
 /// Run `inputs` through `chain` (already ordered, already filtered to this
 /// tenant). Blocking: call it from a blocking thread.
-pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>) -> RunOutput {
+pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) -> RunOutput {
     let mut out = RunOutput { dispositions: Vec::with_capacity(inputs.len()), ..Default::default() };
     let mut finals: Vec<Option<Disposition>> = vec![None; inputs.len()];
     let mut last_drop: Vec<Option<(String, String)>> = vec![None; inputs.len()];
@@ -197,7 +205,7 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>) -> RunOutput {
         .collect();
 
     for inst in chain {
-        if !inst.is_active() {
+        if mode == Mode::Live && !inst.is_active() {
             continue;
         }
         let in_scope: Vec<usize> = (0..items.len()).filter(|&i| inst.matches(&items[i].event)).collect();
@@ -254,7 +262,9 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>) -> RunOutput {
         out.batch.runs.push(run);
         match result {
             Ok(outcomes) => {
-                inst.record_success();
+                if mode == Mode::Live {
+                    inst.record_success();
+                }
                 let step = LineageStep {
                     plugin: inst.name.clone(),
                     version,
@@ -298,8 +308,10 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>) -> RunOutput {
             }
             Err(fault) => {
                 tracing::debug!(tenant = %inst.tenant, plugin = %inst.name, %fault, "plugin call failed");
-                if let Some(settings) = inst.record_failure(&fault) {
-                    out.disabled.push((inst.tenant.clone(), inst.name.clone(), settings));
+                if mode == Mode::Live {
+                    if let Some(settings) = inst.record_failure(&fault) {
+                        out.disabled.push((inst.tenant.clone(), inst.name.clone(), settings));
+                    }
                 }
                 let affected: HashSet<usize> = in_scope.iter().map(|&i| items[i].input).collect();
                 match inst.failure_policy() {

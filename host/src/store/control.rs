@@ -166,6 +166,19 @@ impl EventStore {
         .await
     }
 
+    /// Remove a plugin installation (its versions stay).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn delete_plugin(&self, tenant: String, name: String) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM plugins WHERE tenant = ? AND name = ?", [tenant, name])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Every plugin installation: `(tenant, name, settings JSON, sha256 of
     /// its current version)`.
     ///

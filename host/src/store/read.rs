@@ -33,12 +33,7 @@ pub struct EventPage {
     pub next_cursor: Option<String>,
 }
 
-/// RFC 3339 with microseconds and `Z`, as the listing API shows times.
-pub fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
+pub use crate::event::rfc3339;
 
 const EVENT_COLUMNS: &str = "id, epoch_us(created_at), user_id, actor_type, actor_id, source, event_group, \
      event_type, status, resource_type, resource_id, session_id, vm_id, task_id, request_id, correlation_id, \

@@ -256,7 +256,7 @@ impl Writer {
                     d.plugin,
                     d.plugin_version,
                     d.reason,
-                    event_json(&d.event).to_string(),
+                    d.event.to_json().to_string(),
                     d.raw.to_string(),
                 ])?;
                 seq += 1;
@@ -302,28 +302,4 @@ impl Writer {
         self.next_seq = seq;
         Ok(())
     }
-}
-
-/// The canonical event as JSON in the listing API's field names, used for
-/// dead letters (so a replay can rebuild it).
-pub(crate) fn event_json(e: &Event) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
-    map.insert("id".into(), e.id.clone().into());
-    map.insert("family".into(), e.family.clone().into());
-    map.insert("created_at".into(), crate::store::read::rfc3339(e.occurred_at).into());
-    map.insert("user_id".into(), e.user_id.into());
-    map.insert("actor_type".into(), e.actor_type.clone().into());
-    map.insert("actor_id".into(), e.actor_id.clone().into());
-    map.insert("source".into(), e.source.clone().into());
-    map.insert("event_group".into(), e.group.clone().into());
-    map.insert("event_type".into(), e.name.clone().into());
-    map.insert("status".into(), e.status.clone().into());
-    map.insert("resource_type".into(), e.resource_type.clone().into());
-    map.insert("resource_id".into(), e.resource_id.clone().into());
-    map.insert("session_id".into(), e.session_id.clone().into());
-    for (k, v) in &e.attributes {
-        map.insert(k.clone(), v.clone().into());
-    }
-    map.insert("event_payload".into(), serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null));
-    serde_json::Value::Object(map)
 }

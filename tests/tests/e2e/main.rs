@@ -4,4 +4,5 @@
 mod analytics;
 mod hostile;
 mod ingest;
+mod lifecycle;
 mod plugins;

@@ -1,0 +1,148 @@
+//! Plugin lifecycle: versions and rollback, removal, scoping, dry runs and
+//! hot swaps under load.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Value};
+use sluice_e2e::{plugin_wasm, spawn_app, ADMIN_TOKEN};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_roll_back_and_removal_keeps_lineage() {
+    let app = spawn_app().await;
+    app.install(ADMIN_TOKEN, "p", "customer-prefix", Value::Null).await;
+    let (status, v2) = app.upload_bytes(ADMIN_TOKEN, "p", plugin_wasm("hostile-escape")).await;
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["version"], 2);
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "with.v2"})).await;
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await[0]["event_type"], "with.v2", "v2 does not prefix");
+
+    let (status, view) = app.post(ADMIN_TOKEN, "/v1/plugins/p/rollback", &json!({})).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["version"], 1);
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "with.v1"})).await;
+    let latest = &app.all_events(ADMIN_TOKEN, "").await[0];
+    assert_eq!(latest["event_type"], "customer.with.v1");
+    assert_eq!(latest["lineage"][0]["version"], 1);
+    let (status, _) = app.post(ADMIN_TOKEN, "/v1/plugins/p/rollback", &json!({"version": 9})).await;
+    assert_eq!(status, 404);
+
+    let r = app.client.delete(app.url("/v1/plugins/p")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, list) = app.get(ADMIN_TOKEN, "/v1/plugins").await;
+    assert_eq!(list["items"], json!([]));
+    let (status, versions) = app.get(ADMIN_TOKEN, "/v1/plugins/p/versions").await;
+    assert_eq!(status, 200);
+    assert_eq!(versions["items"].as_array().unwrap().len(), 2, "versions stay after removal");
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    assert_eq!(events[0]["lineage"][0]["plugin"], "p", "lineage of processed events stays readable");
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "after.removal"})).await;
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await[0]["event_type"], "after.removal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_by_event_name_glob_and_source() {
+    let app = spawn_app().await;
+    app.install(ADMIN_TOKEN, "p", "customer-prefix", json!({"event_names": ["match.*"], "sources": ["game"]})).await;
+    let batch = json!([
+        {"event_type": "match.start", "source": "game"},
+        {"event_type": "match.start", "source": "ops"},
+        {"event_type": "login", "source": "game"}
+    ]);
+    app.post_events(ADMIN_TOKEN, &batch).await;
+    let mut names: Vec<String> =
+        app.all_events(ADMIN_TOKEN, "").await.iter().map(|e| e["event_type"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["customer.match.start", "login", "match.start"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_report_outcomes_logs_time_and_fuel_and_store_nothing() {
+    let app = spawn_app().await;
+    app.install(
+        ADMIN_TOKEN,
+        "guard",
+        "schema-guard",
+        json!({"position": 0, "config": {"rules": [{"field": "session_id", "required": true}]}}),
+    )
+    .await;
+    app.install(ADMIN_TOKEN, "prefix", "customer-prefix", json!({"position": 10})).await;
+    app.install(ADMIN_TOKEN, "boom", "hostile-panic", json!({"enabled": false, "max_consecutive_failures": 1})).await;
+
+    let samples = json!({"events": [{"event_type": "a", "session_id": "s"}, {"event_type": "b"}]});
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/pipeline/test", &samples).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "stored");
+    assert_eq!(body["results"][1]["status"], "rejected");
+    assert_eq!(body["results"][1]["error"]["field"], "session_id");
+    assert_eq!(body["events"][0]["event_type"], "customer.a");
+    let runs = body["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "the disabled plugin is not in the live chain");
+    assert_eq!(runs[0]["plugin"], "guard");
+    assert_eq!(runs[0]["events_in"], 2);
+    assert_eq!(runs[0]["rejected"], 1);
+    assert!(runs[0]["fuel"].as_u64().unwrap() > 0);
+    assert!(runs[1]["elapsed_us"].as_i64().unwrap() >= 0);
+
+    // One plugin, even a disabled one, and its failure does not count.
+    let (status, body) =
+        app.post(ADMIN_TOKEN, "/v1/plugins/boom/test", &json!({"events": [{"event_type": "x"}]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["error"]["code"], "plugin_failed");
+    assert_eq!(body["runs"][0]["fault"], "panic");
+    let (_, boom) = app.get(ADMIN_TOKEN, "/v1/plugins/boom").await;
+    assert_eq!(boom["consecutive_failures"], 0);
+    assert_eq!(boom["state"], "disabled");
+
+    assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty(), "dry runs store nothing");
+    let (_, runs) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM plugin_runs"})).await;
+    assert_eq!(runs["rows"][0][0], 0);
+
+    let (status, _) = app.post(ADMIN_TOKEN, "/v1/plugins/nope/test", &samples).await;
+    assert_eq!(status, 404);
+    let (status, _) = app.post(ADMIN_TOKEN, "/v1/pipeline/test", &json!({"events": []})).await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chain_changes_under_load_apply_atomically_per_batch() {
+    let app = spawn_app().await;
+    app.install(ADMIN_TOKEN, "p", "customer-prefix", json!({"config": {"prefix": "v0."}})).await;
+    let writers = (0..4).map(|w| {
+        let app = &app;
+        async move {
+            for r in 0..15 {
+                let batch: Vec<Value> =
+                    (0..20).map(|i| json!({"event_type": "e", "id": format!("w{w}-r{r}-{i}")})).collect();
+                let (status, body) = app.post_events(ADMIN_TOKEN, &Value::Array(batch)).await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }
+    });
+    let swapper = async {
+        for v in 1..=6 {
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            let (status, body) =
+                app.patch(ADMIN_TOKEN, "/v1/plugins/p", &json!({"config": {"prefix": format!("v{v}.")}})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    tokio::join!(futures_util::future::join_all(writers), swapper);
+
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    assert_eq!(events.len(), 4 * 15 * 20, "no event lost");
+    let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "no event stored twice");
+    let mut prefix_of_request: HashMap<String, HashSet<String>> = HashMap::new();
+    for e in &events {
+        let name = e["event_type"].as_str().unwrap();
+        let (prefix, rest) = name.split_once('.').unwrap();
+        assert_eq!(rest, "e", "processed by exactly one chain version: {name}");
+        assert_eq!(e["lineage"].as_array().unwrap().len(), 1);
+        let id = e["id"].as_str().unwrap();
+        let request = id.rsplit_once('-').unwrap().0.to_string();
+        prefix_of_request.entry(request).or_default().insert(prefix.to_string());
+    }
+    assert!(prefix_of_request.values().all(|p| p.len() == 1), "a batch runs on one chain");
+    let used: HashSet<&String> = prefix_of_request.values().flatten().collect();
+    assert!(used.len() > 1, "the swaps happened while events flowed: {used:?}");
+}
