@@ -10,6 +10,7 @@
 //! - [`runtime`]: the wasmtime sandbox; compiling, limits, calls, faults.
 //! - [`store`]: DuckDB behind one narrow interface; group-committing writer,
 //!   listing, control-plane tables.
+//! - [`metrics`]: Prometheus counters and histograms, rendered at `/metrics`.
 //! - [`config`] and [`startup`]: settings and the `Application` that ties the
 //!   rest together.
 
@@ -17,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod event;
+pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
 pub mod startup;

@@ -62,6 +62,7 @@ impl Application {
         })?);
         let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir())?;
         let auth = Arc::new(Auth::new(store.clone()));
+        crate::metrics::handle();
         let generated_admin_token = auth.bootstrap(settings.admin_token.as_deref()).await?;
         let listener = TcpListener::bind(settings.listen)
             .await

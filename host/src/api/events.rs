@@ -313,12 +313,12 @@ pub async fn ingest(
         return Err(ApiError::Validation(errors));
     }
     let output = run_and_commit(&state, &principal.tenant, inputs).await?;
-    Ok(respond(&output.dispositions))
+    Ok(respond("generic", &output.dispositions))
 }
 
 /// The per-event report of an ingest request. 200 unless every event was
 /// refused: then 422 (plugins rejected them) or 502 (plugins failed).
-fn respond(dispositions: &[Disposition]) -> Response {
+fn respond(family: &'static str, dispositions: &[Disposition]) -> Response {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
     let results: Vec<Value> = dispositions
         .iter()
@@ -340,6 +340,7 @@ fn respond(dispositions: &[Disposition]) -> Response {
             v
         })
         .collect();
+    crate::metrics::ingest(family, stored, dropped, rejected, dead);
     let mut body = json!({
         "stored": stored,
         "dropped": dropped,

@@ -195,6 +195,16 @@ async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> 
     Json(json!({ "status": "ok", "database": state.store.path().display().to_string() }))
 }
 
+/// `GET /metrics`: Prometheus text format. Metrics name every tenant, so
+/// only the default tenant's admin (the operator) may read them.
+async fn metrics(principal: Principal) -> Result<Response, ApiError> {
+    require(&principal, crate::auth::ADMIN_SCOPE)?;
+    if principal.tenant != crate::auth::DEFAULT_TENANT {
+        return Err(ApiError::Forbidden("metrics are for the operator (the default tenant's admin)".into()));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render()).into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found".into())
 }
@@ -206,6 +216,7 @@ pub fn router(state: AppState) -> Router {
     let uploads = post(plugins::upload).layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/events", post(events::ingest))
         .route("/v1/audit/events", get(audit::list))
         .route("/v1/audit/events/{id}", get(audit::get_one))
@@ -217,6 +228,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins/{name}/versions", get(plugins::versions))
         .route("/v1/plugins/{name}/logs", get(plugins::logs))
         .route("/v1/dead-letters", get(plugins::dead_letters))
+        .route("/v1/dead-letters/replay", post(plugins::replay))
         .route("/v1/tenants", post(tenants::create))
         .route("/v1/query", post(query::run))
         .route("/v1/export", get(export::export))

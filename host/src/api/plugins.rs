@@ -193,3 +193,49 @@ pub async fn dead_letters(
     let items = state.store.list_dead_letters(principal.tenant, limit(&params)?).await?;
     Ok(Json(json!({ "items": items })))
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replay {
+    /// Dead-letter ids (`dead_letter_id` in the listing) to replay.
+    ids: Option<Vec<i64>>,
+    /// Replay the tenant's oldest dead letters, up to 1,000.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /v1/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`:
+/// run dead letters through the current chain. What comes out is stored and
+/// the dead letters are removed in the same transaction; a letter that fails
+/// again becomes a new dead letter.
+pub async fn replay(State(state): State<AppState>, principal: Principal, body: Bytes) -> Result<Json<Value>, ApiError> {
+    require(&principal, "events:write")?;
+    let request: Replay = parse_json(&body)?;
+    if request.all == request.ids.is_some() {
+        return Err(ApiError::field(vec!["body".into()], "Give either `ids` or `all: true`", "value_error"));
+    }
+    let letters = state.store.dead_letters_for_replay(principal.tenant.clone(), request.ids, 1_000).await?;
+    let mut inputs = Vec::with_capacity(letters.len());
+    let mut replayed = Vec::with_capacity(letters.len());
+    for (id, event, raw) in letters {
+        let event = crate::event::Event::from_json(&principal.tenant, &event)
+            .map_err(|e| ApiError::Internal(format!("dead letter {id} unreadable: {e}")))?;
+        inputs.push(crate::pipeline::Input { event, raw: std::sync::Arc::new(raw) });
+        replayed.push(id);
+    }
+    let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
+    let mut batch = std::mem::take(&mut output.batch);
+    batch.replayed = replayed.clone();
+    state.store.commit(batch).await?;
+    let results: Vec<Value> = output
+        .dispositions
+        .iter()
+        .zip(&replayed)
+        .map(|(d, id)| {
+            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
+            v["dead_letter_id"] = (*id).into();
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "replayed": replayed.len(), "results": results })))
+}

@@ -186,6 +186,7 @@ impl Pipeline {
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, PluginError> {
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, Mode::Live).await?;
+        output.batch.runs.iter().for_each(crate::metrics::plugin_run);
         for (tenant, name, settings) in &output.disabled {
             let json = serde_json::to_string(settings).unwrap_or_default();
             if let Err(e) = self.store.save_plugin(tenant.clone(), name.clone(), json).await {

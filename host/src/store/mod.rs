@@ -34,11 +34,18 @@ pub struct WriteBatch {
     pub dead_letters: Vec<DeadLetter>,
     pub logs: Vec<PluginLog>,
     pub runs: Vec<PluginRun>,
+    /// Dead letters (by `dead_letter_id`) that this batch replaces: deleted
+    /// in the same transaction, so a replay happens exactly once.
+    pub replayed: Vec<i64>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.dead_letters.is_empty() && self.logs.is_empty() && self.runs.is_empty()
+        self.events.is_empty()
+            && self.dead_letters.is_empty()
+            && self.logs.is_empty()
+            && self.runs.is_empty()
+            && self.replayed.is_empty()
     }
 }
 
@@ -162,7 +169,10 @@ impl EventStore {
         }
         let (done, wait) = oneshot::channel();
         self.inner.writer.try_send(Command::Write { batch, done }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Full(_) => {
+                crate::metrics::overloaded();
+                StoreError::Overloaded
+            }
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })?;
         wait.await.map_err(|_| StoreError::Closed)?

@@ -277,7 +277,7 @@ impl EventStore {
     pub async fn list_dead_letters(&self, tenant: String, limit: usize) -> Result<Vec<Value>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, family, epoch_us(received_at), plugin, plugin_version, reason, event, raw \
+                "SELECT id, family, epoch_us(received_at), plugin, plugin_version, reason, event, raw, seq \
                  FROM dead_letters WHERE tenant = ? ORDER BY seq DESC LIMIT ?",
             )?;
             let rows = stmt.query_map(duckdb::params![tenant, limit as i64], |row| {
@@ -290,7 +290,37 @@ impl EventStore {
                     "reason": row.get::<_, String>(5)?,
                     "event": json_or_null(row.get(6)?),
                     "raw": json_or_null(row.get(7)?),
+                    "dead_letter_id": row.get::<_, i64>(8)?,
                 }))
+            })?;
+            Ok(rows.collect::<duckdb::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// Dead letters to replay, oldest first: all of the tenant's (up to
+    /// `limit`) or those with the given dead-letter ids. Returns
+    /// `(dead_letter_id, event JSON, raw input)`.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn dead_letters_for_replay(
+        &self,
+        tenant: String,
+        ids: Option<Vec<i64>>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Value, Value)>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = "SELECT seq, event, raw FROM dead_letters WHERE tenant = ?".to_string();
+            if let Some(ids) = &ids {
+                let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                sql.push_str(&format!(" AND seq IN ({})", if list.is_empty() { "NULL".into() } else { list }));
+            }
+            sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([tenant], |row| {
+                Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), json_or_null(row.get(2)?)))
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
         })

@@ -188,7 +188,11 @@ impl Writer {
         }
         let start_seq = self.next_seq;
         let batches: Vec<&WriteBatch> = group.iter().map(|(b, _)| b).collect();
-        match self.write(&batches) {
+        let rows: usize = batches.iter().map(|b| b.events.len()).sum();
+        let started = std::time::Instant::now();
+        let result = self.write(&batches);
+        crate::metrics::commit(group.len(), rows, started.elapsed(), result.is_ok());
+        match result {
             Ok(()) => {
                 for (_, done) in group.drain(..) {
                     let _ = done.send(Ok(()));
@@ -298,6 +302,11 @@ impl Writer {
                 ])?;
             }
             appender.flush()?;
+        }
+        let replayed: Vec<i64> = batches.iter().flat_map(|b| b.replayed.iter().copied()).collect();
+        if !replayed.is_empty() {
+            let list = replayed.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            self.conn.execute(&format!("DELETE FROM dead_letters WHERE seq IN ({list})"), [])?;
         }
         self.next_seq = seq;
         Ok(())

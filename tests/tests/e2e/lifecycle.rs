@@ -146,3 +146,78 @@ async fn chain_changes_under_load_apply_atomically_per_batch() {
     let used: HashSet<&String> = prefix_of_request.values().flatten().collect();
     assert!(used.len() > 1, "the swaps happened while events flowed: {used:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_replay_through_the_current_chain_exactly_once() {
+    let app = spawn_app().await;
+    app.install(
+        ADMIN_TOKEN,
+        "picky",
+        "hostile-panic",
+        json!({"failure_policy": "dead-letter", "config": {"only_name": "bad"}, "max_consecutive_failures": 100}),
+    )
+    .await;
+    let batch = json!([
+        {"event_type": "bad", "id": "b-1", "created_at": "2026-05-01T00:00:00Z"},
+        {"event_type": "good", "id": "g-1"}
+    ]);
+    let (status, body) = app.post_events(ADMIN_TOKEN, &batch).await;
+    assert_eq!(status, 200, "{body}");
+    // The whole batch failed in the plugin, so both went to dead letters.
+    assert_eq!(body["dead_lettered"], 2);
+    let (_, letters) = app.get(ADMIN_TOKEN, "/v1/dead-letters").await;
+    assert_eq!(letters["items"].as_array().unwrap().len(), 2);
+
+    // Fix the configuration, then replay one by id and the rest with all.
+    app.patch(ADMIN_TOKEN, "/v1/plugins/picky", &json!({"config": {"only_name": "nothing"}})).await;
+    let first = letters["items"][0]["dead_letter_id"].clone();
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/dead-letters/replay", &json!({"ids": [first]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 1);
+    let (_, body) = app.post(ADMIN_TOKEN, "/v1/dead-letters/replay", &json!({"all": true})).await;
+    assert_eq!(body["replayed"], 1);
+    assert_eq!(body["results"][0]["status"], "stored");
+    let (_, body) = app.post(ADMIN_TOKEN, "/v1/dead-letters/replay", &json!({"all": true})).await;
+    assert_eq!(body["replayed"], 0, "replayed letters are gone");
+
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["b-1", "g-1"]);
+    let bad = events.iter().find(|e| e["id"] == "b-1").unwrap();
+    assert_eq!(bad["created_at"], "2026-05-01T00:00:00.000000Z", "the original event, not a copy");
+    assert_eq!(bad["lineage"][0]["plugin"], "picky");
+    let (status, _) = app.post(ADMIN_TOKEN, "/v1/dead-letters/replay", &json!({})).await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_plugin_calls_outcomes_and_traps() {
+    let app = spawn_app().await;
+    let other = app.create_tenant("metrics-tenant").await;
+    app.install(ADMIN_TOKEN, "metered", "customer-prefix", Value::Null).await;
+    app.install(&other, "metered-boom", "hostile-panic", json!({"max_consecutive_failures": 100})).await;
+    app.post_events(ADMIN_TOKEN, &json!([{"event_type": "a"}, {"event_type": "b"}])).await;
+    app.post_events(&other, &json!({"event_type": "c"})).await;
+
+    let r = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+    assert_eq!(
+        line(r#"sluice_plugin_invocations_total{tenant="default",plugin="metered",version="1"}"#).as_deref(),
+        Some(r#"sluice_plugin_invocations_total{tenant="default",plugin="metered",version="1"} 1"#),
+        "{text}"
+    );
+    assert!(line(r#"sluice_plugin_events_kept_total{tenant="default",plugin="metered",version="1"} 2"#).is_some());
+    assert!(line(
+        r#"sluice_plugin_traps_total{tenant="metrics-tenant",plugin="metered-boom",version="1",reason="panic"} 1"#
+    )
+    .is_some());
+    assert!(line(r#"sluice_plugin_call_seconds_bucket{tenant="default",plugin="metered""#).is_some());
+    assert!(line("sluice_ingest_events_total").is_some());
+    assert!(line("sluice_store_commit_seconds_bucket").is_some());
+
+    let r = app.client.get(app.url("/metrics")).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(r.status(), 403, "tenants do not see each other's metrics");
+}
