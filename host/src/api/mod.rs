@@ -12,6 +12,7 @@ mod export;
 mod plugins;
 mod query;
 mod retention;
+mod shadow;
 mod tenants;
 
 use std::sync::Arc;
@@ -224,6 +225,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins/{name}", get(plugins::get_one).patch(plugins::update).delete(plugins::remove))
         .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
         .route("/v1/plugins/{name}/test", post(dry_run::plugin))
+        .route("/v1/plugins/{name}/shadow", post(shadow::shadow))
         .route("/v1/pipeline/test", post(dry_run::pipeline))
         .route("/v1/plugins/{name}/versions", get(plugins::versions))
         .route("/v1/plugins/{name}/logs", get(plugins::logs))

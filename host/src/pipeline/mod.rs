@@ -231,6 +231,59 @@ impl Pipeline {
             .map_err(|e| PluginError::Host(e.to_string()))
     }
 
+    /// The tenant's active chain with plugin `name` running `version`
+    /// instead of its current one (same settings): the candidate of a shadow
+    /// run. Returns the chain and the candidate's version.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::NotFound`] for an unknown plugin or version.
+    pub async fn candidate_chain(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(Arc<[Arc<Installation>]>, u32), PluginError> {
+        let current = self.installation(tenant, name)?;
+        let versions = self.versions(tenant, name).await?;
+        let target = match version {
+            Some(v) => versions.iter().find(|x| x.version == v),
+            None => versions.last(),
+        }
+        .ok_or_else(|| PluginError::NotFound(format!("{name} version {}", version.unwrap_or(0))))?;
+        let (runtime, dir, sha) = (self.runtime.clone(), self.plugin_dir.clone(), target.sha256.clone());
+        let compiled = tokio::task::spawn_blocking(move || runtime.load(&dir, &sha))
+            .await
+            .map_err(|e| PluginError::Host(e.to_string()))?
+            .map_err(|e| PluginError::Host(format!("cannot load version {}: {e:#}", target.version)))?;
+        let mut settings = current.settings();
+        settings.version = target.version;
+        settings.sha256 = target.sha256.clone();
+        settings.enabled = true;
+        settings.disabled_reason = None;
+        let candidate = Arc::new(Installation::new(tenant.into(), name.into(), settings, Arc::new(compiled)));
+        let chain = self
+            .chain(tenant)
+            .iter()
+            .filter(|i| i.name == name || i.is_active())
+            .map(|i| if i.name == name { candidate.clone() } else { i.clone() })
+            .collect();
+        Ok((chain, target.version))
+    }
+
+    /// Run `inputs` through a given chain as a dry run.
+    ///
+    /// # Errors
+    ///
+    /// Only at shutdown.
+    pub async fn dry_run_chain(
+        &self,
+        chain: Arc<[Arc<Installation>]>,
+        inputs: Vec<Input>,
+    ) -> Result<RunOutput, PluginError> {
+        self.run_on(chain, inputs, Mode::Dry).await
+    }
+
     /// Views of a tenant's plugins in chain order.
     pub fn list(&self, tenant: &str) -> Vec<Value> {
         self.chain(tenant).iter().map(|i| i.view()).collect()

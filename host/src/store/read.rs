@@ -254,6 +254,25 @@ impl EventStore {
         .await
     }
 
+    /// The tenant's last `n` stored events (newest first), each with the raw
+    /// input it came from: the material of a shadow run.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn recent_with_raw(&self, tenant: String, n: usize) -> Result<Vec<(Value, Value)>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {EVENT_COLUMNS}, raw FROM events WHERE tenant = ? ORDER BY seq DESC LIMIT {n}");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([tenant], |row| {
+                let (_, event) = event_row(row)?;
+                Ok((event, json_or_null(row.get(30)?)))
+            })?;
+            Ok(rows.collect::<duckdb::Result<_>>()?)
+        })
+        .await
+    }
+
     /// One event of a tenant by id.
     ///
     /// # Errors

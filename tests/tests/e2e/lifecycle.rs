@@ -221,3 +221,50 @@ async fn metrics_count_plugin_calls_outcomes_and_traps() {
     let r = app.client.get(app.url("/metrics")).bearer_auth(&other).send().await.unwrap();
     assert_eq!(r.status(), 403, "tenants do not see each other's metrics");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_runs_diff_a_candidate_against_what_was_stored() {
+    let app = spawn_app().await;
+    app.install(ADMIN_TOKEN, "p", "customer-prefix", Value::Null).await;
+    let batch = json!([
+        {"event_type": "kept", "http_status": 200, "event_payload": {"a": 1}},
+        {"event_type": "customer.already"},
+        {"event_type": "third", "task_id": 3}
+    ]);
+    app.post_events(ADMIN_TOKEN, &batch).await;
+    // Version 2 rewrites payloads; version 3 requires a session id.
+    app.upload_bytes(ADMIN_TOKEN, "p", plugin_wasm("hostile-escape")).await;
+    let rules = json!({"config": {"rules": [{"field": "session_id", "required": true}]}});
+    let (status, body) = app.upload_with_manifest(ADMIN_TOKEN, "p", plugin_wasm("schema-guard"), &rules).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/plugins/p/rollback", &json!({"version": 1})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let shadow = |version: u32| {
+        let body = json!({"version": version, "events": 10});
+        let app = &app;
+        async move { app.post(ADMIN_TOKEN, "/v1/plugins/p/shadow", &body).await }
+    };
+    let (status, report) = shadow(1).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["inputs"].as_u64(), report["unchanged"].as_u64()), (Some(3), Some(3)), "{report}");
+
+    let (_, report) = shadow(2).await;
+    assert_eq!(report["candidate_version"], 2);
+    assert_eq!(report["changed"], 3, "{report}");
+    let diff = &report["diffs"][0];
+    assert_eq!(diff["kind"], "changed");
+    assert!(diff["candidate"][0]["event_payload"]["escape"].is_object());
+    assert_eq!(
+        diff["candidate"][0]["event_type"],
+        diff["stored"][0]["event_type"].as_str().unwrap().trim_start_matches("customer.")
+    );
+
+    let (_, report) = shadow(3).await;
+    assert_eq!(report["rejected"], 3, "{report}");
+    assert_eq!(report["diffs"][0]["outcome"]["error"]["field"], "session_id");
+
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await.len(), 3, "shadow runs store nothing");
+    let (status, _) = shadow(9).await;
+    assert_eq!(status, 404);
+}
