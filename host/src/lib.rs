@@ -11,11 +11,13 @@
 //! - [`store`]: DuckDB behind one narrow interface; group-committing writer,
 //!   listing, control-plane tables.
 //! - [`metrics`]: Prometheus counters and histograms, rendered at `/metrics`.
+//! - [`cli`]: the command-line client of a running server.
 //! - [`config`] and [`startup`]: settings and the `Application` that ties the
 //!   rest together.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod metrics;

@@ -14,6 +14,7 @@ mod query;
 mod retention;
 mod shadow;
 mod tenants;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -199,7 +200,7 @@ async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> 
 /// `GET /metrics`: Prometheus text format. Metrics name every tenant, so
 /// only the default tenant's admin (the operator) may read them.
 async fn metrics(principal: Principal) -> Result<Response, ApiError> {
-    require(&principal, crate::auth::ADMIN_SCOPE)?;
+    require(&principal, "metrics:read")?;
     if principal.tenant != crate::auth::DEFAULT_TENANT {
         return Err(ApiError::Forbidden("metrics are for the operator (the default tenant's admin)".into()));
     }
@@ -232,6 +233,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters", get(plugins::dead_letters))
         .route("/v1/dead-letters/replay", post(plugins::replay))
         .route("/v1/tenants", post(tenants::create))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/query", post(query::run))
         .route("/v1/export", get(export::export))
         .route("/v1/retention", get(retention::get).put(retention::put))

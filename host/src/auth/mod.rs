@@ -18,6 +18,25 @@ pub const DEFAULT_TENANT: &str = "default";
 /// The scope that grants everything, including creating tenants.
 pub const ADMIN_SCOPE: &str = "admin";
 
+/// Every scope a token may carry. `admin` implies all others.
+pub const SCOPES: [&str; 15] = [
+    ADMIN_SCOPE,
+    "events:write",
+    "events:read",
+    "logs:write",
+    "logs:read",
+    "plugins:write",
+    "plugins:read",
+    "query:run",
+    "tokens:write",
+    "session-audit:update:all",
+    "session-audit:update:self",
+    "session-player-audit:update:all",
+    "session-player-audit:update:self",
+    "session:*",
+    "metrics:read",
+];
+
 /// How long a looked-up token is trusted without asking the store again.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -27,6 +46,8 @@ pub struct Principal {
     pub tenant: String,
     pub token_name: String,
     pub scopes: Vec<String>,
+    /// `live` or `test`.
+    pub mode: String,
 }
 
 impl Principal {
@@ -36,11 +57,12 @@ impl Principal {
     }
 }
 
-/// A new random token secret.
-pub fn generate_token() -> String {
+/// A new random token secret, `so_live_...` or `so_test_...` as in the
+/// structured-logs document.
+pub fn generate_token(mode: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("sl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!("so_{mode}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 pub fn hash_token(secret: &str) -> String {
@@ -75,6 +97,7 @@ impl Auth {
             tenant: r.tenant,
             token_name: r.name,
             scopes: r.scopes,
+            mode: r.mode,
         });
         let mut cache = self.cache.write();
         if cache.len() > 100_000 {
@@ -94,10 +117,35 @@ impl Auth {
         if !self.store.create_tenant(tenant.to_string()).await? {
             return Ok(None);
         }
-        let secret = generate_token();
-        let record = TokenRecord { tenant: tenant.to_string(), name: "admin".into(), scopes: vec![ADMIN_SCOPE.into()] };
+        let record = TokenRecord {
+            tenant: tenant.to_string(),
+            name: "admin".into(),
+            scopes: vec![ADMIN_SCOPE.into()],
+            mode: "live".into(),
+        };
+        Ok(Some(self.issue(record).await?))
+    }
+
+    /// Store a new token for `record` and return its secret (shown once).
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn issue(&self, record: TokenRecord) -> Result<String, StoreError> {
+        let secret = generate_token(&record.mode);
         self.store.put_token(hash_token(&secret), record).await?;
-        Ok(Some(secret))
+        Ok(secret)
+    }
+
+    /// Revoke a token by id; it stops working at once.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    pub async fn revoke(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let revoked = self.store.revoke_token(tenant.to_string(), id.to_string()).await?;
+        self.cache.write().clear();
+        Ok(revoked)
     }
 
     /// Make sure the default tenant and its admin token exist. With a
@@ -113,6 +161,7 @@ impl Auth {
             tenant: DEFAULT_TENANT.into(),
             name: "bootstrap-admin".into(),
             scopes: vec![ADMIN_SCOPE.into()],
+            mode: "live".into(),
         };
         if let Some(secret) = configured {
             self.store.put_token(hash_token(secret), record).await?;
@@ -121,8 +170,6 @@ impl Auth {
         if self.store.has_tokens()? {
             return Ok(None);
         }
-        let secret = generate_token();
-        self.store.put_token(hash_token(&secret), record).await?;
-        Ok(Some(secret))
+        Ok(Some(self.issue(record).await?))
     }
 }

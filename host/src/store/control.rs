@@ -11,6 +11,21 @@ pub struct TokenRecord {
     pub tenant: String,
     pub name: String,
     pub scopes: Vec<String>,
+    /// `live`, or `test` for test-mode tokens.
+    pub mode: String,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    /// The first 16 hex digits of the secret's SHA-256.
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub mode: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
 }
 
 /// One uploaded version of a plugin.
@@ -46,9 +61,11 @@ impl EventStore {
         self.write(move |conn| {
             let scopes = serde_json::to_string(&record.scopes).unwrap_or_else(|_| "[]".into());
             conn.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, now(), NULL) ON CONFLICT (hash) DO UPDATE \
-                 SET tenant = excluded.tenant, name = excluded.name, scopes = excluded.scopes, revoked_at = NULL",
-                [hash, record.tenant, record.name, scopes],
+                "INSERT INTO tokens (hash, tenant, name, scopes, created_at, revoked_at, mode) \
+                 VALUES (?, ?, ?, ?, now(), NULL, ?) ON CONFLICT (hash) DO UPDATE \
+                 SET tenant = excluded.tenant, name = excluded.name, scopes = excluded.scopes, \
+                 mode = excluded.mode, revoked_at = NULL",
+                [hash, record.tenant, record.name, scopes, record.mode],
             )?;
             Ok(())
         })
@@ -64,16 +81,60 @@ impl EventStore {
         self.read(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT tenant, name, scopes FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                    "SELECT tenant, name, scopes, coalesce(mode, 'live') FROM tokens WHERE hash = ? AND revoked_at IS NULL",
                     [hash],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)),
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?)),
                 )
                 .optional()?;
-            Ok(row.map(|(tenant, name, scopes)| TokenRecord {
+            Ok(row.map(|(tenant, name, scopes, mode)| TokenRecord {
                 tenant,
                 name,
                 scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+                mode,
             }))
+        })
+        .await
+    }
+
+    /// A tenant's tokens, newest first, without secrets.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn list_tokens(&self, tenant: String) -> Result<Vec<TokenInfo>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT left(hash, 16), tenant, name, scopes, coalesce(mode, 'live'), epoch_us(created_at), \
+                 epoch_us(revoked_at) FROM tokens WHERE tenant = ? ORDER BY created_at DESC",
+            )?;
+            let rows = stmt.query_map([tenant], |row| {
+                Ok(TokenInfo {
+                    id: row.get(0)?,
+                    tenant: row.get(1)?,
+                    name: row.get(2)?,
+                    scopes: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
+                    mode: row.get(4)?,
+                    created_at: super::read::rfc3339(row.get(5)?),
+                    revoked_at: row.get::<_, Option<i64>>(6)?.map(super::read::rfc3339),
+                })
+            })?;
+            Ok(rows.collect::<duckdb::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// Revoke a tenant's token by id. Returns whether one was revoked.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn revoke_token(&self, tenant: String, id: String) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE tokens SET revoked_at = now() WHERE tenant = ? AND left(hash, 16) = ? AND revoked_at IS NULL",
+                [tenant, id],
+            )?;
+            Ok(n > 0)
         })
         .await
     }

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 
-pub use control::{PluginVersion, TokenRecord};
+pub use control::{PluginVersion, TokenInfo, TokenRecord};
 pub use query::{QueryError, QueryLimits, QueryResult, QUERY_VIEWS};
 pub use read::{EventFilter, EventPage};
 

@@ -112,6 +112,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ALTER TABLE tenants ADD COLUMN retention_days INTEGER;
         ",
     ),
+    (
+        3,
+        "
+        ALTER TABLE tokens ADD COLUMN mode VARCHAR DEFAULT 'live';
+        ",
+    ),
 ];
 
 /// Bring the database up to the newest schema.

@@ -2,6 +2,7 @@
 //! plugins built from `plugins/`, a real DuckDB file.
 
 mod analytics;
+mod cli;
 mod hostile;
 mod ingest;
 mod lifecycle;
