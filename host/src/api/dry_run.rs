@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::events::to_event;
-use super::{parse_json, require, ApiError, AppState, FieldError};
+use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, rfc3339};
 use crate::pipeline::{Input, RunOutput};
@@ -64,16 +64,8 @@ fn inputs(tenant: &str, body: &[u8]) -> Result<Vec<Input>, ApiError> {
 }
 
 fn report(output: RunOutput) -> Json<Value> {
-    let results: Vec<Value> = output
-        .dispositions
-        .iter()
-        .enumerate()
-        .map(|(index, d)| {
-            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
-            v["index"] = index.into();
-            v
-        })
-        .collect();
+    let results: Vec<Value> =
+        output.dispositions.iter().enumerate().map(|(index, d)| disposition_json(d, "index", index.into())).collect();
     let events: Vec<Value> = output
         .batch
         .events

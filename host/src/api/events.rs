@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_json, require, ApiError, AppState, FieldError};
+use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::pipeline::{Disposition, Input, RunOutput};
@@ -335,9 +335,7 @@ fn respond(family: &'static str, dispositions: &[Disposition]) -> Response {
                 }
                 Disposition::DeadLettered { .. } => dead += 1,
             }
-            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
-            v["index"] = index.into();
-            v
+            disposition_json(d, "index", index.into())
         })
         .collect();
     crate::metrics::ingest(family, stored, dropped, rejected, dead);

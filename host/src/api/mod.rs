@@ -193,6 +193,23 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     })
 }
 
+/// Like [`parse_json`], but an empty body means the type's default.
+pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(bytes)
+    }
+}
+
+/// What became of one input, as the API reports it: the disposition with
+/// the input's position (`key`: `index` or `dead_letter_id`).
+pub fn disposition_json(d: &crate::pipeline::Disposition, key: &str, position: Value) -> Value {
+    let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
+    v[key] = position;
+    v
+}
+
 async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Json<Value> {
     Json(json!({ "status": "ok", "database": state.store.path().display().to_string() }))
 }

@@ -10,7 +10,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{parse_json, require, ApiError, AppState};
+use super::{disposition_json, parse_json, parse_json_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::pipeline::SettingsPatch;
 
@@ -134,7 +134,7 @@ pub async fn rollback(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:write")?;
-    let request: Rollback = if body.is_empty() { Rollback::default() } else { parse_json(&body)? };
+    let request: Rollback = parse_json_or_default(&body)?;
     Ok(Json(state.pipeline.rollback(&principal.tenant, &name, request.version).await?))
 }
 
@@ -231,11 +231,7 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
         .dispositions
         .iter()
         .zip(&replayed)
-        .map(|(d, id)| {
-            let mut v = serde_json::to_value(d).unwrap_or(Value::Null);
-            v["dead_letter_id"] = (*id).into();
-            v
-        })
+        .map(|(d, id)| disposition_json(d, "dead_letter_id", (*id).into()))
         .collect();
     Ok(Json(json!({ "replayed": replayed.len(), "results": results })))
 }

@@ -12,8 +12,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::events::to_event;
-use super::{parse_json, require, ApiError, AppState};
+use super::{parse_json_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
+use crate::event::COLUMN_ATTRIBUTES;
 use crate::pipeline::{Disposition, Input};
 
 /// Most stored events one shadow run looks at.
@@ -30,8 +31,9 @@ struct Shadow {
     events: Option<usize>,
 }
 
-/// The fields compared: the listing's, less what differs by nature.
-const COMPARED: [&str; 24] = [
+/// The core fields compared (with every column attribute): the listing's,
+/// less what differs by nature.
+const COMPARED: [&str; 11] = [
     "family",
     "user_id",
     "actor_type",
@@ -43,19 +45,6 @@ const COMPARED: [&str; 24] = [
     "resource_type",
     "resource_id",
     "session_id",
-    "vm_id",
-    "task_id",
-    "request_id",
-    "correlation_id",
-    "http_method",
-    "path",
-    "http_status",
-    "latency_ms",
-    "ip_address",
-    "user_agent",
-    "node_ip",
-    "worker_id",
-    "error_message",
 ];
 
 /// The comparable part of an event: the listing's fields (scalars as text,
@@ -63,14 +52,14 @@ const COMPARED: [&str; 24] = [
 /// the payload; not `id`, times or lineage, which differ by nature.
 fn comparable(event: &Value) -> Value {
     let mut map = serde_json::Map::new();
-    for key in COMPARED {
-        match &event[key] {
+    for key in COMPARED.iter().chain(COLUMN_ATTRIBUTES.iter()) {
+        match &event[*key] {
             Value::Null => {}
             Value::String(s) => {
-                map.insert(key.into(), s.clone().into());
+                map.insert(key.to_string(), s.clone().into());
             }
             other => {
-                map.insert(key.into(), other.to_string().into());
+                map.insert(key.to_string(), other.to_string().into());
             }
         }
     }
@@ -85,7 +74,7 @@ pub async fn shadow(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:read")?;
-    let request: Shadow = if body.is_empty() { Shadow::default() } else { parse_json(&body)? };
+    let request: Shadow = parse_json_or_default(&body)?;
     let n = request.events.unwrap_or(100);
     if !(1..=MAX_EVENTS).contains(&n) {
         return Err(ApiError::field(
