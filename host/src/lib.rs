@@ -23,6 +23,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
+pub mod shipped;
 pub mod startup;
 pub mod store;
 

@@ -63,7 +63,11 @@ impl Application {
         let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir())?;
         let auth = Arc::new(Auth::new(store.clone()));
         crate::metrics::handle();
+        let first_start = !store.has_tokens()?;
         let generated_admin_token = auth.bootstrap(settings.admin_token.as_deref()).await?;
+        if first_start {
+            pipeline.install_defaults(crate::auth::DEFAULT_TENANT).await?;
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

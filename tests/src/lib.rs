@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 /// The admin token of the default tenant in every test app.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The plugin every new tenant has: `customer-prefix` for session audit.
+pub const SHIPPED: &str = "customer-prefix";
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
 }
@@ -205,6 +208,20 @@ impl TestApp {
             .expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Names of the token's tenant's plugins, in chain order.
+    pub async fn plugin_names(&self, token: &str) -> Vec<String> {
+        let (status, body) = self.get(token, "/v1/plugins").await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().expect("items").iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// One plugin's view, from the listing.
+    pub async fn plugin(&self, token: &str, name: &str) -> Value {
+        let (status, body) = self.get(token, &format!("/v1/plugins/{name}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// Create a tenant; returns its admin token.

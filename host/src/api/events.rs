@@ -292,6 +292,28 @@ pub(crate) async fn run_and_commit(state: &AppState, tenant: &str, inputs: Vec<I
     Ok(output)
 }
 
+/// Like [`run_and_commit`], for families whose request is one unit: when
+/// any event is rejected, no event or dead letter of the request is stored
+/// (plugin logs and runs still are).
+///
+/// # Errors
+///
+/// As [`run_and_commit`].
+pub(crate) async fn run_and_commit_whole(
+    state: &AppState,
+    tenant: &str,
+    inputs: Vec<Input>,
+) -> Result<RunOutput, ApiError> {
+    let mut output = state.pipeline.run(tenant, inputs).await?;
+    let mut batch = std::mem::take(&mut output.batch);
+    if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
+        batch.events.clear();
+        batch.dead_letters.clear();
+    }
+    state.store.commit(batch).await?;
+    Ok(output)
+}
+
 pub async fn ingest(
     State(state): State<AppState>,
     principal: Principal,

@@ -12,9 +12,11 @@ mod export;
 mod plugins;
 mod query;
 mod retention;
+mod session_audit;
 mod shadow;
 mod tenants;
 mod tokens;
+mod validate;
 
 use std::sync::Arc;
 
@@ -237,6 +239,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/events", post(events::ingest))
+        .route("/session/v1/audit", post(session_audit::create))
         .route("/v1/audit/events", get(audit::list))
         .route("/v1/audit/events/{id}", get(audit::get_one))
         .route("/v1/plugins", uploads.get(plugins::list))

@@ -36,7 +36,10 @@ pub async fn create(
         ));
     }
     match state.auth.create_tenant(&new.id).await? {
-        Some(token) => Ok((StatusCode::CREATED, Json(json!({ "id": new.id, "admin_token": token })))),
+        Some(token) => {
+            state.pipeline.install_defaults(&new.id).await?;
+            Ok((StatusCode::CREATED, Json(json!({ "id": new.id, "admin_token": token }))))
+        }
         None => Err(ApiError::Conflict(format!("tenant {} already exists", new.id))),
     }
 }

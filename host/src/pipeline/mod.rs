@@ -391,6 +391,25 @@ impl Pipeline {
         self.get(tenant, name)
     }
 
+    /// Install the plugins a new tenant gets by default: `customer-prefix`
+    /// for the session-audit family, as document 000 promises ("customer
+    /// created events will be prepended with `customer.`"). It runs late in
+    /// the chain (position 1000), so customers' own plugins see the client's
+    /// names.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::upload`].
+    pub async fn install_defaults(&self, tenant: &str) -> Result<(), PluginError> {
+        let patch = SettingsPatch {
+            families: Some(vec!["session-audit".into()]),
+            position: Some(1000),
+            ..SettingsPatch::default()
+        };
+        self.upload(tenant, "customer-prefix", crate::shipped::CUSTOMER_PREFIX.to_vec(), patch).await?;
+        Ok(())
+    }
+
     /// Make an earlier version of a plugin current again (the previous one
     /// when `version` is `None`), keeping the installation's settings.
     ///

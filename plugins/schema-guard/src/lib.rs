@@ -7,7 +7,9 @@
 //! `field` is a listing-API field name, an attribute key, or a payload path
 //! starting with `event_payload`. Every key but `field` is optional; a rule on
 //! an absent field only fails when `required` is true. Lengths count
-//! characters of strings, items of arrays.
+//! characters of strings, items of arrays. `code` (default `invalid_field`)
+//! is the rejection code when the rule fails first; the API maps some codes
+//! to statuses (e.g. `session_not_found` to the session-audit 404).
 
 use regex::Regex;
 use serde_json::Value;
@@ -15,6 +17,7 @@ use sluice_sdk::{export_plugin, Event, Outcome, Plugin};
 
 struct Rule {
     field: String,
+    code: String,
     required: bool,
     allowed: Option<Vec<Value>>,
     min_length: Option<usize>,
@@ -45,8 +48,14 @@ fn parse_rule(i: usize, rule: &Value) -> Result<Rule, String> {
         Some(Value::Array(values)) => Some(values.clone()),
         Some(_) => return Err(format!("{} must be a list", at("enum"))),
     };
+    let code = match rule.get("code") {
+        None => "invalid_field".to_string(),
+        Some(Value::String(c)) if !c.is_empty() => c.clone(),
+        Some(_) => return Err(format!("{} must be a non-empty string", at("code"))),
+    };
     Ok(Rule {
         field: field.to_string(),
+        code,
         required: rule.get("required").and_then(Value::as_bool).unwrap_or(false),
         allowed,
         min_length: length("min_length")?,
@@ -98,13 +107,13 @@ impl Plugin for SchemaGuard {
     }
 
     fn process(&mut self, event: Event) -> Outcome {
-        let errors: Vec<(&str, String)> =
-            self.rules.iter().filter_map(|rule| rule.check(&event).map(|msg| (rule.field.as_str(), msg))).collect();
+        let errors: Vec<(&Rule, String)> =
+            self.rules.iter().filter_map(|rule| rule.check(&event).map(|msg| (rule, msg))).collect();
         match errors.first() {
             None => Outcome::keep(event),
-            Some((field, _)) => {
-                let message = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join("; ");
-                Outcome::reject_field("invalid_field", *field, message)
+            Some((first, _)) => {
+                let message = errors.iter().map(|(r, m)| format!("{}: {m}", r.field)).collect::<Vec<_>>().join("; ");
+                Outcome::reject_field(first.code.as_str(), first.field.as_str(), message)
             }
         }
     }

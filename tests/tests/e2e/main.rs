@@ -7,3 +7,4 @@ mod hostile;
 mod ingest;
 mod lifecycle;
 mod plugins;
+mod session_audit;

@@ -6,7 +6,7 @@ use sluice_e2e::{plugin_wasm, spawn_app, spawn_app_in, ADMIN_TOKEN};
 #[tokio::test(flavor = "multi_thread")]
 async fn customer_prefix_rewrites_names_with_lineage_and_never_double_prefixes() {
     let app = spawn_app().await;
-    let view = app.install(ADMIN_TOKEN, "customer-prefix", "customer-prefix", Value::Null).await;
+    let view = app.install(ADMIN_TOKEN, "prefix", "customer-prefix", Value::Null).await;
     assert_eq!(view["version"], 1);
     let sha = view["sha256"].as_str().unwrap().to_string();
     assert_eq!(sha.len(), 64);
@@ -18,13 +18,13 @@ async fn customer_prefix_rewrites_names_with_lineage_and_never_double_prefixes()
     let events = app.all_events(ADMIN_TOKEN, "").await;
     let names: Vec<&str> = events.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
     assert_eq!(names, ["customer.already", "customer.match.started"]);
-    assert_eq!(events[1]["lineage"], json!([{"plugin": "customer-prefix", "version": 1, "sha256": sha}]));
+    assert_eq!(events[1]["lineage"], json!([{"plugin": "prefix", "version": 1, "sha256": sha}]));
 
     // The rule is configurable: only events from source "game".
     let (status, body) = app
         .patch(
             ADMIN_TOKEN,
-            "/v1/plugins/customer-prefix",
+            "/v1/plugins/prefix",
             &json!({"config": {"match": {"source": ["game"]}, "prefix": "cust:"}}),
         )
         .await;
@@ -40,7 +40,7 @@ async fn customer_prefix_rewrites_names_with_lineage_and_never_double_prefixes()
         .collect();
     assert_eq!(names, ["e2", "cust:e1"]);
 
-    let (status, body) = app.patch(ADMIN_TOKEN, "/v1/plugins/customer-prefix", &json!({"config": {"prefix": 3}})).await;
+    let (status, body) = app.patch(ADMIN_TOKEN, "/v1/plugins/prefix", &json!({"config": {"prefix": 3}})).await;
     assert_eq!(status, 422);
     assert_eq!(body["detail"][0]["loc"], json!(["body", "config"]));
     assert!(body["detail"][0]["msg"].as_str().unwrap().contains("prefix must be a non-empty string"), "{body}");
@@ -148,8 +148,7 @@ async fn bad_uploads_are_refused_with_the_exact_problem() {
     assert_eq!(status, 422);
     let (status, body) = app.upload_bytes(ADMIN_TOKEN, "big", vec![0; 17 << 20]).await;
     assert_eq!(status, 413, "{body}");
-    let (_, list) = app.get(ADMIN_TOKEN, "/v1/plugins").await;
-    assert_eq!(list["items"], json!([]), "nothing installed");
+    assert_eq!(app.plugin_names(ADMIN_TOKEN).await, [sluice_e2e::SHIPPED], "nothing installed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,8 +169,7 @@ async fn plugins_and_events_survive_a_restart_and_versions_are_kept() {
     let names: Vec<String> =
         app.all_events(ADMIN_TOKEN, "").await.iter().map(|e| e["event_type"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["customer.after", "customer.before"]);
-    let (_, list) = app.get(ADMIN_TOKEN, "/v1/plugins").await;
-    assert_eq!(list["items"][0]["families"], json!(["generic"]));
+    assert_eq!(app.plugin(ADMIN_TOKEN, "prefix").await["families"], json!(["generic"]));
     let (status, versions) = app.get(ADMIN_TOKEN, "/v1/plugins/prefix/versions").await;
     assert_eq!(status, 200);
     assert_eq!(versions["items"].as_array().unwrap().len(), 1);

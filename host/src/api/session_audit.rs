@@ -1,0 +1,290 @@
+//! `POST /session/v1/audit` (document 000): a game client or server records
+//! a session event. Errors: 401/403/404 `{auth_success, error_code, desc}`,
+//! 422 `{detail: [{loc, msg, type}]}` in pydantic's wording. `players` fans
+//! one request out into one event per player. A request is stored whole or
+//! not at all.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::events::run_and_commit_whole;
+use super::validate::Validator;
+use super::{parse_json, ApiError, AppState};
+use crate::auth::Principal;
+use crate::event::{now_micros, Event};
+use crate::pipeline::{Disposition, Input};
+
+/// The family name of these events.
+pub const FAMILY: &str = "session-audit";
+
+/// Permissions that allow writing session audit events (document 000).
+const PERMISSIONS: [&str; 6] = [
+    "session-audit:update:all",
+    "session-audit:update:self",
+    "session-player-audit:update:all",
+    "session-player-audit:update:self",
+    "session:*",
+    "events:write",
+];
+
+const PLATFORMS: [&str; 16] = [
+    "Anon",
+    "Basic",
+    "XboxLive",
+    "PSN",
+    "NintendoNAID",
+    "NintendoSwitch",
+    "NintendoPPID",
+    "Google",
+    "GooglePlay",
+    "Apple",
+    "Epic",
+    "Steam",
+    "Amazon",
+    "Twitch",
+    "RallyHere",
+    "LegacyName",
+];
+
+/// Plugin rejection codes that mean "session doesn't exist" (404).
+const NOT_FOUND_CODES: [&str; 2] = ["session_not_found", "not_found"];
+
+/// Most players one request may fan out to.
+const MAX_PLAYERS: usize = 1_000;
+
+/// An error in this family's shape.
+fn family_error(status: StatusCode, auth_success: bool, code: &str, desc: impl Into<String>) -> Response {
+    let mut response =
+        (status, Json(json!({"auth_success": auth_success, "error_code": code, "desc": desc.into()}))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Every constraint of the document's request body.
+fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let mut v = Validator::default();
+    let root: Vec<Value> = vec!["body".into()];
+    let id = |v: &mut Validator, key: &str, required: bool| v.string(body, key, &root, required, 1, 128);
+    id(&mut v, "event_name", true);
+    id(&mut v, "session_id", true);
+    v.string_map(body, "custom_data", &root, 1, 4096);
+    v.string(body, "session_type", &root, false, 0, usize::MAX);
+    id(&mut v, "region_id", false);
+    v.boolean(body, "joinable", &root);
+    if let Some(teams) = v.list(body, "updated_teams", &root, Some(50)) {
+        for (i, team) in teams.iter().enumerate() {
+            let loc: Vec<Value> = vec!["body".into(), "updated_teams".into(), i.into()];
+            match team.as_object() {
+                Some(team) => {
+                    v.integer(team, "max_size", &loc, false, Some(1), Some(100));
+                    v.string_map(team, "custom_data", &loc, 1, 4096);
+                }
+                None => v.errors.push(super::FieldError::new(loc, "Input should be a valid dictionary", "dict_type")),
+            }
+        }
+    }
+    v.one_of(body, "source", &root, false, &["BACKFILL", "MATCHMAKING", "PLAYER"]);
+    v.uuid(body, "player_uuid", &root, false);
+    v.integer(body, "team_id", &root, false, None, None);
+    id(&mut v, "invited_session_id", false);
+    id(&mut v, "removed_session_id", false);
+    v.string(body, "version", &root, false, 0, usize::MAX);
+    if let Some(settings) = v.object(body, "client_settings", &root, false) {
+        let loc: Vec<Value> = vec!["body".into(), "client_settings".into()];
+        v.integer(settings, "platform_id", &loc, false, None, None);
+        v.one_of(settings, "platform", &loc, false, &PLATFORMS);
+        v.one_of(settings, "input", &loc, true, &["keyboardandmouse", "gamepad", "touch"]);
+    }
+    if let Some(prefs) = v.object(body, "crossplay_preferences", &root, false) {
+        let loc: Vec<Value> = vec!["body".into(), "crossplay_preferences".into()];
+        v.one_of(
+            prefs,
+            "permitted_platform",
+            &loc,
+            true,
+            &["desired_platforms_any", "desired_platforms_xboxlike", "desired_platforms_playstationlike"],
+        );
+        v.one_of(
+            prefs,
+            "permitted_input",
+            &loc,
+            true,
+            &[
+                "desired_inputs_any",
+                "desired_inputs_keyboardandmouse",
+                "desired_inputs_gamepad",
+                "desired_inputs_touch",
+            ],
+        );
+    }
+    v.one_of(body, "player_status", &root, false, &["leader", "member", "invited", "reserved"]);
+    v.one_of(body, "platform", &root, false, &PLATFORMS);
+    v.string(body, "platform_session_id", &root, false, 1, 4096);
+    id(&mut v, "instance_id", false);
+    v.one_of(body, "host_type", &root, false, &["dedicated", "player"]);
+    v.uuid(body, "host_player_uuid", &root, false);
+    v.uuid(body, "instance_request_template", &root, false);
+    v.string(body, "map", &root, false, 0, usize::MAX);
+    v.string(body, "mode", &root, false, 0, usize::MAX);
+    id(&mut v, "allocation_id", false);
+    v.one_of(
+        body,
+        "join_status",
+        &root,
+        false,
+        &["requested", "allocated", "pending", "joinable", "unjoinable", "closed"],
+    );
+    if let Some(join) = v.object(body, "join_params", &root, false) {
+        let loc: Vec<Value> = vec!["body".into(), "join_params".into()];
+        v.string(join, "public_conn_str", &loc, true, 0, usize::MAX);
+        v.string(join, "private_conn_str", &loc, true, 0, usize::MAX);
+        v.string_map(join, "custom_data", &loc, 1, 4096);
+    }
+    v.one_of(body, "instance_health", &root, false, &["healthy", "unhealthy", "degraded", "unknown"]);
+    id(&mut v, "queue_id", false);
+    v.string(body, "ticket_id", &root, false, 0, usize::MAX);
+    if let Some(params) = v.object(body, "additional_params", &root, false) {
+        let loc: Vec<Value> = vec!["body".into(), "additional_params".into()];
+        v.number_map(params, "double_args", &loc);
+        v.string_map(params, "string_args", &loc, 1, 4096);
+        v.string_list(params, "tags", &loc, None);
+        v.string_map(params, "extensions", &loc, 1, 4096);
+    }
+    v.string_list(body, "map_preferences", &root, None);
+    id(&mut v, "queued_session_id", false);
+    id(&mut v, "match_id", false);
+    let players = v.string_list(body, "players", &root, Some(MAX_PLAYERS));
+    for (i, player) in players.iter().enumerate() {
+        if let Err(e) = uuid::Uuid::parse_str(player) {
+            v.errors.push(super::FieldError::new(
+                vec!["body".into(), "players".into(), i.into()],
+                format!("Input should be a valid UUID, {e}"),
+                "uuid_parsing",
+            ));
+        }
+    }
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(v.errors))
+    }
+}
+
+/// The canonical events of a valid request: one, or one per player.
+fn to_events(tenant: &str, body: &Map<String, Value>) -> Vec<Event> {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let received_at = now_micros();
+    let session_id = text("session_id").unwrap_or_default();
+    let mut attributes = Vec::new();
+    if let Some(instance) = text("instance_id") {
+        attributes.push(("vm_id".to_string(), instance));
+    }
+    for key in ["region_id", "match_id", "queue_id", "ticket_id", "allocation_id"] {
+        if let Some(value) = text(key) {
+            attributes.push((key.to_string(), value));
+        }
+    }
+    let players: Vec<Option<String>> = match body.get("players").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => list.iter().map(|p| p.as_str().map(str::to_string)).collect(),
+        _ => vec![text("player_uuid")],
+    };
+    let fan_out = body.get("players").and_then(Value::as_array).is_some_and(|l| !l.is_empty());
+    players
+        .into_iter()
+        .map(|player| {
+            let mut payload = body.clone();
+            payload.remove("players");
+            if fan_out {
+                if let Some(p) = &player {
+                    payload.insert("player_uuid".into(), p.clone().into());
+                }
+            }
+            Event {
+                id: uuid::Uuid::now_v7().to_string(),
+                tenant: tenant.to_string(),
+                family: FAMILY.into(),
+                name: text("event_name").unwrap_or_default(),
+                group: "session".into(),
+                status: "success".into(),
+                source: text("source").map_or_else(|| "session-audit".into(), |s| s.to_lowercase()),
+                occurred_at: received_at,
+                received_at,
+                actor_type: if player.is_some() { "player".into() } else { "client".into() },
+                actor_id: player,
+                user_id: None,
+                resource_type: Some("session".into()),
+                resource_id: Some(session_id.clone()),
+                session_id: Some(session_id.clone()),
+                attributes: attributes.clone(),
+                payload: Value::Object(payload).to_string(),
+            }
+        })
+        .collect()
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Ok(principal) = principal else {
+        return Ok(family_error(StatusCode::UNAUTHORIZED, false, "auth_token_invalid", "Not authenticated"));
+    };
+    if !PERMISSIONS.iter().any(|p| principal.has(p)) {
+        return Ok(family_error(
+            StatusCode::FORBIDDEN,
+            true,
+            "insufficient_permissions",
+            format!("requires one of: {}", PERMISSIONS[..5].join(", ")),
+        ));
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::field(
+            vec!["body".into()],
+            "Content type should be application/json",
+            "model_attributes_type",
+        ));
+    }
+    let raw: Value = parse_json(&body)?;
+    let Some(object) = raw.as_object() else {
+        return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type"));
+    };
+    validate(object)?;
+    let raw = Arc::new(raw.clone());
+    let inputs =
+        to_events(&principal.tenant, object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
+    let output = run_and_commit_whole(&state, &principal.tenant, inputs).await?;
+    for d in &output.dispositions {
+        if let Disposition::Rejected { error } = d {
+            if NOT_FOUND_CODES.contains(&error.code.as_str()) {
+                return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
+            }
+            if error.code == "plugin_failed" {
+                return Ok(family_error(StatusCode::BAD_GATEWAY, true, "plugin_failed", &error.message));
+            }
+            let mut loc = vec![Value::from("body")];
+            loc.extend(error.field.iter().flat_map(|f| f.split('.')).map(Value::from));
+            return Err(ApiError::field(loc, error.message.clone(), &error.code));
+        }
+    }
+    let ids: Vec<&String> = output
+        .dispositions
+        .iter()
+        .flat_map(|d| match d {
+            Disposition::Stored { ids } => ids.iter().collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    crate::metrics::ingest(FAMILY, ids.len(), 0, 0, 0);
+    Ok((StatusCode::OK, Json(json!({ "event_ids": ids }))).into_response())
+}

@@ -1,0 +1,245 @@
+//! Field validation with FastAPI/pydantic's error wording and types, so
+//! families specified by FastAPI documents answer 422 exactly as they do.
+//! Every error is collected, not just the first.
+
+use serde_json::{Map, Value};
+
+use super::FieldError;
+
+/// Collects errors while reading fields of a JSON object.
+#[derive(Default)]
+pub struct Validator {
+    pub errors: Vec<FieldError>,
+}
+
+fn at(loc: &[Value], key: &str) -> Vec<Value> {
+    let mut l = loc.to_vec();
+    l.push(key.into());
+    l
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+impl Validator {
+    fn error(&mut self, loc: Vec<Value>, msg: impl Into<String>, kind: &str) {
+        self.errors.push(FieldError::new(loc, msg, kind));
+    }
+
+    /// The value of `key`, or `None` (with a `missing` error when required).
+    /// An explicit `null` counts as absent for optional fields.
+    fn get<'a>(&mut self, obj: &'a Map<String, Value>, key: &str, loc: &[Value], required: bool) -> Option<&'a Value> {
+        match obj.get(key) {
+            Some(Value::Null) | None => {
+                if required {
+                    self.error(at(loc, key), "Field required", "missing");
+                }
+                None
+            }
+            Some(v) => Some(v),
+        }
+    }
+
+    fn check_len(&mut self, loc: Vec<Value>, s: &str, min: usize, max: usize) -> bool {
+        let n = s.chars().count();
+        if n < min {
+            self.error(loc, format!("String should have at least {}", plural(min, "character")), "string_too_short");
+            false
+        } else if n > max {
+            self.error(loc, format!("String should have at most {}", plural(max, "character")), "string_too_long");
+            false
+        } else {
+            true
+        }
+    }
+
+    /// A string of `min..=max` characters.
+    pub fn string(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        required: bool,
+        min: usize,
+        max: usize,
+    ) -> Option<String> {
+        match self.get(obj, key, loc, required)? {
+            Value::String(s) => self.check_len(at(loc, key), s, min, max).then(|| s.clone()),
+            _ => {
+                self.error(at(loc, key), "Input should be a valid string", "string_type");
+                None
+            }
+        }
+    }
+
+    /// One of `allowed`.
+    pub fn one_of(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        required: bool,
+        allowed: &[&str],
+    ) -> Option<String> {
+        let value = self.get(obj, key, loc, required)?;
+        match value.as_str() {
+            Some(s) if allowed.contains(&s) => Some(s.to_string()),
+            _ => {
+                let quoted: Vec<String> = allowed.iter().map(|a| format!("'{a}'")).collect();
+                let list = match quoted.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                    _ => quoted.join(""),
+                };
+                self.error(at(loc, key), format!("Input should be {list}"), "enum");
+                None
+            }
+        }
+    }
+
+    /// A UUID in its text form.
+    pub fn uuid(&mut self, obj: &Map<String, Value>, key: &str, loc: &[Value], required: bool) -> Option<String> {
+        let value = self.get(obj, key, loc, required)?;
+        match value.as_str().map(uuid::Uuid::parse_str) {
+            Some(Ok(u)) => Some(u.to_string()),
+            Some(Err(e)) => {
+                self.error(at(loc, key), format!("Input should be a valid UUID, {e}"), "uuid_parsing");
+                None
+            }
+            None => {
+                self.error(at(loc, key), "UUID input should be a string, bytes or UUID object", "uuid_type");
+                None
+            }
+        }
+    }
+
+    /// An integer within `min..=max` when given.
+    pub fn integer(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        required: bool,
+        min: Option<i64>,
+        max: Option<i64>,
+    ) -> Option<i64> {
+        let value = self.get(obj, key, loc, required)?;
+        let Some(n) = value.as_i64() else {
+            self.error(at(loc, key), "Input should be a valid integer", "int_type");
+            return None;
+        };
+        if let Some(min) = min.filter(|m| n < *m) {
+            self.error(at(loc, key), format!("Input should be greater than or equal to {min}"), "greater_than_equal");
+            return None;
+        }
+        if let Some(max) = max.filter(|m| n > *m) {
+            self.error(at(loc, key), format!("Input should be less than or equal to {max}"), "less_than_equal");
+            return None;
+        }
+        Some(n)
+    }
+
+    pub fn boolean(&mut self, obj: &Map<String, Value>, key: &str, loc: &[Value]) -> Option<bool> {
+        let value = self.get(obj, key, loc, false)?;
+        value.as_bool().or_else(|| {
+            self.error(at(loc, key), "Input should be a valid boolean", "bool_type");
+            None
+        })
+    }
+
+    /// A nested object.
+    pub fn object<'a>(
+        &mut self,
+        obj: &'a Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        required: bool,
+    ) -> Option<&'a Map<String, Value>> {
+        let value = self.get(obj, key, loc, required)?;
+        value.as_object().or_else(|| {
+            self.error(at(loc, key), "Input should be a valid dictionary", "dict_type");
+            None
+        })
+    }
+
+    /// An object whose values are strings of `min..=max` characters.
+    pub fn string_map(&mut self, obj: &Map<String, Value>, key: &str, loc: &[Value], min: usize, max: usize) {
+        if let Some(map) = self.object(obj, key, loc, false) {
+            let here = at(loc, key);
+            for (k, v) in map {
+                match v {
+                    Value::String(s) => {
+                        self.check_len(at(&here, k), s, min, max);
+                    }
+                    _ => self.error(at(&here, k), "Input should be a valid string", "string_type"),
+                }
+            }
+        }
+    }
+
+    /// An object whose values are numbers.
+    pub fn number_map(&mut self, obj: &Map<String, Value>, key: &str, loc: &[Value]) {
+        if let Some(map) = self.object(obj, key, loc, false) {
+            let here = at(loc, key);
+            for (k, v) in map {
+                if !v.is_number() {
+                    self.error(at(&here, k), "Input should be a valid number", "float_type");
+                }
+            }
+        }
+    }
+
+    /// A list of at most `max_items` items.
+    pub fn list<'a>(
+        &mut self,
+        obj: &'a Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        max_items: Option<usize>,
+    ) -> Option<&'a Vec<Value>> {
+        let value = self.get(obj, key, loc, false)?;
+        let Some(items) = value.as_array() else {
+            self.error(at(loc, key), "Input should be a valid list", "list_type");
+            return None;
+        };
+        if let Some(max) = max_items.filter(|m| items.len() > *m) {
+            self.error(
+                at(loc, key),
+                format!("List should have at most {} after validation, not {}", plural(max, "item"), items.len()),
+                "too_long",
+            );
+            return None;
+        }
+        Some(items)
+    }
+
+    /// A list of strings.
+    pub fn string_list(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        max_items: Option<usize>,
+    ) -> Vec<String> {
+        let Some(items) = self.list(obj, key, loc, max_items) else {
+            return Vec::new();
+        };
+        let here = at(loc, key);
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => {
+                    let mut l = here.clone();
+                    l.push(i.into());
+                    self.error(l, "Input should be a valid string", "string_type");
+                }
+            }
+        }
+        out
+    }
+}
