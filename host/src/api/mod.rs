@@ -6,6 +6,7 @@
 //! input (422) and `{"detail": "message"}` otherwise.
 
 mod audit;
+mod auditlogs;
 mod dry_run;
 mod events;
 mod export;
@@ -240,6 +241,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/events", post(events::ingest))
         .route("/session/v1/audit", post(session_audit::create))
+        .route("/v1beta1/organizations/{org_id}/auditlogs", post(auditlogs::create))
         .route("/v1/audit/events", get(audit::list))
         .route("/v1/audit/events/{id}", get(audit::get_one))
         .route("/v1/plugins", uploads.get(plugins::list))

@@ -2,6 +2,7 @@
 //! plugins built from `plugins/`, a real DuckDB file.
 
 mod analytics;
+mod auditlogs;
 mod cli;
 mod hostile;
 mod ingest;

@@ -1,0 +1,243 @@
+//! `POST /v1beta1/organizations/{org_id}/auditlogs` (document 003): a batch
+//! of audit logs, stored whole or not at all. Errors are
+//! `{code, message, details[{@type, ...}]}` with gRPC status codes; a bad
+//! entry is named by its index (`logs[3].source`) in a
+//! `google.rpc.BadRequest` detail.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::events::run_and_commit_whole;
+use super::{ApiError, AppState};
+use crate::auth::Principal;
+use crate::event::{now_micros, Event};
+use crate::pipeline::{Disposition, Input};
+
+/// The family name of these events.
+pub const FAMILY: &str = "auditlogs";
+
+/// Longest value of any string field of an entry.
+const MAX_TEXT: usize = 1024;
+
+/// An error in this family's shape: HTTP status, gRPC code, message and
+/// field violations (`(field, description)`).
+fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(String, String)]) -> Response {
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => 3,
+        StatusCode::UNAUTHORIZED => 16,
+        StatusCode::FORBIDDEN => 7,
+        StatusCode::NOT_FOUND => 5,
+        StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::BAD_GATEWAY => 14,
+        _ => 13,
+    };
+    let details: Vec<Value> = if violations.is_empty() {
+        Vec::new()
+    } else {
+        let list: Vec<Value> = violations.iter().map(|(f, d)| json!({"field": f, "description": d})).collect();
+        vec![json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": list})]
+    };
+    let mut response =
+        (status, Json(json!({"code": code, "message": message.into(), "details": details}))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Other errors of shared code, in this family's shape.
+fn from_api(e: ApiError) -> Response {
+    match e {
+        ApiError::Unavailable(m) => {
+            let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, m, &[]);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        ApiError::PayloadTooLarge(m) => rpc_error(StatusCode::PAYLOAD_TOO_LARGE, m, &[]),
+        other => {
+            tracing::error!(error = %other, "auditlogs request failed");
+            rpc_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", &[])
+        }
+    }
+}
+
+/// Check one entry; violations are named `logs[i].field`.
+fn check_entry(i: usize, entry: &Value, violations: &mut Vec<(String, String)>) {
+    let mut bad = |field: &str, what: &str| violations.push((format!("logs[{i}].{field}"), what.to_string()));
+    let Some(obj) = entry.as_object() else {
+        bad("", "must be an object");
+        return;
+    };
+    let text = |v: Option<&Value>| -> Result<Option<usize>, ()> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.chars().count())),
+            Some(_) => Err(()),
+        }
+    };
+    for (field, required) in [("id", false), ("source", true), ("action", true), ("created_at", false)] {
+        match text(obj.get(field)) {
+            Err(()) => bad(field, "must be a string"),
+            Ok(None) if required => bad(field, "is required"),
+            Ok(Some(0)) if required || field == "id" => bad(field, "must not be empty"),
+            Ok(Some(n)) if n > MAX_TEXT => bad(field, "must be at most 1024 characters"),
+            _ => {}
+        }
+    }
+    if let Some(Value::String(t)) = obj.get("created_at") {
+        if chrono::DateTime::parse_from_rfc3339(t).is_err() {
+            bad("created_at", "must be an RFC 3339 date-time");
+        }
+    }
+    for part in ["actor", "target"] {
+        match obj.get(part) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(o)) => {
+                for (k, v) in o {
+                    if !["id", "type", "name"].contains(&k.as_str()) {
+                        bad(&format!("{part}.{k}"), "unknown field");
+                    } else if !matches!(text(Some(v)), Ok(Some(n)) if n <= MAX_TEXT) && !v.is_null() {
+                        bad(&format!("{part}.{k}"), "must be a string of at most 1024 characters");
+                    }
+                }
+            }
+            Some(_) => bad(part, "must be an object"),
+        }
+    }
+    match obj.get("context") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            for (k, v) in o {
+                if !v.is_string() {
+                    bad(&format!("context.{k}"), "must be a string");
+                }
+            }
+        }
+        Some(_) => bad("context", "must be an object of strings"),
+    }
+    for k in obj.keys() {
+        if !["id", "source", "action", "actor", "target", "context", "created_at"].contains(&k.as_str()) {
+            bad(k, "unknown field");
+        }
+    }
+}
+
+fn to_event(tenant: &str, entry: &Map<String, Value>, received_at: i64) -> Event {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let action = text(entry.get("action")).unwrap_or_default();
+    let actor = entry.get("actor");
+    let target = entry.get("target");
+    let occurred_at = text(entry.get("created_at"))
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map_or(received_at, |t| t.timestamp_micros());
+    let payload = json!({
+        "actor": actor.cloned().unwrap_or(Value::Null),
+        "target": target.cloned().unwrap_or(Value::Null),
+        "context": entry.get("context").cloned().unwrap_or(json!({})),
+    });
+    Event {
+        id: text(entry.get("id")).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        tenant: tenant.to_string(),
+        family: FAMILY.into(),
+        group: action.split_once('.').map_or_else(|| action.clone(), |(g, _)| g.to_string()),
+        name: action,
+        status: "success".into(),
+        source: text(entry.get("source")).unwrap_or_default(),
+        occurred_at,
+        received_at,
+        actor_type: actor.and_then(|a| text(a.get("type"))).unwrap_or_else(|| "unknown".into()),
+        actor_id: actor.and_then(|a| text(a.get("id"))),
+        user_id: None,
+        resource_type: target.and_then(|t| text(t.get("type"))),
+        resource_id: target.and_then(|t| text(t.get("id"))),
+        session_id: None,
+        attributes: Vec::new(),
+        payload: payload.to_string(),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    Path(org_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(principal) = principal else {
+        return rpc_error(StatusCode::UNAUTHORIZED, "missing or invalid authorization token", &[]);
+    };
+    if !principal.has("events:write") {
+        return rpc_error(StatusCode::FORBIDDEN, "token does not have the required scope: events:write", &[]);
+    }
+    if org_id != principal.tenant {
+        return rpc_error(StatusCode::FORBIDDEN, "the token does not belong to this organization", &[]);
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), &[]),
+    };
+    let Some(logs) = request.get("logs").and_then(Value::as_array) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            "logs is required and must be a list",
+            &[("logs".into(), "is required".into())],
+        );
+    };
+    if logs.len() > state.settings.max_batch_events {
+        return rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} logs in one request; the limit is {}", logs.len(), state.settings.max_batch_events),
+            &[],
+        );
+    }
+    let mut violations = Vec::new();
+    for (i, entry) in logs.iter().enumerate() {
+        check_entry(i, entry, &mut violations);
+    }
+    if !violations.is_empty() {
+        return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs: the whole batch was rejected", &violations);
+    }
+    let received_at = now_micros();
+    let inputs = logs
+        .iter()
+        .filter_map(Value::as_object)
+        .map(|entry| Input {
+            event: to_event(&principal.tenant, entry, received_at),
+            raw: Arc::new(Value::Object(entry.clone())),
+        })
+        .collect();
+    let output = match run_and_commit_whole(&state, &principal.tenant, inputs).await {
+        Ok(output) => output,
+        Err(e) => return from_api(e),
+    };
+    let refused: Vec<(String, String)> = output
+        .dispositions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match d {
+            Disposition::Rejected { error } => {
+                let field = error.field.as_deref().map_or_else(|| format!("logs[{i}]"), |f| format!("logs[{i}].{f}"));
+                Some((field, format!("{}: {}", error.code, error.message)))
+            }
+            _ => None,
+        })
+        .collect();
+    let failed = output.dispositions.iter().find_map(|d| match d {
+        Disposition::Rejected { error } if error.code == "plugin_failed" => Some(error.message.clone()),
+        _ => None,
+    });
+    if let Some(message) = failed {
+        return rpc_error(StatusCode::BAD_GATEWAY, message, &[]);
+    }
+    if !refused.is_empty() {
+        return rpc_error(StatusCode::BAD_REQUEST, "audit logs refused by the organization's plugins", &refused);
+    }
+    let stored = output.dispositions.iter().filter(|d| matches!(d, Disposition::Stored { .. })).count();
+    crate::metrics::ingest(FAMILY, stored, output.dispositions.len() - stored, 0, 0);
+    (StatusCode::OK, Json(json!({}))).into_response()
+}
