@@ -305,13 +305,25 @@ pub(crate) async fn run_and_commit_whole(
     inputs: Vec<Input>,
 ) -> Result<RunOutput, ApiError> {
     let mut output = state.pipeline.run(tenant, inputs).await?;
-    let mut batch = std::mem::take(&mut output.batch);
-    if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
-        batch.events.clear();
-        batch.dead_letters.clear();
-    }
-    state.store.commit(batch).await?;
+    commit_whole(state, &mut output).await?;
     Ok(output)
+}
+
+/// Commit a run's batch whole or not at all (see [`run_and_commit_whole`]),
+/// leaving the committed events in `output` for the response.
+///
+/// # Errors
+///
+/// As [`run_and_commit`].
+pub(crate) async fn commit_whole(state: &AppState, output: &mut RunOutput) -> Result<(), ApiError> {
+    if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
+        output.batch.events.clear();
+        output.batch.dead_letters.clear();
+    }
+    let events = output.batch.events.clone();
+    state.store.commit(std::mem::take(&mut output.batch)).await?;
+    output.batch.events = events;
+    Ok(())
 }
 
 pub async fn ingest(

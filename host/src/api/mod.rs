@@ -10,6 +10,7 @@ mod auditlogs;
 mod dry_run;
 mod events;
 mod export;
+mod logs;
 mod plugins;
 mod query;
 mod retention;
@@ -242,6 +243,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(events::ingest))
         .route("/session/v1/audit", post(session_audit::create))
         .route("/v1beta1/organizations/{org_id}/auditlogs", post(auditlogs::create))
+        .route("/logs", post(logs::create).get(logs::list))
+        .route("/v1/quotas", get(logs::get_quotas).put(logs::put_quotas))
         .route("/v1/audit/events", get(audit::list))
         .route("/v1/audit/events/{id}", get(audit::get_one))
         .route("/v1/plugins", uploads.get(plugins::list))

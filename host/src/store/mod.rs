@@ -26,6 +26,7 @@ use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 pub use control::{PluginVersion, TokenInfo, TokenRecord};
 pub use query::{QueryError, QueryLimits, QueryResult, QUERY_VIEWS};
 pub use read::{EventFilter, EventPage};
+pub use retention::Quotas;
 
 /// Everything one request writes; committed together or not at all.
 #[derive(Debug, Default)]

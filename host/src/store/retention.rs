@@ -3,6 +3,14 @@
 
 use super::{EventStore, StoreError};
 
+/// A tenant's quotas; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    pub events_per_day: Option<i64>,
+    pub storage_bytes: Option<i64>,
+}
+
 /// Most rows one deletion job removes.
 const BATCH: usize = 10_000;
 
@@ -41,6 +49,52 @@ impl EventStore {
                 |row| row.get(0),
             ))?;
             Ok(days.flatten())
+        })
+        .await
+    }
+
+    /// Set a tenant's quotas (`None`: unlimited).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn set_quotas(&self, tenant: String, quotas: Quotas) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE tenants SET quota_events_per_day = ?, quota_storage_bytes = ? WHERE id = ?",
+                duckdb::params![quotas.events_per_day, quotas.storage_bytes, tenant],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A tenant's quotas and what it uses of them: events received since
+    /// midnight UTC, and bytes stored (payloads and raw inputs of its events).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn quota_usage(&self, tenant: String) -> Result<(Quotas, i64, i64), StoreError> {
+        self.read(move |conn| {
+            let quotas = conn.query_row(
+                "SELECT quota_events_per_day, quota_storage_bytes FROM tenants WHERE id = ?",
+                [&tenant],
+                |row| Ok(Quotas { events_per_day: row.get(0)?, storage_bytes: row.get(1)? }),
+            )?;
+            if quotas.events_per_day.is_none() && quotas.storage_bytes.is_none() {
+                return Ok((quotas, 0, 0));
+            }
+            let midnight =
+                chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros());
+            let (today, bytes): (i64, i64) = conn.query_row(
+                "SELECT count(*) FILTER (WHERE received_at >= make_timestamp(?)), \
+                 coalesce(sum(strlen(coalesce(event_payload, '')) + strlen(raw)), 0)::BIGINT \
+                 FROM events WHERE tenant = ?",
+                duckdb::params![midnight, tenant],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            Ok((quotas, today, bytes))
         })
         .await
     }

@@ -118,6 +118,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ALTER TABLE tokens ADD COLUMN mode VARCHAR DEFAULT 'live';
         ",
     ),
+    (
+        4,
+        "
+        ALTER TABLE tenants ADD COLUMN quota_events_per_day BIGINT;
+        ALTER TABLE tenants ADD COLUMN quota_storage_bytes BIGINT;
+        ",
+    ),
 ];
 
 /// Bring the database up to the newest schema.

@@ -7,5 +7,6 @@ mod cli;
 mod hostile;
 mod ingest;
 mod lifecycle;
+mod logs;
 mod plugins;
 mod session_audit;

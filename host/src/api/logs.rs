@@ -1,0 +1,229 @@
+//! `POST /logs` and `GET /logs` (document 004): structured log entries,
+//! with scopes `logs:write` / `logs:read`, errors `{error: {code, message}}`,
+//! and `quota_exceeded` (429) with the tenant's quotas when one is used up.
+//! `PUT /v1/quotas` (admin) sets a tenant's quotas.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::events::run_and_commit_whole;
+use super::{parse_json, require, ApiError, AppState};
+use crate::auth::{Principal, ADMIN_SCOPE};
+use crate::event::{now_micros, Event};
+use crate::pipeline::Disposition;
+use crate::store::{EventFilter, Quotas};
+
+/// The family name of these events.
+pub const FAMILY: &str = "logs";
+
+const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
+const MAX_MESSAGE: usize = 10_000;
+const MAX_META_BYTES: usize = 64 << 10;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let mut response = (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The caller, or this family's 401/403.
+fn authorize(principal: Result<Principal, ApiError>, scope: &str) -> Result<Principal, Response> {
+    let principal = principal
+        .map_err(|_| error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid authorization token"))?;
+    if !principal.has(scope) {
+        return Err(error(StatusCode::FORBIDDEN, "forbidden", "token does not have the required scope"));
+    }
+    Ok(principal)
+}
+
+fn log_view(e: &Value) -> Value {
+    json!({
+        "id": e["id"],
+        "level": e["event_payload"]["level"],
+        "message": e["event_payload"]["message"],
+        "meta": e["event_payload"]["meta"],
+        "created_at": e["created_at"],
+    })
+}
+
+/// 429 when the tenant has used up a quota, naming the first one exceeded.
+async fn check_quotas(state: &AppState, tenant: &str) -> Result<(), Response> {
+    let (quotas, today, bytes) = state.store.quota_usage(tenant.to_string()).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read quota usage");
+        error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
+    })?;
+    let mut all = Vec::new();
+    let mut exceeded = None;
+    for (metric, used, limit, cumulative) in
+        [("events_per_day", today, quotas.events_per_day, false), ("storage_bytes", bytes, quotas.storage_bytes, true)]
+    {
+        if let Some(limit) = limit {
+            all.push(json!({"metric": metric, "used": used, "limit": limit, "cumulative": cumulative}));
+            if used >= limit && exceeded.is_none() {
+                exceeded = Some(metric);
+            }
+        }
+    }
+    match exceeded {
+        None => Ok(()),
+        Some(metric) => Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": {
+                "code": "quota_exceeded",
+                "message": format!("tier quota exceeded for {metric}"),
+                "metric": metric,
+                "quotas": all,
+            }})),
+        )
+            .into_response()),
+    }
+}
+
+pub async fn create(State(state): State<AppState>, principal: Result<Principal, ApiError>, body: Bytes) -> Response {
+    let principal = match authorize(principal, "logs:write") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
+    let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
+        return bad("the body must be a JSON object");
+    };
+    let level = match entry.get("level").and_then(Value::as_str) {
+        Some(l) if LEVELS.contains(&l) => l.to_string(),
+        Some(_) => return bad("level must be one of debug, info, warn, error"),
+        None => return bad("missing required field: level"),
+    };
+    let message = match entry.get("message").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() && m.chars().count() <= MAX_MESSAGE => m.to_string(),
+        Some(_) => return bad("message must have 1..10000 characters"),
+        None => return bad("missing required field: message"),
+    };
+    let meta = match entry.get("meta") {
+        None | Some(Value::Null) => json!({}),
+        Some(m @ Value::Object(_)) if m.to_string().len() <= MAX_META_BYTES => m.clone(),
+        Some(Value::Object(_)) => return bad("meta must be at most 65536 bytes"),
+        Some(_) => return bad("meta must be an object"),
+    };
+    if let Some(unknown) = entry.keys().find(|k| !["level", "message", "meta"].contains(&k.as_str())) {
+        return bad(&format!("unknown field: {unknown}"));
+    }
+    if let Err(r) = check_quotas(&state, &principal.tenant).await {
+        return r;
+    }
+    let now = now_micros();
+    let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+    let event = Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant: principal.tenant.clone(),
+        family: FAMILY.into(),
+        name: format!("log.{level}"),
+        group: "log".into(),
+        status: level.clone(),
+        source: text("server_id").unwrap_or_else(|| "logs".into()),
+        occurred_at: now,
+        received_at: now,
+        actor_type: "service".into(),
+        actor_id: text("player_id"),
+        user_id: None,
+        resource_type: None,
+        resource_id: None,
+        session_id: text("session_id"),
+        attributes: if level == "error" { vec![("error_message".into(), message.clone())] } else { Vec::new() },
+        payload: json!({"level": level, "message": message, "meta": meta}).to_string(),
+    };
+    let input = crate::pipeline::Input { event, raw: Arc::new(Value::Object(entry.clone())) };
+    let output = match run_and_commit_whole(&state, &principal.tenant, vec![input]).await {
+        Ok(output) => output,
+        Err(ApiError::Unavailable(m)) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        Err(e) => {
+            tracing::error!(error = %e, "log ingest failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred");
+        }
+    };
+    match &output.dispositions[0] {
+        Disposition::Stored { ids } => {
+            let stored = output.batch.events.first().map(|e| e.event.to_json());
+            let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
+            crate::metrics::ingest(FAMILY, ids.len(), 0, 0, 0);
+            (StatusCode::CREATED, Json(view)).into_response()
+        }
+        Disposition::Rejected { error: e } if e.code == "plugin_failed" => {
+            error(StatusCode::BAD_GATEWAY, "plugin_failed", e.message.clone())
+        }
+        Disposition::Rejected { error: e } => error(StatusCode::BAD_REQUEST, "bad_request", e.message.clone()),
+        Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. } => {
+            (StatusCode::ACCEPTED, Json(json!({"id": null, "dropped": reason}))).into_response()
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let principal = match authorize(principal, "logs:read") {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 50,
+        Some(Ok(n)) if (1..=200).contains(&n) => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be an integer between 1 and 200"),
+    };
+    let filter =
+        EventFilter { family: Some(FAMILY.into()), status: params.get("level").cloned(), ..EventFilter::default() };
+    let cursor = params.get("cursor").cloned().filter(|c| !c.is_empty());
+    match state.store.list_events(principal.tenant, filter, cursor, limit).await {
+        Ok(page) => Json(json!({
+            "data": page.items.iter().map(log_view).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
+        }))
+        .into_response(),
+        Err(crate::store::StoreError::BadCursor) => error(StatusCode::BAD_REQUEST, "bad_request", "invalid cursor"),
+        Err(e) => {
+            tracing::error!(error = %e, "log listing failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
+        }
+    }
+}
+
+/// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N}` (null:
+/// unlimited), for the caller's tenant; `GET /v1/quotas` shows them with
+/// their use.
+pub async fn put_quotas(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require(&principal, ADMIN_SCOPE)?;
+    let quotas: Quotas = parse_json(&body)?;
+    for (name, value) in [("events_per_day", quotas.events_per_day), ("storage_bytes", quotas.storage_bytes)] {
+        if value.is_some_and(|v| v < 0) {
+            return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 0", "value_error"));
+        }
+    }
+    state.store.set_quotas(principal.tenant, quotas).await?;
+    Ok(Json(serde_json::to_value(quotas).unwrap_or(Value::Null)))
+}
+
+pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
+    require(&principal, "events:read")?;
+    let (quotas, today, bytes) = state.store.quota_usage(principal.tenant).await?;
+    Ok(Json(json!({
+        "events_per_day": {"limit": quotas.events_per_day, "used": today},
+        "storage_bytes": {"limit": quotas.storage_bytes, "used": bytes},
+    })))
+}
