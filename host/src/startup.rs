@@ -71,7 +71,13 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let state = AppState { store, pipeline: Arc::new(pipeline), auth, settings: Arc::new(settings) };
+        let state = AppState {
+            store,
+            pipeline: Arc::new(pipeline),
+            auth,
+            settings: Arc::new(settings),
+            in_flight: Arc::default(),
+        };
         Ok(Application { listener, state, generated_admin_token })
     }
 

@@ -11,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::pipeline::{Disposition, Input, RunOutput};
+use crate::store::IdempotencyRecord;
 
 /// Longest id accepted.
 const MAX_ID: usize = 128;
@@ -280,25 +282,14 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &Value, received_at: i64
     })
 }
 
-/// Run inputs through the tenant's chain and commit what comes out. Returns
-/// once the batch is durable.
+/// Run inputs through the tenant's chain and commit the result, for
+/// families whose request is one unit: when any event is rejected, no event
+/// or dead letter of the request is stored (plugin logs and runs still are).
+/// Returns once the batch is durable.
 ///
 /// # Errors
 ///
 /// 503 when the store is overloaded (nothing stored), 500 on store failure.
-pub(crate) async fn run_and_commit(state: &AppState, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, ApiError> {
-    let mut output = state.pipeline.run(tenant, inputs).await?;
-    state.store.commit(std::mem::take(&mut output.batch)).await?;
-    Ok(output)
-}
-
-/// Like [`run_and_commit`], for families whose request is one unit: when
-/// any event is rejected, no event or dead letter of the request is stored
-/// (plugin logs and runs still are).
-///
-/// # Errors
-///
-/// As [`run_and_commit`].
 pub(crate) async fn run_and_commit_whole(
     state: &AppState,
     tenant: &str,
@@ -314,7 +305,7 @@ pub(crate) async fn run_and_commit_whole(
 ///
 /// # Errors
 ///
-/// As [`run_and_commit`].
+/// 503 when the store is overloaded (nothing stored), 500 on store failure.
 pub(crate) async fn commit_whole(state: &AppState, output: &mut RunOutput) -> Result<(), ApiError> {
     if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
         output.batch.events.clear();
@@ -326,6 +317,36 @@ pub(crate) async fn commit_whole(state: &AppState, output: &mut RunOutput) -> Re
     Ok(())
 }
 
+/// Longest `Idempotency-Key` accepted.
+const MAX_KEY: usize = 255;
+
+/// A claim on an idempotency key while its request runs; released on drop.
+struct InFlight {
+    set: Arc<parking_lot::Mutex<std::collections::HashSet<(String, String)>>>,
+    entry: (String, String),
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.entry);
+    }
+}
+
+/// The request's `Idempotency-Key`, if it sent one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY => Ok(Some(key.to_string())),
+        _ => Err(ApiError::field(
+            vec!["header".into(), "Idempotency-Key".into()],
+            format!("Idempotency-Key should be 1..{MAX_KEY} visible ASCII characters"),
+            "value_error",
+        )),
+    }
+}
+
 pub async fn ingest(
     State(state): State<AppState>,
     principal: Principal,
@@ -333,6 +354,37 @@ pub async fn ingest(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require(&principal, "events:write")?;
+    // With an Idempotency-Key: claim the key (one request at a time), then
+    // answer a retry with the remembered response, or a conflict when the
+    // key was used for another request.
+    let idempotency = match idempotency_key(&headers)? {
+        None => None,
+        Some(key) => {
+            let entry = (principal.tenant.clone(), key.clone());
+            if !state.in_flight.lock().insert(entry.clone()) {
+                return Err(ApiError::Conflict("a request with this Idempotency-Key is in progress".into()));
+            }
+            let claim = InFlight { set: state.in_flight.clone(), entry };
+            let mut hasher = Sha256::new();
+            hasher.update(headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes()));
+            hasher.update([0]);
+            hasher.update(&body);
+            let hash = hex::encode(hasher.finalize());
+            if let Some(done) = state.store.find_idempotent(principal.tenant.clone(), key.clone()).await? {
+                if done.request_hash != hash {
+                    return Err(ApiError::Conflict(
+                        "this Idempotency-Key was used with a different request; use a new key".into(),
+                    ));
+                }
+                let status = StatusCode::from_u16(done.status).unwrap_or(StatusCode::OK);
+                let body: Value = serde_json::from_str(&done.body).unwrap_or(Value::Null);
+                let mut response = (status, Json(body)).into_response();
+                response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+            Some((claim, key, hash))
+        }
+    };
     let values = split_body(&headers, &body, state.settings.max_batch_events)?;
     let received_at = now_micros();
     let mut inputs = Vec::with_capacity(values.len());
@@ -346,13 +398,26 @@ pub async fn ingest(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let output = run_and_commit(&state, &principal.tenant, inputs).await?;
-    Ok(respond("generic", &output.dispositions))
+    let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
+    let (status, report) = report("generic", &output.dispositions);
+    let mut batch = std::mem::take(&mut output.batch);
+    let _claim = idempotency.map(|(claim, key, request_hash)| {
+        batch.idempotency = Some(IdempotencyRecord {
+            tenant: principal.tenant.clone(),
+            key,
+            request_hash,
+            status: status.as_u16(),
+            body: report.to_string(),
+        });
+        claim
+    });
+    state.store.commit(batch).await?;
+    Ok((status, Json(report)).into_response())
 }
 
 /// The per-event report of an ingest request. 200 unless every event was
 /// refused: then 422 (plugins rejected them) or 502 (plugins failed).
-fn respond(family: &'static str, dispositions: &[Disposition]) -> Response {
+fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Value) {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
     let results: Vec<Value> = dispositions
         .iter()
@@ -405,5 +470,5 @@ fn respond(family: &'static str, dispositions: &[Disposition]) -> Response {
     } else {
         StatusCode::OK
     };
-    (status, Json(body)).into_response()
+    (status, body)
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub auth: Arc<Auth>,
     pub settings: Arc<Settings>,
+    /// `(tenant, Idempotency-Key)` of requests being processed now.
+    pub in_flight: Arc<parking_lot::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 /// One entry of a 422 `detail` list.

@@ -38,6 +38,20 @@ pub struct WriteBatch {
     /// Dead letters (by `dead_letter_id`) that this batch replaces: deleted
     /// in the same transaction, so a replay happens exactly once.
     pub replayed: Vec<i64>,
+    /// The response to remember under the request's `Idempotency-Key`,
+    /// committed with the events so a retry finds both or neither.
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// A response remembered under an `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub tenant: String,
+    pub key: String,
+    /// SHA-256 of the request (content type and body).
+    pub request_hash: String,
+    pub status: u16,
+    pub body: String,
 }
 
 impl WriteBatch {
@@ -47,6 +61,7 @@ impl WriteBatch {
             && self.logs.is_empty()
             && self.runs.is_empty()
             && self.replayed.is_empty()
+            && self.idempotency.is_none()
     }
 }
 
@@ -236,6 +251,29 @@ impl EventStore {
     /// A fresh file name in the export directory.
     pub(crate) fn export_path(&self, extension: &str) -> PathBuf {
         self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4()))
+    }
+
+    /// The response remembered under an idempotency key, if any.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn find_idempotent(&self, tenant: String, key: String) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.read(move |conn| {
+            let found = duckdb::OptionalExt::optional(conn.query_row(
+                "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key = ?",
+                [&tenant, &key],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i32>(1)?, row.get::<_, String>(2)?)),
+            ))?;
+            Ok(found.map(|(request_hash, status, body)| IdempotencyRecord {
+                tenant,
+                key,
+                request_hash,
+                status: status as u16,
+                body,
+            }))
+        })
+        .await
     }
 
     /// Highest sequence number committed so far.

@@ -106,7 +106,12 @@ impl EventStore {
     ///
     /// Database errors.
     pub async fn sweep_expired(&self) -> Result<u64, StoreError> {
-        let mut total = 0u64;
+        // Idempotency keys are kept for a day: long enough for any retry.
+        let mut total = self
+            .write(|conn| {
+                conn.execute("DELETE FROM idempotency_keys WHERE created_at < now()::TIMESTAMP - INTERVAL 1 DAY", [])
+            })
+            .await? as u64;
         for (table, column) in AGED {
             loop {
                 let sql = format!(

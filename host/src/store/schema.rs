@@ -125,6 +125,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ALTER TABLE tenants ADD COLUMN quota_storage_bytes BIGINT;
         ",
     ),
+    (
+        5,
+        "
+        CREATE TABLE idempotency_keys (
+            tenant VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            request_hash VARCHAR NOT NULL,
+            status INTEGER NOT NULL,
+            body VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (tenant, key)
+        );
+        ",
+    ),
 ];
 
 /// Bring the database up to the newest schema.

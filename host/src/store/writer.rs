@@ -303,6 +303,12 @@ impl Writer {
             }
             appender.flush()?;
         }
+        for record in batches.iter().filter_map(|b| b.idempotency.as_ref()) {
+            self.conn.execute(
+                "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?, now())",
+                params![record.tenant, record.key, record.request_hash, record.status, record.body],
+            )?;
+        }
         let replayed: Vec<i64> = batches.iter().flat_map(|b| b.replayed.iter().copied()).collect();
         if !replayed.is_empty() {
             let list = replayed.iter().map(i64::to_string).collect::<Vec<_>>().join(",");

@@ -257,3 +257,40 @@ async fn overload_is_refused_with_503_and_retry_after_and_loses_nothing_acknowle
     let (_, body) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
     assert_eq!(body["rows"][0][0], stored, "exactly the acknowledged events are stored");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_make_retries_safe() {
+    let app = spawn_app().await;
+    let send = |key: &'static str, body: Value| {
+        let request =
+            app.client.post(app.url("/v1/events")).bearer_auth(ADMIN_TOKEN).header("idempotency-key", key).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            (r.status().as_u16(), replayed, r.json::<Value>().await.unwrap())
+        }
+    };
+    let batch = json!([{"event_type": "pay"}, {"event_type": "ship"}]);
+    let (status, replayed, first) = send("k-1", batch.clone()).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    let (status, replayed, again) = send("k-1", batch.clone()).await;
+    assert_eq!((status, replayed), (200, true));
+    assert_eq!(again, first, "the original result, with the same generated ids");
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await.len(), 2, "stored once");
+    let (status, _, conflict) = send("k-1", json!({"event_type": "other"})).await;
+    assert_eq!(status, 409, "{conflict}");
+    assert!(conflict["detail"].as_str().unwrap().contains("different request"));
+    let (status, _, _) = send("k-2", batch).await;
+    assert_eq!(status, 200, "a new key is a new request");
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await.len(), 4);
+    let r = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("idempotency-key", "x".repeat(300))
+        .json(&json!({"event_type": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+}
