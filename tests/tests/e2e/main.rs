@@ -10,3 +10,4 @@ mod lifecycle;
 mod logs;
 mod plugins;
 mod session_audit;
+mod tenancy;

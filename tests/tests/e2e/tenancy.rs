@@ -1,0 +1,118 @@
+//! Two tenants over every endpoint: no token reads or writes another
+//! tenant's events, plugins, tokens, dead letters, logs or query results.
+
+use serde_json::{json, Value};
+use sluice_e2e::{plugin_wasm, spawn_app, ADMIN_TOKEN};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_endpoint_crosses_tenants() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("alpha").await;
+    let b = app.create_tenant("bravo").await;
+    // Bravo's data: events, a plugin that dead-letters, a log line, a token.
+    app.install(
+        &b,
+        "bravo-only",
+        "hostile-panic",
+        json!({"failure_policy": "dead-letter", "config": {"only_name": "dl"}}),
+    )
+    .await;
+    let (_, stored) = app.post_events(&b, &json!([{"event_type": "bravo.secret", "id": "b-1"}])).await;
+    assert_eq!(stored["stored"], 1, "{stored}");
+    app.post_events(&b, &json!({"event_type": "dl"})).await;
+    app.post(&b, "/logs", &json!({"level": "info", "message": "bravo log"})).await;
+    let (_, bravo_token) = app.post(&b, "/v1/tokens", &json!({"name": "bt", "scopes": ["events:read"]})).await;
+    let (_, bravo_page) = app.get(&b, "/v1/audit/events?limit=1").await;
+    let bravo_cursor = bravo_page["next_cursor"].as_str().unwrap().to_string();
+    let (_, bravo_letters) = app.get(&b, "/v1/dead-letters").await;
+    let bravo_letter = bravo_letters["items"][0]["dead_letter_id"].clone();
+    // Alpha's own event.
+    app.post_events(&a, &json!({"event_type": "alpha.own"})).await;
+
+    let names =
+        |events: &Vec<Value>| events.iter().map(|e| e["event_type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&app.all_events(&a, "").await), ["alpha.own"]);
+    let (status, _) = app.get(&a, "/v1/audit/events/b-1").await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get(&a, &format!("/v1/audit/events?cursor={bravo_cursor}")).await;
+    assert_eq!(status, 422, "another tenant's cursor is refused");
+
+    for path in ["/v1/plugins/bravo-only", "/v1/plugins/bravo-only/versions"] {
+        let (status, _) = app.get(&a, path).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _) = app.patch(&a, "/v1/plugins/bravo-only", &json!({"enabled": false})).await;
+    assert_eq!(status, 404);
+    for path in ["/v1/plugins/bravo-only/rollback", "/v1/plugins/bravo-only/shadow"] {
+        let (status, _) = app.post(&a, path, &json!({})).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, _) = app.post(&a, "/v1/plugins/bravo-only/test", &json!({"events": [{"event_type": "x"}]})).await;
+    assert_eq!(status, 404);
+    let r = app.client.delete(app.url("/v1/plugins/bravo-only")).bearer_auth(&a).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let (_, logs) = app.get(&a, "/v1/plugins/bravo-only/logs").await;
+    assert_eq!(logs["items"], json!([]));
+    assert!(!app.plugin_names(&a).await.contains(&"bravo-only".to_string()));
+    // Alpha uploading a plugin of the same name makes its own.
+    app.upload_bytes(&a, "bravo-only", plugin_wasm("customer-prefix")).await;
+    assert_eq!(app.plugin(&b, "bravo-only").await["version"], 1, "bravo's plugin untouched");
+
+    let (_, letters) = app.get(&a, "/v1/dead-letters").await;
+    assert_eq!(letters["items"], json!([]));
+    let (_, replay) = app.post(&a, "/v1/dead-letters/replay", &json!({"ids": [bravo_letter]})).await;
+    assert_eq!(replay["replayed"], 0);
+    let (_, letters) = app.get(&b, "/v1/dead-letters").await;
+    assert_eq!(letters["items"].as_array().unwrap().len(), 1, "bravo's dead letter is still there");
+
+    for sql in [
+        "SELECT count(*) FROM events",
+        "SELECT count(*) FROM dead_letters",
+        "SELECT count(*) FROM plugin_logs",
+        "SELECT count(*) FROM plugin_runs WHERE plugin = 'bravo-only'",
+        "SELECT count(*) FROM events WHERE event_type LIKE 'bravo%' OR id = 'b-1'",
+    ] {
+        let (status, body) = app.post(&a, "/v1/query", &json!({"sql": sql})).await;
+        assert_eq!(status, 200, "{sql}: {body}");
+        let expected = if sql == "SELECT count(*) FROM events" { 1 } else { 0 };
+        assert_eq!(body["rows"][0][0], expected, "{sql}");
+    }
+    let export = app.client.get(app.url("/v1/export")).bearer_auth(&a).send().await.unwrap().text().await.unwrap();
+    assert_eq!(export.lines().count(), 1);
+    assert!(!export.contains("bravo"));
+
+    let (_, tokens) = app.get(&a, "/v1/tokens").await;
+    assert!(tokens["items"].as_array().unwrap().iter().all(|t| t["tenant"] == "alpha"));
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/tokens/{}", bravo_token["id"].as_str().unwrap())))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (status, _) = app.get(bravo_token["token"].as_str().unwrap(), "/v1/audit/events").await;
+    assert_eq!(status, 200, "bravo's token still works");
+    let (status, _) =
+        app.post(&a, "/v1/tokens", &json!({"name": "x", "scopes": ["events:read"], "tenant": "bravo"})).await;
+    assert_eq!(status, 403, "no tokens for another tenant");
+
+    let (status, _) = app
+        .post(&a, "/v1beta1/organizations/bravo/auditlogs", &json!({"logs": [{"source": "s", "action": "a"}]}))
+        .await;
+    assert_eq!(status, 403);
+    let (_, logs) = app.get(&a, "/logs").await;
+    assert_eq!(logs["data"], json!([]));
+    app.put(&a, "/v1/quotas", &json!({"events_per_day": 0, "storage_bytes": null})).await;
+    let (status, _) = app.post(&b, "/logs", &json!({"level": "info", "message": "still fine"})).await;
+    assert_eq!(status, 201, "alpha's quota does not bind bravo");
+    app.put(&a, "/v1/retention", &json!({"days": 1})).await;
+    let (_, retention) = app.get(&b, "/v1/retention").await;
+    assert_eq!(retention["days"], Value::Null);
+    let r = app.client.get(app.url("/metrics")).bearer_auth(&a).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let (status, _) = app.post(&a, "/v1/tenants", &json!({"id": "charlie"})).await;
+    assert_eq!(status, 403);
+    // And the operator's own view is unaffected.
+    assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty());
+}
