@@ -66,7 +66,7 @@ struct GenericEvent {
 }
 
 /// Split the body into its events (raw JSON values), by content type.
-fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> {
+pub(crate) fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let values = match mime.as_str() {
@@ -417,7 +417,7 @@ pub async fn ingest(
 
 /// The per-event report of an ingest request. 200 unless every event was
 /// refused: then 422 (plugins rejected them) or 502 (plugins failed).
-fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Value) {
+pub(crate) fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Value) {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
     let results: Vec<Value> = dispositions
         .iter()

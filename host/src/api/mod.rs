@@ -10,6 +10,7 @@ mod auditlogs;
 mod dry_run;
 mod events;
 mod export;
+mod iam;
 mod logs;
 mod plugins;
 mod query;
@@ -244,6 +245,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/events", post(events::ingest))
         .route("/session/v1/audit", post(session_audit::create))
+        .route("/iam/v1/events", post(iam::ingest))
         .route("/v1beta1/organizations/{org_id}/auditlogs", post(auditlogs::create))
         .route("/logs", post(logs::create).get(logs::list))
         .route("/v1/quotas", get(logs::get_quotas).put(logs::put_quotas))

@@ -5,6 +5,7 @@ mod analytics;
 mod auditlogs;
 mod cli;
 mod hostile;
+mod iam;
 mod ingest;
 mod lifecycle;
 mod logs;

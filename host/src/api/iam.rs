@@ -1,0 +1,228 @@
+//! `POST /iam/v1/events` (document 001): IAM account events in the envelope
+//! `{id, version, name, namespace, parentNamespace, timestamp, clientId,
+//! userId, traceId, sessionId, payload}`, one object or a JSON array. Each
+//! message kind of the document has a stable name (`iam_kinds.json`, also
+//! tabled in the README); the payload of a known kind is checked against
+//! the document's example of it (every field it names must have that type;
+//! extra fields are kept). Unknown names are accepted as generic IAM events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Map, Value};
+
+use super::events::{report, split_body};
+use super::{require, ApiError, AppState, FieldError};
+use crate::auth::Principal;
+use crate::event::{now_micros, Event};
+use crate::pipeline::Input;
+
+/// The family name of these events.
+pub const FAMILY: &str = "iam";
+
+/// The document's message kinds: stable name, description, example payload.
+const KINDS_JSON: &str = include_str!("iam_kinds.json");
+
+#[derive(serde::Deserialize)]
+struct Kind {
+    name: String,
+    payload: Value,
+}
+
+/// Example payload of each known kind, by name.
+fn kinds() -> &'static HashMap<String, Value> {
+    static KINDS: OnceLock<HashMap<String, Value>> = OnceLock::new();
+    KINDS.get_or_init(|| {
+        let list: Vec<Kind> = serde_json::from_str(KINDS_JSON).expect("iam_kinds.json is valid");
+        list.into_iter().map(|k| (k.name, k.payload)).collect()
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Check `value` against the document's example `shape`: same JSON type
+/// (null allowed anywhere), recursively for objects and list items.
+fn check_shape(value: &Value, shape: &Value, loc: &mut Vec<Value>, errors: &mut Vec<FieldError>) {
+    match (value, shape) {
+        (Value::Null, _) | (_, Value::Null) => {}
+        (Value::Object(v), Value::Object(s)) => {
+            for (key, sub) in s {
+                if let Some(field) = v.get(key) {
+                    loc.push(key.clone().into());
+                    check_shape(field, sub, loc, errors);
+                    loc.pop();
+                }
+            }
+        }
+        (Value::Array(items), Value::Array(s)) => {
+            if let Some(item_shape) = s.first() {
+                for (i, item) in items.iter().enumerate() {
+                    loc.push(i.into());
+                    check_shape(item, item_shape, loc, errors);
+                    loc.pop();
+                }
+            }
+        }
+        (v, s) if type_name(v) == type_name(s) => {}
+        (v, s) => errors.push(FieldError::new(
+            loc.clone(),
+            format!("Input should be a valid {}, got {}", type_name(s), type_name(v)),
+            &format!("{}_type", type_name(s)),
+        )),
+    }
+}
+
+/// Validate one envelope and turn it into the canonical event.
+fn to_event(tenant: &str, index: usize, many: bool, raw: &Value, received_at: i64) -> Result<Event, Vec<FieldError>> {
+    let mut base: Vec<Value> = vec!["body".into()];
+    if many {
+        base.push(index.into());
+    }
+    let at = |key: &str| {
+        let mut l = base.clone();
+        l.push(key.into());
+        l
+    };
+    let Some(env) = raw.as_object() else {
+        return Err(vec![FieldError::new(base.clone(), "Input should be a valid dictionary", "dict_type")]);
+    };
+    let mut errors = Vec::new();
+    let mut text = |key: &str, required: bool, max: usize| -> Option<String> {
+        match env.get(key) {
+            None | Some(Value::Null) => {
+                if required {
+                    errors.push(FieldError::new(at(key), "Field required", "missing"));
+                }
+                None
+            }
+            Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => Some(s.clone()),
+            Some(Value::String(_)) => {
+                errors.push(FieldError::new(
+                    at(key),
+                    format!("String should have 1..{max} characters"),
+                    "string_length",
+                ));
+                None
+            }
+            Some(_) => {
+                errors.push(FieldError::new(at(key), "Input should be a valid string", "string_type"));
+                None
+            }
+        }
+    };
+    let id = text("id", false, 128);
+    let name = text("name", true, 256);
+    let namespace = text("namespace", false, 256);
+    let parent = text("parentNamespace", false, 256);
+    let client = text("clientId", false, 1024);
+    let user = text("userId", false, 1024);
+    let trace = text("traceId", false, 1024);
+    let session = text("sessionId", false, 1024);
+    let timestamp = text("timestamp", false, 64);
+    if env.get("version").is_some_and(|v| !v.is_null() && !v.is_i64()) {
+        errors.push(FieldError::new(at("version"), "Input should be a valid integer", "int_type"));
+    }
+    let occurred_at = match &timestamp {
+        None => received_at,
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp_micros()).unwrap_or_else(|e| {
+            errors.push(FieldError::new(
+                at("timestamp"),
+                format!("Input should be a valid datetime, {e}"),
+                "datetime_parsing",
+            ));
+            0
+        }),
+    };
+    let payload = match env.get("payload") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            errors.push(FieldError::new(at("payload"), "Input should be a valid dictionary", "dict_type"));
+            Value::Null
+        }
+    };
+    let known = name.as_deref().and_then(|n| kinds().get(n));
+    if let Some(shape) = known {
+        let mut loc = at("payload");
+        check_shape(&payload, shape, &mut loc, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let name = name.unwrap_or_default();
+    let group = match known {
+        Some(_) => name.split('.').nth(1).unwrap_or("iam").to_string(),
+        None => name.split_once('.').map_or("iam", |(g, _)| g).to_string(),
+    };
+    let mut attributes: Vec<(String, String)> =
+        vec![("kind".into(), if known.is_some() { "known" } else { "generic" }.into())];
+    if let Some(t) = trace {
+        attributes.push(("correlation_id".into(), t));
+    }
+    if let Some(p) = parent {
+        attributes.push(("parent_namespace".into(), p));
+    }
+    if let Some(v) = env.get("version").and_then(Value::as_i64) {
+        attributes.push(("version".into(), v.to_string()));
+    }
+    Ok(Event {
+        id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        tenant: tenant.to_string(),
+        family: FAMILY.into(),
+        name,
+        group,
+        status: "success".into(),
+        source: client.unwrap_or_else(|| "iam".into()),
+        occurred_at,
+        received_at,
+        actor_type: if user.is_some() { "user".into() } else { "service".into() },
+        actor_id: user,
+        user_id: None,
+        resource_type: namespace.as_ref().map(|_| "namespace".to_string()),
+        resource_id: namespace,
+        session_id: session,
+        attributes,
+        payload: payload.to_string(),
+    })
+}
+
+pub async fn ingest(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require(&principal, "events:write")?;
+    let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let values = split_body(&headers, &body, state.settings.max_batch_events)?;
+    let received_at = now_micros();
+    let mut inputs = Vec::with_capacity(values.len());
+    let mut errors = Vec::new();
+    for (index, raw) in values.into_iter().enumerate() {
+        match to_event(&principal.tenant, index, many, &raw, received_at) {
+            Ok(event) => inputs.push(Input { event, raw: Arc::new(raw) }),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
+    let (status, body) = report(FAMILY, &output.dispositions);
+    state.store.commit(std::mem::take(&mut output.batch)).await?;
+    Ok((status, Json(body)).into_response())
+}

@@ -1,0 +1,76 @@
+//! `POST /iam/v1/events` as document 001 specifies the envelope and its
+//! message kinds.
+
+use serde_json::{json, Value};
+use sluice_e2e::{spawn_app, ADMIN_TOKEN};
+
+fn kinds() -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/src/api/iam_kinds.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn envelope(name: &str, payload: Value) -> Value {
+    json!({
+        "id": format!("evt-{name}"), "version": 1, "name": name, "namespace": "game-ns",
+        "parentNamespace": "publisher-ns", "timestamp": "2019-08-24T14:15:22Z", "clientId": "client-1",
+        "userId": "user-42", "traceId": "trace-7", "sessionId": "sess-3", "payload": payload
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_documented_kind_is_accepted_and_mapped() {
+    let app = spawn_app().await;
+    let kinds = kinds();
+    assert_eq!(kinds.len(), 40);
+    let batch: Vec<Value> = kinds.iter().map(|k| envelope(k["name"].as_str().unwrap(), k["payload"].clone())).collect();
+    let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &Value::Array(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stored"], 40);
+
+    let (_, one) = app.get(ADMIN_TOKEN, "/v1/audit/events/evt-iam.auth.login").await;
+    assert_eq!(one["family"], "iam");
+    assert_eq!(one["event_type"], "iam.auth.login");
+    assert_eq!(one["event_group"], "auth");
+    assert_eq!(one["actor_id"], "user-42");
+    assert_eq!(one["session_id"], "sess-3");
+    assert_eq!(one["correlation_id"], "trace-7");
+    assert_eq!(one["resource_id"], "game-ns");
+    assert_eq!(one["source"], "client-1");
+    assert_eq!(one["created_at"], "2019-08-24T14:15:22.000000Z");
+    assert!(one["event_payload"]["userAuthentication"].is_object());
+    let (_, by_session) = app.get(ADMIN_TOKEN, "/v1/audit/events?session_id=sess-3&limit=200").await;
+    assert_eq!(by_session["items"].as_array().unwrap().len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn payloads_of_known_kinds_are_type_checked_and_unknown_kinds_kept() {
+    let app = spawn_app().await;
+    let bad = envelope("iam.account.created", json!({"userAccount": {"userId": 5, "emailAddress": "a@b"}}));
+    let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &bad).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "payload", "userAccount", "userId"]));
+    assert_eq!(body["detail"][0]["type"], "string_type");
+
+    let (status, body) = app
+        .post(
+            ADMIN_TOKEN,
+            "/iam/v1/events",
+            &json!([{"name": "ok.one"}, {"payload": {}}, {"name": "x", "timestamp": "soon"}]),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["detail"][0]["loc"], json!(["body", 1, "name"]));
+    assert_eq!(body["detail"][1]["loc"], json!(["body", 2, "timestamp"]));
+    assert!(app.all_events(ADMIN_TOKEN, "&family=iam").await.is_empty(), "nothing stored");
+
+    let (status, body) = app
+        .post(ADMIN_TOKEN, "/iam/v1/events", &json!({"name": "iam.something.new", "payload": {"anything": [1, "a"]}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let stored = &app.all_events(ADMIN_TOKEN, "&family=iam").await[0];
+    assert_eq!(stored["event_type"], "iam.something.new");
+    assert_eq!(stored["actor_type"], "service");
+    let (_, kind) =
+        app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT attributes FROM events WHERE family = 'iam'"})).await;
+    assert!(kind["rows"][0][0].as_str().unwrap().contains("generic"), "{kind}");
+}
