@@ -231,6 +231,31 @@ async fn metrics(principal: Principal) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render()).into_response())
 }
 
+/// Body-size refusals come from axum's extractors as plain text; give them
+/// the error shape of the family the path belongs to.
+async fn shape_too_large(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return response;
+    }
+    let message = "the request body is larger than this server accepts";
+    let body = if path.starts_with("/session/") {
+        json!({"auth_success": true, "error_code": "payload_too_large", "desc": message})
+    } else if path.starts_with("/v1beta1/") {
+        json!({"code": 8, "message": message, "details": []})
+    } else if path.starts_with("/logs") {
+        json!({"error": {"code": "payload_too_large", "message": message}})
+    } else {
+        json!({"detail": message})
+    };
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found".into())
 }
@@ -269,6 +294,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/retention", get(retention::get).put(retention::put))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(shape_too_large))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

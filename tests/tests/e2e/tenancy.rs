@@ -116,3 +116,25 @@ async fn no_endpoint_crosses_tenants() {
     // And the operator's own view is unaffected.
     assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_get_413_in_each_familys_shape() {
+    let app = sluice_e2e::spawn_app_with(|s| s.max_body_bytes = 4096).await;
+    let big = json!({"event_type": "x", "event_payload": {"blob": "x".repeat(8192)}});
+    for (path, check) in [
+        ("/v1/events", "detail"),
+        ("/iam/v1/events", "detail"),
+        ("/session/v1/audit", "error_code"),
+        ("/v1beta1/organizations/default/auditlogs", "code"),
+        ("/logs", "error"),
+    ] {
+        let (status, body) = app.post(ADMIN_TOKEN, path, &big).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        assert!(!body[check].is_null(), "{path}: {body}");
+    }
+    let batch: Vec<Value> = (0..20).map(|_| json!({"event_type": "x"})).collect();
+    let app = sluice_e2e::spawn_app_with(|s| s.max_batch_events = 10).await;
+    let (status, body) = app.post_events(ADMIN_TOKEN, &Value::Array(batch)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("the limit is 10"));
+}
