@@ -66,7 +66,7 @@ struct GenericEvent {
 }
 
 /// Split the body into its events (raw JSON values), by content type.
-pub(crate) fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> {
+fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let values = match mime.as_str() {
@@ -353,11 +353,29 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require(&principal, "events:write")?;
+    ingest_with(&state, &principal, &headers, &body, "generic", to_event).await
+}
+
+/// The ingest flow shared by the families that take one event, an array or
+/// NDJSON and report per event (generic, IAM): scope check, Idempotency-Key,
+/// `normalize` per value (all field errors at once), the chain, one commit.
+///
+/// # Errors
+///
+/// 403, 409 (idempotency), 413/415/422 for the body, 503 when overloaded.
+pub(crate) async fn ingest_with(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: &[u8],
+    family: &'static str,
+    normalize: impl Fn(&str, usize, &Value, i64) -> Result<Event, Vec<FieldError>>,
+) -> Result<Response, ApiError> {
+    require(principal, "events:write")?;
     // With an Idempotency-Key: claim the key (one request at a time), then
     // answer a retry with the remembered response, or a conflict when the
     // key was used for another request.
-    let idempotency = match idempotency_key(&headers)? {
+    let idempotency = match idempotency_key(headers)? {
         None => None,
         Some(key) => {
             let entry = (principal.tenant.clone(), key.clone());
@@ -368,7 +386,7 @@ pub async fn ingest(
             let mut hasher = Sha256::new();
             hasher.update(headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes()));
             hasher.update([0]);
-            hasher.update(&body);
+            hasher.update(body);
             let hash = hex::encode(hasher.finalize());
             if let Some(done) = state.store.find_idempotent(principal.tenant.clone(), key.clone()).await? {
                 if done.request_hash != hash {
@@ -385,12 +403,12 @@ pub async fn ingest(
             Some((claim, key, hash))
         }
     };
-    let values = split_body(&headers, &body, state.settings.max_batch_events)?;
+    let values = split_body(headers, body, state.settings.max_batch_events)?;
     let received_at = now_micros();
     let mut inputs = Vec::with_capacity(values.len());
     let mut errors = Vec::new();
     for (index, raw) in values.into_iter().enumerate() {
-        match to_event(&principal.tenant, index, &raw, received_at) {
+        match normalize(&principal.tenant, index, &raw, received_at) {
             Ok(event) => inputs.push(Input { event, raw: Arc::new(raw) }),
             Err(mut e) => errors.append(&mut e),
         }
@@ -399,7 +417,7 @@ pub async fn ingest(
         return Err(ApiError::Validation(errors));
     }
     let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
-    let (status, report) = report("generic", &output.dispositions);
+    let (status, report) = report(family, &output.dispositions);
     let mut batch = std::mem::take(&mut output.batch);
     let _claim = idempotency.map(|(claim, key, request_hash)| {
         batch.idempotency = Some(IdempotencyRecord {
@@ -417,7 +435,7 @@ pub async fn ingest(
 
 /// The per-event report of an ingest request. 200 unless every event was
 /// refused: then 422 (plugins rejected them) or 502 (plugins failed).
-pub(crate) fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Value) {
+fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Value) {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
     let results: Vec<Value> = dispositions
         .iter()

@@ -7,20 +7,18 @@
 //! extra fields are kept). Unknown names are accepted as generic IAM events.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{Map, Value};
 
-use super::events::{report, split_body};
-use super::{require, ApiError, AppState, FieldError};
+use super::events::ingest_with;
+use super::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
-use crate::event::{now_micros, Event};
-use crate::pipeline::Input;
+use crate::event::Event;
 
 /// The family name of these events.
 pub const FAMILY: &str = "iam";
@@ -206,23 +204,10 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    require(&principal, "events:write")?;
+    // Error locations name the index only when the body is a list.
     let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let values = split_body(&headers, &body, state.settings.max_batch_events)?;
-    let received_at = now_micros();
-    let mut inputs = Vec::with_capacity(values.len());
-    let mut errors = Vec::new();
-    for (index, raw) in values.into_iter().enumerate() {
-        match to_event(&principal.tenant, index, many, &raw, received_at) {
-            Ok(event) => inputs.push(Input { event, raw: Arc::new(raw) }),
-            Err(mut e) => errors.append(&mut e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
-    let (status, body) = report(FAMILY, &output.dispositions);
-    state.store.commit(std::mem::take(&mut output.batch)).await?;
-    Ok((status, Json(body)).into_response())
+    ingest_with(&state, &principal, &headers, &body, FAMILY, |tenant, index, raw, received_at| {
+        to_event(tenant, index, many, raw, received_at)
+    })
+    .await
 }
