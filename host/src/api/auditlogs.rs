@@ -128,7 +128,7 @@ fn check_entry(i: usize, entry: &Value, violations: &mut Vec<(String, String)>) 
     }
 }
 
-fn to_event(tenant: &str, entry: &Map<String, Value>, received_at: i64) -> Event {
+pub(crate) fn to_event(tenant: &str, entry: &Map<String, Value>, received_at: i64) -> Event {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     let action = text(entry.get("action")).unwrap_or_default();
     let actor = entry.get("actor");

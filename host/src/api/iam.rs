@@ -85,7 +85,13 @@ fn check_shape(value: &Value, shape: &Value, loc: &mut Vec<Value>, errors: &mut 
 }
 
 /// Validate one envelope and turn it into the canonical event.
-fn to_event(tenant: &str, index: usize, many: bool, raw: &Value, received_at: i64) -> Result<Event, Vec<FieldError>> {
+pub(crate) fn to_event(
+    tenant: &str,
+    index: usize,
+    many: bool,
+    raw: &Value,
+    received_at: i64,
+) -> Result<Event, Vec<FieldError>> {
     let mut base: Vec<Value> = vec!["body".into()];
     if many {
         base.push(index.into());

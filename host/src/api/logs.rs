@@ -91,6 +91,39 @@ async fn check_quotas(state: &AppState, tenant: &str) -> Result<(), Response> {
     }
 }
 
+/// The canonical event of a valid log entry.
+fn to_event(tenant: &str, level: &str, message: &str, meta: &Value, now: i64) -> Event {
+    let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+    Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant: tenant.to_string(),
+        family: FAMILY.into(),
+        name: format!("log.{level}"),
+        group: "log".into(),
+        status: level.to_string(),
+        source: text("server_id").unwrap_or_else(|| "logs".into()),
+        occurred_at: now,
+        received_at: now,
+        actor_type: "service".into(),
+        actor_id: text("player_id"),
+        user_id: None,
+        resource_type: None,
+        resource_id: None,
+        session_id: text("session_id"),
+        attributes: if level == "error" { vec![("error_message".into(), message.to_string())] } else { Vec::new() },
+        payload: json!({"level": level, "message": message, "meta": meta}).to_string(),
+    }
+}
+
+/// Rebuild the canonical event of a stored log entry's raw input (shadow
+/// runs).
+pub(crate) fn renormalize(tenant: &str, raw: &Value, now: i64) -> Option<Event> {
+    let level = raw.get("level")?.as_str()?;
+    let message = raw.get("message")?.as_str()?;
+    let meta = raw.get("meta").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    Some(to_event(tenant, level, message, &meta, now))
+}
+
 pub async fn create(State(state): State<AppState>, principal: Result<Principal, ApiError>, body: Bytes) -> Response {
     let principal = match authorize(principal, "logs:write") {
         Ok(p) => p,
@@ -122,27 +155,7 @@ pub async fn create(State(state): State<AppState>, principal: Result<Principal, 
     if let Err(r) = check_quotas(&state, &principal.tenant).await {
         return r;
     }
-    let now = now_micros();
-    let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
-    let event = Event {
-        id: uuid::Uuid::now_v7().to_string(),
-        tenant: principal.tenant.clone(),
-        family: FAMILY.into(),
-        name: format!("log.{level}"),
-        group: "log".into(),
-        status: level.clone(),
-        source: text("server_id").unwrap_or_else(|| "logs".into()),
-        occurred_at: now,
-        received_at: now,
-        actor_type: "service".into(),
-        actor_id: text("player_id"),
-        user_id: None,
-        resource_type: None,
-        resource_id: None,
-        session_id: text("session_id"),
-        attributes: if level == "error" { vec![("error_message".into(), message.clone())] } else { Vec::new() },
-        payload: json!({"level": level, "message": message, "meta": meta}).to_string(),
-    };
+    let event = to_event(&principal.tenant, &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: Arc::new(Value::Object(entry.clone())) };
     let output = match run_and_commit_whole(&state, &principal.tenant, vec![input]).await {
         Ok(output) => output,

@@ -179,7 +179,7 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// The canonical events of a valid request: one, or one per player.
-fn to_events(tenant: &str, body: &Map<String, Value>) -> Vec<Event> {
+pub(crate) fn to_events(tenant: &str, body: &Map<String, Value>) -> Vec<Event> {
     let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     let received_at = now_micros();
     let session_id = text("session_id").unwrap_or_default();

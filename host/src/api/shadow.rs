@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::events::to_event;
 use super::{parse_json_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
+use crate::event::Event;
 use crate::event::COLUMN_ATTRIBUTES;
 use crate::pipeline::{Disposition, Input};
 
@@ -67,6 +68,25 @@ fn comparable(event: &Value) -> Value {
     Value::Object(map)
 }
 
+/// Order a group's events so fan-out copies compare regardless of order.
+fn sort_group(events: &mut [Value]) {
+    events.sort_by_key(|e| e.to_string());
+}
+
+/// Rebuild a stored event's canonical input(s) from its raw input, with the
+/// normalization of its family.
+fn renormalize(tenant: &str, family: &str, raw: &Value) -> Option<Vec<Event>> {
+    let now = crate::event::now_micros();
+    match family {
+        "generic" => to_event(tenant, 0, raw, now).ok().map(|e| vec![e]),
+        super::session_audit::FAMILY => raw.as_object().map(|o| super::session_audit::to_events(tenant, o)),
+        super::auditlogs::FAMILY => raw.as_object().map(|o| vec![super::auditlogs::to_event(tenant, o, now)]),
+        super::logs::FAMILY => super::logs::renormalize(tenant, raw, now).map(|e| vec![e]),
+        super::iam::FAMILY => super::iam::to_event(tenant, 0, false, raw, now).ok().map(|e| vec![e]),
+        _ => None,
+    }
+}
+
 pub async fn shadow(
     State(state): State<AppState>,
     principal: Principal,
@@ -86,61 +106,77 @@ pub async fn shadow(
     let (chain, version) = state.pipeline.candidate_chain(&principal.tenant, &name, request.version).await?;
     // Events that share a raw input came from one request item (fan-out):
     // replay each input once and compare it with all it produced.
-    let mut groups: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, (Value, String, Vec<Value>)> = BTreeMap::new();
     for (event, raw) in state.store.recent_with_raw(principal.tenant.clone(), n).await? {
-        groups.entry(raw.to_string()).or_insert_with(|| (raw, Vec::new())).1.push(comparable(&event));
+        let family = event["family"].as_str().unwrap_or("generic").to_string();
+        groups.entry(raw.to_string()).or_insert_with(|| (raw, family, Vec::new())).2.push(comparable(&event));
     }
     let mut inputs = Vec::new();
+    let mut owner = Vec::new();
     let mut stored = Vec::new();
     let mut unsupported = 0;
-    for (raw, before) in groups.into_values() {
-        // Only the generic family can be re-normalized from its raw input so far.
-        let family = before.first().and_then(|e| e["family"].as_str()).unwrap_or("generic");
-        match (family, to_event(&principal.tenant, 0, &raw, crate::event::now_micros())) {
-            ("generic", Ok(event)) => {
-                inputs.push(Input { event, raw: Arc::new(raw) });
+    for (raw, family, before) in groups.into_values() {
+        match renormalize(&principal.tenant, &family, &raw) {
+            Some(events) if !events.is_empty() => {
+                let raw = Arc::new(raw);
+                for event in events {
+                    owner.push(stored.len());
+                    inputs.push(Input { event, raw: raw.clone() });
+                }
                 stored.push(before);
             }
             _ => unsupported += 1,
         }
     }
     let output = state.pipeline.dry_run_chain(chain, inputs).await?;
+    // Per group: what the candidate produced, and the worst outcome of its
+    // inputs (failed > rejected > dropped > stored).
     let mut after: Vec<Vec<Value>> = vec![Vec::new(); stored.len()];
+    let mut outcome: Vec<Option<&Disposition>> = vec![None; stored.len()];
+    let rank = |d: &Disposition| match d {
+        Disposition::Stored { .. } => 0,
+        Disposition::Dropped { .. } => 1,
+        Disposition::Rejected { error } if error.code != "plugin_failed" => 2,
+        _ => 3,
+    };
     let mut next = output.batch.events.iter();
-    for (i, d) in output.dispositions.iter().enumerate() {
+    for (d, &group) in output.dispositions.iter().zip(&owner) {
         if let Disposition::Stored { ids } = d {
             for _ in ids {
                 if let Some(e) = next.next() {
-                    after[i].push(comparable(&e.event.to_json()));
+                    after[group].push(comparable(&e.event.to_json()));
                 }
             }
+        }
+        if outcome[group].is_none_or(|o| rank(d) > rank(o)) {
+            outcome[group] = Some(d);
         }
     }
     let (mut unchanged, mut changed, mut dropped, mut rejected, mut failed) = (0, 0, 0, 0, 0);
     let mut diffs = Vec::new();
-    for ((before, after), d) in stored.iter().zip(&after).zip(&output.dispositions) {
-        let kind = match d {
-            Disposition::Stored { .. } if before == after => {
+    for ((before, after), d) in stored.iter().zip(&mut after).zip(outcome) {
+        let Some(d) = d else { continue };
+        sort_group(after);
+        let mut before = before.clone();
+        sort_group(&mut before);
+        let kind = match rank(d) {
+            0 if before == *after => {
                 unchanged += 1;
                 continue;
             }
-            Disposition::Stored { .. } => {
+            0 => {
                 changed += 1;
                 "changed"
             }
-            Disposition::Dropped { .. } => {
+            1 => {
                 dropped += 1;
                 "dropped"
             }
-            Disposition::Rejected { error } if error.code == "plugin_failed" => {
-                failed += 1;
-                "failed"
-            }
-            Disposition::Rejected { .. } => {
+            2 => {
                 rejected += 1;
                 "rejected"
             }
-            Disposition::DeadLettered { .. } => {
+            _ => {
                 failed += 1;
                 "failed"
             }

@@ -267,3 +267,31 @@ async fn shadow_runs_diff_a_candidate_against_what_was_stored() {
     let (status, _) = shadow(9).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_runs_replay_every_family_including_fan_out() {
+    let app = spawn_app().await;
+    let players = json!(["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"]);
+    let (status, _) = app
+        .post(ADMIN_TOKEN, "/session/v1/audit", &json!({"event_name": "x", "session_id": "s", "players": players}))
+        .await;
+    assert_eq!(status, 200);
+    app.post(ADMIN_TOKEN, "/logs", &json!({"level": "info", "message": "m"})).await;
+    app.post(ADMIN_TOKEN, "/iam/v1/events", &json!({"name": "iam.auth.logout", "userId": "u"})).await;
+    app.post(
+        ADMIN_TOKEN,
+        "/v1beta1/organizations/default/auditlogs",
+        &json!({"logs": [{"source": "s", "action": "a.b"}]}),
+    )
+    .await;
+    let (status, report) = app.post(ADMIN_TOKEN, "/v1/plugins/customer-prefix/shadow", &json!({"version": 1})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["inputs"], 4, "one input per request item: {report}");
+    assert_eq!(report["unsupported"], 0);
+    assert_eq!(report["unchanged"], 4, "{report}");
+    // A candidate that rewrites payloads changes the session group (both copies).
+    app.upload_bytes(ADMIN_TOKEN, "customer-prefix", plugin_wasm("hostile-escape")).await;
+    let (_, report) = app.post(ADMIN_TOKEN, "/v1/plugins/customer-prefix/shadow", &json!({"version": 2})).await;
+    assert_eq!((report["changed"].as_u64(), report["unchanged"].as_u64()), (Some(1), Some(3)), "{report}");
+    assert_eq!(report["diffs"][0]["candidate"].as_array().unwrap().len(), 2);
+}
