@@ -222,7 +222,12 @@ impl Pipeline {
         inputs: Vec<Input>,
         mode: Mode,
     ) -> Result<RunOutput, PluginError> {
-        if chain.is_empty() {
+        // Nothing to sandbox (no plugin, or none that would see these
+        // events): stay on this thread instead of a blocking one.
+        let idle = chain
+            .iter()
+            .all(|i| (mode == Mode::Live && !i.is_active()) || !inputs.iter().any(|input| i.matches(&input.event)));
+        if idle {
             return Ok(run::run_chain(&[], inputs, mode));
         }
         let _permit = self.workers.acquire().await.map_err(|e| PluginError::Host(e.to_string()))?;

@@ -75,6 +75,10 @@ pub enum StoreError {
     Db(#[from] duckdb::Error),
     #[error("invalid cursor")]
     BadCursor,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot encode rows: {0}")]
+    Encode(String),
 }
 
 type Job = Box<dyn FnOnce(&Connection) + Send>;
@@ -124,12 +128,11 @@ impl EventStore {
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path, options: StoreOptions) -> Result<EventStore, StoreError> {
         let StoreOptions { cursor_key, memory_limit, queue_depth } = options;
-        let io = |e: std::io::Error| StoreError::Db(duckdb::Error::ToSqlConversionFailure(Box::new(e)));
         let dir = path.parent().unwrap_or(Path::new("."));
-        let export_dir = std::path::absolute(dir.join("exports")).map_err(io)?;
-        std::fs::create_dir_all(&export_dir).map_err(io)?;
+        let export_dir = std::path::absolute(dir.join("exports"))?;
+        std::fs::create_dir_all(&export_dir)?;
         // Left-overs of exports interrupted by a crash.
-        for entry in std::fs::read_dir(&export_dir).map_err(io)?.flatten() {
+        for entry in std::fs::read_dir(&export_dir)?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
         let conn = Connection::open(path)?;

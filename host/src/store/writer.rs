@@ -31,13 +31,10 @@ pub(super) fn spawn(
         [],
         |row| row.get(0),
     )?;
-    std::thread::Builder::new()
-        .name("sluice-writer".into())
-        .spawn(move || {
-            committed.store(next_seq - 1, Ordering::Release);
-            Writer { conn, next_seq, committed }.run(rx)
-        })
-        .map_err(|e| StoreError::Db(duckdb::Error::ToSqlConversionFailure(Box::new(e))))?;
+    std::thread::Builder::new().name("sluice-writer".into()).spawn(move || {
+        committed.store(next_seq - 1, Ordering::Release);
+        Writer { conn, next_seq, committed }.run(rx)
+    })?;
     Ok(())
 }
 
@@ -241,8 +238,7 @@ impl Writer {
         if !events.is_empty() {
             // Columnar (Arrow) append: an order of magnitude faster than
             // appending value by value.
-            let batch = events_batch(&events, seq)
-                .map_err(|e| StoreError::Db(duckdb::Error::ToSqlConversionFailure(e.into())))?;
+            let batch = events_batch(&events, seq).map_err(|e| StoreError::Encode(e.to_string()))?;
             let mut appender = self.conn.appender("events")?;
             appender.append_record_batch(batch)?;
             appender.flush()?;
