@@ -150,7 +150,7 @@ pub fn rfc3339(micros: i64) -> String {
 
 /// Canonical fields under their listing-API names; every other key of the
 /// JSON form is an attribute.
-const CORE_FIELDS: [&str; 16] = [
+pub const CORE_FIELDS: [&str; 16] = [
     "id",
     "family",
     "created_at",

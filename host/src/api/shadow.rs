@@ -15,7 +15,7 @@ use super::events::to_event;
 use super::{parse_json_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::Event;
-use crate::event::COLUMN_ATTRIBUTES;
+use crate::event::{COLUMN_ATTRIBUTES, CORE_FIELDS};
 use crate::pipeline::{Disposition, Input};
 
 /// Most stored events one shadow run looks at.
@@ -32,28 +32,17 @@ struct Shadow {
     events: Option<usize>,
 }
 
-/// The core fields compared (with every column attribute): the listing's,
-/// less what differs by nature.
-const COMPARED: [&str; 11] = [
-    "family",
-    "user_id",
-    "actor_type",
-    "actor_id",
-    "source",
-    "event_group",
-    "event_type",
-    "status",
-    "resource_type",
-    "resource_id",
-    "session_id",
-];
+/// Fields that differ between runs by nature (or are the tenant's own) and
+/// are not compared; the payload is compared separately.
+const NOT_COMPARED: [&str; 5] = ["id", "created_at", "received_at", "tenant", "event_payload"];
 
 /// The comparable part of an event: the listing's fields (scalars as text,
 /// since stored columns are typed and plugin attributes are strings) and
 /// the payload; not `id`, times or lineage, which differ by nature.
 fn comparable(event: &Value) -> Value {
     let mut map = serde_json::Map::new();
-    for key in COMPARED.iter().chain(COLUMN_ATTRIBUTES.iter()) {
+    let compared = CORE_FIELDS.iter().filter(|k| !NOT_COMPARED.contains(k)).chain(COLUMN_ATTRIBUTES.iter());
+    for key in compared {
         match &event[*key] {
             Value::Null => {}
             Value::String(s) => {
