@@ -157,6 +157,15 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// POST JSON with an `Idempotency-Key`; returns status, whether the
+    /// response was a replay, and body.
+    pub async fn post_keyed(&self, token: &str, path: &str, key: &str, body: &Value) -> (u16, bool, Value) {
+        let request = self.client.post(self.url(path)).bearer_auth(token).header("idempotency-key", key).json(body);
+        let r = request.send().await.expect("request");
+        let replayed = r.headers().contains_key("idempotent-replayed");
+        (r.status().as_u16(), replayed, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post_events(&self, token: &str, body: &Value) -> (u16, Value) {
         self.post(token, "/v1/events", body).await
     }

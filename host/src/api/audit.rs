@@ -104,7 +104,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
     let (filter, cursor, limit) = parse_query(&params)?;
-    let page = state.store.list_events(principal.tenant, filter, cursor, limit).await?;
+    let page = state.store.list_events(principal.space(), filter, cursor, limit).await?;
     Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
 }
 
@@ -114,7 +114,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
-    match state.store.get_event(principal.tenant, id).await? {
+    match state.store.get_event(principal.space(), id).await? {
         Some(event) => Ok(Json(event)),
         None => Err(ApiError::NotFound("Event not found".into())),
     }

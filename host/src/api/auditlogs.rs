@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::events::run_and_commit_whole;
+use super::events::{commit_whole, run_whole};
+use super::idempotency::{self, Begin, Refusal};
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
@@ -33,6 +34,7 @@ fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(Stri
         StatusCode::UNAUTHORIZED => 16,
         StatusCode::FORBIDDEN => 7,
         StatusCode::NOT_FOUND => 5,
+        StatusCode::CONFLICT => 10,
         StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::BAD_GATEWAY => 14,
         _ => 13,
@@ -166,6 +168,7 @@ pub async fn create(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     Path(org_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Ok(principal) = principal else {
@@ -177,6 +180,17 @@ pub async fn create(
     if org_id != principal.tenant {
         return rpc_error(StatusCode::FORBIDDEN, "the token does not belong to this organization", &[]);
     }
+    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
+        Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
+        Ok(Begin::Fresh) => None,
+        Ok(Begin::Keyed(ticket)) => Some(ticket),
+        Err(Refusal::Store(e)) => return from_api(e.into()),
+        Err(Refusal::InvalidKey) => {
+            let m = Refusal::InvalidKey.message();
+            return rpc_error(StatusCode::BAD_REQUEST, m.clone(), &[("Idempotency-Key".into(), m)]);
+        }
+        Err(refusal) => return rpc_error(StatusCode::CONFLICT, refusal.message(), &[]),
+    };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), &[]),
@@ -207,14 +221,23 @@ pub async fn create(
         .iter()
         .filter_map(Value::as_object)
         .map(|entry| Input {
-            event: to_event(&principal.tenant, entry, received_at),
+            event: to_event(&principal.space(), entry, received_at),
             raw: Arc::new(Value::Object(entry.clone())),
         })
         .collect();
-    let output = match run_and_commit_whole(&state, &principal.tenant, inputs).await {
+    let output = match run_whole(&state, &principal.tenant, inputs).await {
         Ok(output) => output,
         Err(e) => return from_api(e),
     };
+    let body = json!({});
+    let status = if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), status, &body).await {
+        return from_api(e);
+    }
     let refused: Vec<(String, String)> = output
         .dispositions
         .iter()
@@ -239,5 +262,5 @@ pub async fn create(
     }
     let stored = output.dispositions.iter().filter(|d| matches!(d, Disposition::Stored { .. })).count();
     crate::metrics::ingest(FAMILY, stored, output.dispositions.len() - stored, 0, 0);
-    (StatusCode::OK, Json(json!({}))).into_response()
+    (status, Json(body)).into_response()
 }

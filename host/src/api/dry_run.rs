@@ -104,7 +104,7 @@ pub async fn plugin(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:read")?;
-    let inputs = inputs(&principal.tenant, &body)?;
+    let inputs = inputs(&principal.space(), &body)?;
     Ok(report(state.pipeline.dry_run(&principal.tenant, Some(&name), inputs).await?))
 }
 
@@ -114,6 +114,6 @@ pub async fn pipeline(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:read")?;
-    let inputs = inputs(&principal.tenant, &body)?;
+    let inputs = inputs(&principal.space(), &body)?;
     Ok(report(state.pipeline.dry_run(&principal.tenant, None, inputs).await?))
 }

@@ -11,13 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
+use super::idempotency::{self, Begin, Ticket};
+use super::{parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::pipeline::{Disposition, Input, RunOutput};
-use crate::store::IdempotencyRecord;
+use crate::store::WriteBatch;
 
 /// Longest id accepted.
 const MAX_ID: usize = 128;
@@ -282,69 +282,42 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &Value, received_at: i64
     })
 }
 
-/// Run inputs through the tenant's chain and commit the result, for
-/// families whose request is one unit: when any event is rejected, no event
-/// or dead letter of the request is stored (plugin logs and runs still are).
-/// Returns once the batch is durable.
+/// Run inputs through the tenant's chain, for families whose request is
+/// one unit: when any event is rejected, no event or dead letter of the
+/// request is kept in the batch (plugin logs and runs still are). The
+/// caller commits the batch with [`commit_whole`].
 ///
 /// # Errors
 ///
-/// 503 when the store is overloaded (nothing stored), 500 on store failure.
-pub(crate) async fn run_and_commit_whole(
-    state: &AppState,
-    tenant: &str,
-    inputs: Vec<Input>,
-) -> Result<RunOutput, ApiError> {
+/// Plugin host errors (500).
+pub(crate) async fn run_whole(state: &AppState, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, ApiError> {
     let mut output = state.pipeline.run(tenant, inputs).await?;
-    commit_whole(state, &mut output).await?;
-    Ok(output)
-}
-
-/// Commit a run's batch whole or not at all (see [`run_and_commit_whole`]),
-/// leaving the committed events in `output` for the response.
-///
-/// # Errors
-///
-/// 503 when the store is overloaded (nothing stored), 500 on store failure.
-pub(crate) async fn commit_whole(state: &AppState, output: &mut RunOutput) -> Result<(), ApiError> {
     if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
         output.batch.events.clear();
         output.batch.dead_letters.clear();
     }
-    let events = output.batch.events.clone();
-    state.store.commit(std::mem::take(&mut output.batch)).await?;
-    output.batch.events = events;
+    Ok(output)
+}
+
+/// Commit a whole request's batch; with a ticket, remember a successful
+/// response under its Idempotency-Key in the same transaction. Returns
+/// once the batch is durable.
+///
+/// # Errors
+///
+/// 503 when the store is overloaded (nothing stored), 500 on store failure.
+pub(crate) async fn commit_whole(
+    state: &AppState,
+    mut batch: WriteBatch,
+    ticket: Option<&Ticket>,
+    status: StatusCode,
+    body: &Value,
+) -> Result<(), ApiError> {
+    if status.is_success() {
+        batch.idempotency.extend(ticket.map(|t| t.record(status, body)));
+    }
+    state.store.commit(batch).await?;
     Ok(())
-}
-
-/// Longest `Idempotency-Key` accepted.
-const MAX_KEY: usize = 255;
-
-/// A claim on an idempotency key while its request runs; released on drop.
-struct InFlight {
-    set: Arc<parking_lot::Mutex<std::collections::HashSet<(String, String)>>>,
-    entry: (String, String),
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.set.lock().remove(&self.entry);
-    }
-}
-
-/// The request's `Idempotency-Key`, if it sent one.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY => Ok(Some(key.to_string())),
-        _ => Err(ApiError::field(
-            vec!["header".into(), "Idempotency-Key".into()],
-            format!("Idempotency-Key should be 1..{MAX_KEY} visible ASCII characters"),
-            "value_error",
-        )),
-    }
 }
 
 pub async fn ingest(
@@ -372,90 +345,102 @@ pub(crate) async fn ingest_with(
     normalize: impl Fn(&str, usize, &Value, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     require(principal, "events:write")?;
-    // With an Idempotency-Key: claim the key (one request at a time), then
-    // answer a retry with the remembered response, or a conflict when the
-    // key was used for another request.
-    let idempotency = match idempotency_key(headers)? {
-        None => None,
-        Some(key) => {
-            let entry = (principal.tenant.clone(), key.clone());
-            if !state.in_flight.lock().insert(entry.clone()) {
-                return Err(ApiError::Conflict("a request with this Idempotency-Key is in progress".into()));
-            }
-            let claim = InFlight { set: state.in_flight.clone(), entry };
-            let mut hasher = Sha256::new();
-            hasher.update(headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes()));
-            hasher.update([0]);
-            hasher.update(body);
-            let hash = hex::encode(hasher.finalize());
-            if let Some(done) = state.store.find_idempotent(principal.tenant.clone(), key.clone()).await? {
-                if done.request_hash != hash {
-                    return Err(ApiError::Conflict(
-                        "this Idempotency-Key was used with a different request; use a new key".into(),
-                    ));
-                }
-                let status = StatusCode::from_u16(done.status).unwrap_or(StatusCode::OK);
-                let body: Value = serde_json::from_str(&done.body).unwrap_or(Value::Null);
-                let mut response = (status, Json(body)).into_response();
-                response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
-                return Ok(response);
-            }
-            Some((claim, key, hash))
-        }
+    let tenant = principal.space();
+    let ticket = match idempotency::begin(state, &tenant, headers, body).await? {
+        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
+        Begin::Fresh => None,
+        Begin::Keyed(ticket) => Some(ticket),
     };
     let values = split_body(headers, body, state.settings.max_batch_events)?;
     let received_at = now_micros();
     let mut inputs = Vec::with_capacity(values.len());
     let mut errors = Vec::new();
     for (index, raw) in values.into_iter().enumerate() {
-        match normalize(&principal.tenant, index, &raw, received_at) {
+        match normalize(&tenant, index, &raw, received_at) {
             Ok(event) => inputs.push(Input { event, raw: Arc::new(raw) }),
             Err(mut e) => errors.append(&mut e),
+        }
+    }
+    // Events that carry their own id are deduplicated by it.
+    let mut seen = std::collections::HashMap::new();
+    let mut ids = Vec::new();
+    for (index, input) in inputs.iter().enumerate() {
+        if let Some(id) = input.raw.get("id").and_then(Value::as_str) {
+            if let Some(first) = seen.insert(id, index) {
+                errors.push(FieldError::new(
+                    vec!["body".into(), index.into(), "id".into()],
+                    format!("the id of event {first} appears again; each event of a request needs its own id"),
+                    "value_error",
+                ));
+            }
+            ids.push((index, id.to_string(), input.raw.as_ref()));
         }
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
-    let (status, report) = report(family, &output.dispositions);
+    let event_ids = idempotency::event_ids(state, &tenant, ids).await?;
+    let fresh: Vec<Input> =
+        inputs.into_iter().enumerate().filter(|(i, _)| !event_ids.replayed.contains_key(i)).map(|(_, x)| x).collect();
+    let mut output =
+        if fresh.is_empty() { RunOutput::default() } else { state.pipeline.run(&principal.tenant, fresh).await? };
+    // Every input's result, in request order: retried ones as remembered.
+    let mut fresh_results = std::mem::take(&mut output.dispositions).into_iter();
+    let total = fresh_results.len() + event_ids.replayed.len();
+    let mut results = Vec::with_capacity(total);
     let mut batch = std::mem::take(&mut output.batch);
-    let _claim = idempotency.map(|(claim, key, request_hash)| {
-        batch.idempotency = Some(IdempotencyRecord {
-            tenant: principal.tenant.clone(),
-            key,
-            request_hash,
-            status: status.as_u16(),
-            body: report.to_string(),
-        });
-        claim
-    });
+    for index in 0..total {
+        let result = match event_ids.replayed.get(&index) {
+            Some(done) => {
+                let mut done = done.clone();
+                done["replayed"] = Value::Bool(true);
+                done
+            }
+            None => {
+                let d = fresh_results.next().expect("one disposition per fresh input");
+                let result = serde_json::to_value(&d).unwrap_or(Value::Null);
+                if !matches!(d, Disposition::Rejected { .. }) {
+                    batch.idempotency.extend(event_ids.record(index, &result));
+                }
+                result
+            }
+        };
+        results.push(result);
+    }
+    let (status, report) = report(family, results);
+    batch.idempotency.extend(ticket.as_ref().map(|t| t.record(status, &report)));
     state.store.commit(batch).await?;
     Ok((status, Json(report)).into_response())
 }
 
-/// The per-event report of an ingest request. 200 unless every event was
-/// refused: then 422 (plugins rejected them) or 502 (plugins failed).
-fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Value) {
+/// The per-event report of an ingest request (`results[i]` is input i's
+/// disposition). 200 unless every event was refused: then 422 (plugins
+/// rejected them) or 502 (plugins failed).
+fn report(family: &'static str, mut results: Vec<Value>) -> (StatusCode, Value) {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
-    let results: Vec<Value> = dispositions
-        .iter()
-        .enumerate()
-        .map(|(index, d)| {
-            match d {
-                Disposition::Stored { ids } => stored += ids.len(),
-                Disposition::Dropped { .. } => dropped += 1,
-                Disposition::Rejected { error } => {
-                    rejected += 1;
-                    if error.code == "plugin_failed" {
-                        failed += 1;
-                    }
+    let mut detail = Vec::new();
+    for (index, result) in results.iter_mut().enumerate() {
+        result["index"] = index.into();
+        match result["status"].as_str().unwrap_or("") {
+            "stored" => stored += result["ids"].as_array().map_or(0, Vec::len),
+            "dropped" => dropped += 1,
+            "dead_lettered" => dead += 1,
+            _ => {
+                rejected += 1;
+                let error = &result["error"];
+                if error["code"] == "plugin_failed" {
+                    failed += 1;
                 }
-                Disposition::DeadLettered { .. } => dead += 1,
+                let mut loc = vec![Value::from("body"), Value::from(index)];
+                if let Some(f) = error["field"].as_str() {
+                    loc.extend(f.split('.').map(Value::from));
+                }
+                detail.push(json!({ "loc": loc, "msg": error["message"], "type": error["code"] }));
             }
-            disposition_json(d, "index", index.into())
-        })
-        .collect();
+        }
+    }
     crate::metrics::ingest(family, stored, dropped, rejected, dead);
+    let all_refused = rejected == results.len();
     let mut body = json!({
         "stored": stored,
         "dropped": dropped,
@@ -463,30 +448,10 @@ fn report(family: &'static str, dispositions: &[Disposition]) -> (StatusCode, Va
         "dead_lettered": dead,
         "results": results,
     });
-    let status = if rejected == dispositions.len() {
-        body["detail"] = Value::Array(
-            dispositions
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| match d {
-                    Disposition::Rejected { error } => {
-                        let mut loc = vec![Value::from("body"), Value::from(i)];
-                        if let Some(f) = &error.field {
-                            loc.extend(f.split('.').map(Value::from));
-                        }
-                        Some(json!({ "loc": loc, "msg": error.message, "type": error.code }))
-                    }
-                    _ => None,
-                })
-                .collect(),
-        );
-        if failed == rejected {
-            StatusCode::BAD_GATEWAY
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-    } else {
-        StatusCode::OK
-    };
+    if !all_refused {
+        return (StatusCode::OK, body);
+    }
+    body["detail"] = Value::Array(detail);
+    let status = if failed == rejected { StatusCode::BAD_GATEWAY } else { StatusCode::UNPROCESSABLE_ENTITY };
     (status, body)
 }

@@ -67,12 +67,12 @@ pub async fn export(
     };
     match params.get("format").map(String::as_str).unwrap_or("ndjson") {
         "parquet" => {
-            let path = state.store.export_parquet(principal.tenant, filter).await?;
+            let path = state.store.export_parquet(principal.space(), filter).await?;
             stream_file(path, "application/vnd.apache.parquet", "events.parquet").await
         }
         "ndjson" => {
             let store = state.store.clone();
-            let tenant = principal.tenant;
+            let tenant = principal.space();
             // Keyset paging on the insertion sequence: each step reads the
             // next page; nothing is held beyond one page.
             let pages = stream::unfold(Some(0i64), move |after| {

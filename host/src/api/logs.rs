@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::events::run_and_commit_whole;
+use super::events::{commit_whole, run_whole};
+use super::idempotency::{self, Begin, Refusal};
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE};
 use crate::event::{now_micros, Event};
@@ -59,11 +60,12 @@ fn log_view(e: &Value) -> Value {
 }
 
 /// 429 when the tenant has used up a quota, naming the first one exceeded.
-async fn check_quotas(state: &AppState, tenant: &str) -> Result<(), Response> {
-    let (quotas, today, bytes) = state.store.quota_usage(tenant.to_string()).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot read quota usage");
-        error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
-    })?;
+async fn check_quotas(state: &AppState, principal: &Principal) -> Result<(), Response> {
+    let (quotas, today, bytes) =
+        state.store.quota_usage(principal.tenant.clone(), principal.space()).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read quota usage");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
+        })?;
     let mut all = Vec::new();
     let mut exceeded = None;
     for (metric, used, limit, cumulative) in
@@ -124,10 +126,25 @@ pub(crate) fn renormalize(tenant: &str, raw: &Value, now: i64) -> Option<Event> 
     Some(to_event(tenant, level, message, &meta, now))
 }
 
-pub async fn create(State(state): State<AppState>, principal: Result<Principal, ApiError>, body: Bytes) -> Response {
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Result<Principal, ApiError>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let principal = match authorize(principal, "logs:write") {
         Ok(p) => p,
         Err(r) => return r,
+    };
+    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
+        Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
+        Ok(Begin::Fresh) => None,
+        Ok(Begin::Keyed(ticket)) => Some(ticket),
+        Err(Refusal::InvalidKey) => {
+            return error(StatusCode::BAD_REQUEST, "bad_request", Refusal::InvalidKey.message())
+        }
+        Err(Refusal::Store(e)) => return store_error(e.into()),
+        Err(refusal) => return error(StatusCode::CONFLICT, "idempotency_conflict", refusal.message()),
     };
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
     let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
@@ -152,32 +169,47 @@ pub async fn create(State(state): State<AppState>, principal: Result<Principal, 
     if let Some(unknown) = entry.keys().find(|k| !["level", "message", "meta"].contains(&k.as_str())) {
         return bad(&format!("unknown field: {unknown}"));
     }
-    if let Err(r) = check_quotas(&state, &principal.tenant).await {
+    if let Err(r) = check_quotas(&state, &principal).await {
         return r;
     }
-    let event = to_event(&principal.tenant, &level, &message, &meta, now_micros());
+    let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: Arc::new(Value::Object(entry.clone())) };
-    let output = match run_and_commit_whole(&state, &principal.tenant, vec![input]).await {
+    let output = match run_whole(&state, &principal.tenant, vec![input]).await {
         Ok(output) => output,
-        Err(ApiError::Unavailable(m)) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
-        Err(e) => {
-            tracing::error!(error = %e, "log ingest failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred");
-        }
+        Err(e) => return store_error(e),
     };
-    match &output.dispositions[0] {
+    let (status, body) = match &output.dispositions[0] {
         Disposition::Stored { ids } => {
             let stored = output.batch.events.first().map(|e| e.event.to_json());
             let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
             crate::metrics::ingest(FAMILY, ids.len(), 0, 0, 0);
-            (StatusCode::CREATED, Json(view)).into_response()
+            (StatusCode::CREATED, view)
         }
-        Disposition::Rejected { error: e } if e.code == "plugin_failed" => {
-            error(StatusCode::BAD_GATEWAY, "plugin_failed", e.message.clone())
+        Disposition::Rejected { error: e } => {
+            let (status, code) = if e.code == "plugin_failed" {
+                (StatusCode::BAD_GATEWAY, "plugin_failed")
+            } else {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            };
+            (status, json!({"error": {"code": code, "message": e.message}}))
         }
-        Disposition::Rejected { error: e } => error(StatusCode::BAD_REQUEST, "bad_request", e.message.clone()),
         Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. } => {
-            (StatusCode::ACCEPTED, Json(json!({"id": null, "dropped": reason}))).into_response()
+            (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
+        }
+    };
+    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), status, &body).await {
+        return store_error(e);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// A failure of shared code, in this family's shape.
+fn store_error(e: ApiError) -> Response {
+    match e {
+        ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        e => {
+            tracing::error!(error = %e, "log ingest failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
         }
     }
 }
@@ -199,7 +231,7 @@ pub async fn list(
     let filter =
         EventFilter { family: Some(FAMILY.into()), status: params.get("level").cloned(), ..EventFilter::default() };
     let cursor = params.get("cursor").cloned().filter(|c| !c.is_empty());
-    match state.store.list_events(principal.tenant, filter, cursor, limit).await {
+    match state.store.list_events(principal.space(), filter, cursor, limit).await {
         Ok(page) => Json(json!({
             "data": page.items.iter().map(log_view).collect::<Vec<_>>(),
             "next_cursor": page.next_cursor,
@@ -234,7 +266,7 @@ pub async fn put_quotas(
 
 pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
-    let (quotas, today, bytes) = state.store.quota_usage(principal.tenant).await?;
+    let (quotas, today, bytes) = state.store.quota_usage(principal.tenant.clone(), principal.space()).await?;
     Ok(Json(json!({
         "events_per_day": {"limit": quotas.events_per_day, "used": today},
         "storage_bytes": {"limit": quotas.storage_bytes, "used": bytes},

@@ -11,6 +11,7 @@ mod dry_run;
 mod events;
 mod export;
 mod iam;
+mod idempotency;
 mod logs;
 mod plugins;
 mod query;

@@ -190,7 +190,7 @@ pub async fn dead_letters(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
-    let items = state.store.list_dead_letters(principal.tenant, limit(&params)?).await?;
+    let items = state.store.list_dead_letters(principal.space(), limit(&params)?).await?;
     Ok(Json(json!({ "items": items })))
 }
 
@@ -214,11 +214,11 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
     if request.all == request.ids.is_some() {
         return Err(ApiError::field(vec!["body".into()], "Give either `ids` or `all: true`", "value_error"));
     }
-    let letters = state.store.dead_letters_for_replay(principal.tenant.clone(), request.ids, 1_000).await?;
+    let letters = state.store.dead_letters_for_replay(principal.space(), request.ids, 1_000).await?;
     let mut inputs = Vec::with_capacity(letters.len());
     let mut replayed = Vec::with_capacity(letters.len());
     for (id, event, raw) in letters {
-        let event = crate::event::Event::from_json(&principal.tenant, &event)
+        let event = crate::event::Event::from_json(&principal.space(), &event)
             .map_err(|e| ApiError::Internal(format!("dead letter {id} unreadable: {e}")))?;
         inputs.push(crate::pipeline::Input { event, raw: std::sync::Arc::new(raw) });
         replayed.push(id);

@@ -72,10 +72,10 @@ pub async fn run(
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     if accept.contains("parquet") {
-        let path = state.store.query_to_parquet(principal.tenant, request.sql, request.params, limits).await?;
+        let path = state.store.query_to_parquet(principal.space(), request.sql, request.params, limits).await?;
         return super::export::stream_file(path, "application/vnd.apache.parquet", "query.parquet").await;
     }
-    let result = state.store.query(principal.tenant, request.sql, request.params, limits).await?;
+    let result = state.store.query(principal.space(), request.sql, request.params, limits).await?;
     if accept.contains("text/csv") {
         let mut out =
             result.columns.iter().map(|(n, _)| csv_field(&Value::String(n.clone()))).collect::<Vec<_>>().join(",");

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::events::run_and_commit_whole;
+use super::events::{commit_whole, run_whole};
+use super::idempotency::{self, Begin, Refusal};
 use super::validate::Validator;
 use super::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
@@ -255,6 +256,16 @@ pub async fn create(
             "model_attributes_type",
         ));
     }
+    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
+        Ok(Begin::Replay(status, body)) => return Ok(idempotency::replay(status, body)),
+        Ok(Begin::Fresh) => None,
+        Ok(Begin::Keyed(ticket)) => Some(ticket),
+        Err(Refusal::Store(e)) => return Err(e.into()),
+        Err(Refusal::InvalidKey) => return Err(Refusal::InvalidKey.into()),
+        Err(refusal) => {
+            return Ok(family_error(StatusCode::CONFLICT, true, "idempotency_conflict", refusal.message()));
+        }
+    };
     let raw: Value = parse_json(&body)?;
     let Some(object) = raw.as_object() else {
         return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type"));
@@ -262,10 +273,12 @@ pub async fn create(
     validate(object)?;
     let raw = Arc::new(raw.clone());
     let inputs =
-        to_events(&principal.tenant, object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
-    let output = run_and_commit_whole(&state, &principal.tenant, inputs).await?;
+        to_events(&principal.space(), object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
+    let output = run_whole(&state, &principal.tenant, inputs).await?;
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
+            // Nothing of the request is stored; its plugin logs and runs are.
+            commit_whole(&state, output.batch, None, StatusCode::OK, &Value::Null).await?;
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
                 return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
             }
@@ -285,6 +298,9 @@ pub async fn create(
             _ => Vec::new(),
         })
         .collect();
-    crate::metrics::ingest(FAMILY, ids.len(), 0, 0, 0);
-    Ok((StatusCode::OK, Json(json!({ "event_ids": ids }))).into_response())
+    let count = ids.len();
+    let body = json!({ "event_ids": ids });
+    commit_whole(&state, output.batch, ticket.as_ref(), StatusCode::OK, &body).await?;
+    crate::metrics::ingest(FAMILY, count, 0, 0, 0);
+    Ok((StatusCode::OK, Json(body)).into_response())
 }

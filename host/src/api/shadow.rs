@@ -96,7 +96,7 @@ pub async fn shadow(
     // Events that share a raw input came from one request item (fan-out):
     // replay each input once and compare it with all it produced.
     let mut groups: BTreeMap<String, (Value, String, Vec<Value>)> = BTreeMap::new();
-    for (event, raw) in state.store.recent_with_raw(principal.tenant.clone(), n).await? {
+    for (event, raw) in state.store.recent_with_raw(principal.space(), n).await? {
         let family = event["family"].as_str().unwrap_or("generic").to_string();
         groups.entry(raw.to_string()).or_insert_with(|| (raw, family, Vec::new())).2.push(comparable(&event));
     }
@@ -105,7 +105,7 @@ pub async fn shadow(
     let mut stored = Vec::new();
     let mut unsupported = 0;
     for (raw, family, before) in groups.into_values() {
-        match renormalize(&principal.tenant, &family, &raw) {
+        match renormalize(&principal.space(), &family, &raw) {
             Some(events) if !events.is_empty() => {
                 let raw = Arc::new(raw);
                 for event in events {

@@ -50,7 +50,22 @@ pub struct Principal {
     pub mode: String,
 }
 
+/// Where a tenant's test-mode tokens keep their events: `<tenant>:test`
+/// (tenant ids cannot contain ':'), beside the live data, never mixed in.
+pub const TEST_SPACE_SUFFIX: &str = ":test";
+
 impl Principal {
+    /// The space the caller's events are written to and read from: the
+    /// tenant itself for live tokens, its test space for test tokens. The
+    /// plugin chain, tokens and settings belong to the tenant either way.
+    pub fn space(&self) -> String {
+        if self.mode == "test" {
+            format!("{}{TEST_SPACE_SUFFIX}", self.tenant)
+        } else {
+            self.tenant.clone()
+        }
+    }
+
     /// Whether the caller holds `scope` (or `admin`).
     pub fn has(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope || s == ADMIN_SCOPE)

@@ -13,6 +13,7 @@ mod retention;
 mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -38,9 +39,10 @@ pub struct WriteBatch {
     /// Dead letters (by `dead_letter_id`) that this batch replaces: deleted
     /// in the same transaction, so a replay happens exactly once.
     pub replayed: Vec<i64>,
-    /// The response to remember under the request's `Idempotency-Key`,
-    /// committed with the events so a retry finds both or neither.
-    pub idempotency: Option<IdempotencyRecord>,
+    /// Results to remember under the request's `Idempotency-Key` and its
+    /// events' own ids, committed with the events so a retry finds both or
+    /// neither.
+    pub idempotency: Vec<IdempotencyRecord>,
 }
 
 /// A response remembered under an `Idempotency-Key`.
@@ -61,7 +63,7 @@ impl WriteBatch {
             && self.logs.is_empty()
             && self.runs.is_empty()
             && self.replayed.is_empty()
-            && self.idempotency.is_none()
+            && self.idempotency.is_empty()
     }
 }
 
@@ -256,25 +258,39 @@ impl EventStore {
         self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4()))
     }
 
-    /// The response remembered under an idempotency key, if any.
+    /// The results remembered under these idempotency keys, by key.
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn find_idempotent(&self, tenant: String, key: String) -> Result<Option<IdempotencyRecord>, StoreError> {
+    pub async fn find_idempotent(
+        &self,
+        tenant: String,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, IdempotencyRecord>, StoreError> {
         self.read(move |conn| {
-            let found = duckdb::OptionalExt::optional(conn.query_row(
-                "SELECT request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key = ?",
-                [&tenant, &key],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i32>(1)?, row.get::<_, String>(2)?)),
+            let marks = vec!["?"; keys.len()].join(", ");
+            let mut stmt = conn.prepare(&format!(
+                "SELECT key, request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key IN ({marks})"
             ))?;
-            Ok(found.map(|(request_hash, status, body)| IdempotencyRecord {
-                tenant,
-                key,
-                request_hash,
-                status: status as u16,
-                body,
-            }))
+            let params: Vec<&dyn duckdb::ToSql> = std::iter::once(&tenant as &dyn duckdb::ToSql)
+                .chain(keys.iter().map(|k| k as &dyn duckdb::ToSql))
+                .collect();
+            let rows = stmt.query_map(params.as_slice(), |row| {
+                Ok(IdempotencyRecord {
+                    tenant: tenant.clone(),
+                    key: row.get(0)?,
+                    request_hash: row.get(1)?,
+                    status: row.get::<_, i32>(2)? as u16,
+                    body: row.get(3)?,
+                })
+            })?;
+            let mut found = HashMap::new();
+            for row in rows {
+                let record = row?;
+                found.insert(record.key.clone(), record);
+            }
+            Ok(found)
         })
         .await
     }

@@ -69,13 +69,14 @@ impl EventStore {
         .await
     }
 
-    /// A tenant's quotas and what it uses of them: events received since
-    /// midnight UTC, and bytes stored (payloads and raw inputs of its events).
+    /// A tenant's quotas and what one of its spaces (the tenant itself, or
+    /// its test space) uses of them: events received since midnight UTC,
+    /// and bytes stored (payloads and raw inputs of its events).
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn quota_usage(&self, tenant: String) -> Result<(Quotas, i64, i64), StoreError> {
+    pub async fn quota_usage(&self, tenant: String, space: String) -> Result<(Quotas, i64, i64), StoreError> {
         self.read(move |conn| {
             let quotas = conn.query_row(
                 "SELECT quota_events_per_day, quota_storage_bytes FROM tenants WHERE id = ?",
@@ -91,7 +92,7 @@ impl EventStore {
                 "SELECT count(*) FILTER (WHERE received_at >= make_timestamp(?)), \
                  coalesce(sum(strlen(coalesce(event_payload, '')) + strlen(raw)), 0)::BIGINT \
                  FROM events WHERE tenant = ?",
-                duckdb::params![midnight, tenant],
+                duckdb::params![midnight, space],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
             Ok((quotas, today, bytes))
@@ -99,8 +100,8 @@ impl EventStore {
         .await
     }
 
-    /// Delete every row older than its tenant's retention period, in
-    /// batches. Returns how many rows were deleted.
+    /// Delete every row older than its tenant's retention period (test
+    /// spaces age like their tenant), in batches. Returns how many rows were deleted.
     ///
     /// # Errors
     ///
@@ -115,7 +116,7 @@ impl EventStore {
         for (table, column) in AGED {
             loop {
                 let sql = format!(
-                    "DELETE FROM {table} WHERE rowid IN (SELECT x.rowid FROM {table} x JOIN tenants t ON x.tenant = t.id \
+                    "DELETE FROM {table} WHERE rowid IN (SELECT x.rowid FROM {table} x JOIN tenants t ON split_part(x.tenant, ':', 1) = t.id \
                      WHERE t.retention_days IS NOT NULL \
                      AND x.{column} < now()::TIMESTAMP - to_days(t.retention_days) LIMIT {BATCH})"
                 );

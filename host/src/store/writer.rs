@@ -299,11 +299,13 @@ impl Writer {
             }
             appender.flush()?;
         }
-        for record in batches.iter().filter_map(|b| b.idempotency.as_ref()) {
-            self.conn.execute(
-                "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?, now())",
-                params![record.tenant, record.key, record.request_hash, record.status, record.body],
-            )?;
+        if batches.iter().any(|b| !b.idempotency.is_empty()) {
+            let now = ts(crate::event::now_micros());
+            let mut appender = self.conn.appender("idempotency_keys")?;
+            for r in batches.iter().flat_map(|b| &b.idempotency) {
+                appender.append_row(params![r.tenant, r.key, r.request_hash, r.status, r.body, now])?;
+            }
+            appender.flush()?;
         }
         let replayed: Vec<i64> = batches.iter().flat_map(|b| b.replayed.iter().copied()).collect();
         if !replayed.is_empty() {

@@ -74,3 +74,42 @@ async fn payloads_of_known_kinds_are_type_checked_and_unknown_kinds_kept() {
         app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT attributes FROM events WHERE family = 'iam'"})).await;
     assert!(kind["rows"][0][0].as_str().unwrap().contains("generic"), "{kind}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envelope_strings_are_bounded_at_their_limits() {
+    let app = spawn_app().await;
+    let limits = [
+        ("id", 128),
+        ("name", 256),
+        ("namespace", 256),
+        ("parentNamespace", 256),
+        ("clientId", 1024),
+        ("userId", 1024),
+        ("traceId", 1024),
+        ("sessionId", 1024),
+    ];
+    for (n, (field, max)) in limits.into_iter().enumerate() {
+        let mut inside = envelope("custom.kind", json!({}));
+        inside["id"] = Value::from(format!("bound-{n}"));
+        inside[field] = Value::from("a".repeat(max));
+        let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &inside).await;
+        assert_eq!(status, 200, "{field} of {max} characters: {body}");
+        for bad in ["a".repeat(max + 1), String::new()] {
+            let mut outside = inside.clone();
+            outside["id"] = Value::from(format!("bound-out-{n}"));
+            outside[field] = Value::from(bad.clone());
+            let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &outside).await;
+            assert_eq!(status, 422, "{field} of {} characters: {body}", bad.len());
+            assert_eq!(body["detail"][0]["loc"], json!(["body", field]), "{body}");
+            assert_eq!(body["detail"][0]["type"], "string_length");
+        }
+    }
+    // In a list the location names the index.
+    let mut bad = envelope("custom.kind", json!({}));
+    bad["traceId"] = Value::from("t".repeat(1025));
+    let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &json!([envelope("ok", json!({})), bad])).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", 1, "traceId"]));
+    let (_, count) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+    assert_eq!(count["rows"][0][0], limits.len(), "nothing of a refused request is stored");
+}

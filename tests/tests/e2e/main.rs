@@ -10,5 +10,6 @@ mod ingest;
 mod lifecycle;
 mod logs;
 mod plugins;
+mod retries;
 mod session_audit;
 mod tenancy;

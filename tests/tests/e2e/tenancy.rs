@@ -138,3 +138,55 @@ async fn oversized_bodies_get_413_in_each_familys_shape() {
     assert_eq!(status, 413, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("the limit is 10"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_mode_tokens_write_to_an_isolated_test_space() {
+    let app = spawn_app().await;
+    let admin = app.create_tenant("acme").await;
+    let scopes = json!(["events:write", "events:read", "query:run", "logs:write", "logs:read"]);
+    let (status, test) = app.post(&admin, "/v1/tokens", &json!({"name": "ci", "scopes": scopes, "mode": "test"})).await;
+    assert_eq!(status, 201, "{test}");
+    let test = test["token"].as_str().unwrap().to_string();
+    assert!(test.starts_with("so_test_"));
+    let (_, live) = app.post(&admin, "/v1/tokens", &json!({"name": "prod", "scopes": scopes})).await;
+    let live = live["token"].as_str().unwrap().to_string();
+    assert!(live.starts_with("so_live_"));
+
+    let (status, _) = app.post_events(&live, &json!({"id": "e-1", "event_type": "live.pay"})).await;
+    assert_eq!(status, 200);
+    // The same id in the test space is another event, not a retry or conflict.
+    let (status, body) = app.post_events(&test, &json!({"id": "e-1", "event_type": "test.pay"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["results"][0].get("replayed").is_none());
+    // The tenant's plugin chain runs for test events too (customer-prefix).
+    let (status, body) =
+        app.post(&test, "/session/v1/audit", &json!({"event_name": "kick", "session_id": "s-1"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app.post(&test, "/logs", &json!({"level": "info", "message": "from ci"})).await;
+    assert_eq!(status, 201);
+
+    let names = |events: Vec<Value>| -> Vec<String> {
+        let mut n: Vec<String> = events.iter().map(|e| e["event_type"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(app.all_events(&live, "").await), ["live.pay"]);
+    assert_eq!(names(app.all_events(&admin, "").await), ["live.pay"], "live tokens never see test data");
+    assert_eq!(names(app.all_events(&test, "").await), ["customer.kick", "log.info", "test.pay"]);
+    let (_, one) = app.get(&test, "/v1/audit/events/e-1").await;
+    assert_eq!(one["event_type"], "test.pay");
+    let (_, one) = app.get(&live, "/v1/audit/events/e-1").await;
+    assert_eq!(one["event_type"], "live.pay");
+    let sql = json!({"sql": "SELECT count(*) FROM events"});
+    assert_eq!(app.post(&test, "/v1/query", &sql).await.1["rows"][0][0], 3);
+    assert_eq!(app.post(&live, "/v1/query", &sql).await.1["rows"][0][0], 1);
+    let (_, logs) = app.get(&live, "/logs").await;
+    assert_eq!(logs["data"].as_array().unwrap().len(), 0);
+    let (_, logs) = app.get(&test, "/logs").await;
+    assert_eq!(logs["data"][0]["message"], "from ci");
+    // Nor does another tenant's test token see this one's test space.
+    let other = app.create_tenant("other").await;
+    let (_, other_test) =
+        app.post(&other, "/v1/tokens", &json!({"name": "t", "scopes": ["events:read"], "mode": "test"})).await;
+    assert!(app.all_events(other_test["token"].as_str().unwrap(), "").await.is_empty());
+}

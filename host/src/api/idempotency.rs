@@ -1,0 +1,223 @@
+//! Safe retries. A request that carries an `Idempotency-Key` header, and an
+//! event that carries its own `id`, is processed at most once per tenant:
+//! the same key (or id) with the same content gets the original result
+//! back without storing anything again; with different content it is a
+//! conflict. The remembered result is committed in the same transaction as
+//! the events it describes, so a retry after a crash finds both or neither.
+//! Keys are kept for a day (see the retention job).
+//!
+//! While a request runs, its keys are claimed in memory, so two concurrent
+//! requests with one key cannot both store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState};
+use crate::store::{IdempotencyRecord, StoreError};
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_KEY: usize = 255;
+
+/// Keys of events' own ids live beside header keys under this prefix.
+const EVENT_ID_PREFIX: &str = "event-id:";
+
+/// Why a key cannot be used now.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The header is empty, too long or not visible ASCII.
+    InvalidKey,
+    /// A request with this key is being processed.
+    InProgress(String),
+    /// The key was used with different content.
+    Mismatch(String),
+    Store(StoreError),
+}
+
+impl Refusal {
+    /// A sentence for the client.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::InvalidKey => format!("Idempotency-Key should be 1..{MAX_KEY} visible ASCII characters"),
+            Refusal::InProgress(what) => format!("a request with this {what} is in progress; retry later"),
+            Refusal::Mismatch(what) => format!("this {what} was used with different content; use a new one"),
+            Refusal::Store(e) => e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::InvalidKey => {
+                ApiError::field(vec!["header".into(), "Idempotency-Key".into()], r.message(), "value_error")
+            }
+            Refusal::Store(e) => e.into(),
+            other => ApiError::Conflict(other.message()),
+        }
+    }
+}
+
+/// Claims on keys while their request runs; released on drop.
+pub struct Claims {
+    set: Arc<parking_lot::Mutex<HashSet<(String, String)>>>,
+    entries: Vec<(String, String)>,
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        let mut set = self.set.lock();
+        for entry in &self.entries {
+            set.remove(entry);
+        }
+    }
+}
+
+/// Claim every key for `tenant`, or none of them.
+fn claim(state: &AppState, tenant: &str, keys: &[String], what: &str) -> Result<Claims, Refusal> {
+    let mut set = state.in_flight.lock();
+    let entries: Vec<(String, String)> = keys.iter().map(|k| (tenant.to_string(), k.clone())).collect();
+    if entries.iter().any(|e| set.contains(e)) {
+        return Err(Refusal::InProgress(what.into()));
+    }
+    set.extend(entries.iter().cloned());
+    Ok(Claims { set: state.in_flight.clone(), entries })
+}
+
+fn sha256(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// A request's claim on its `Idempotency-Key`.
+pub struct Ticket {
+    _claims: Claims,
+    tenant: String,
+    key: String,
+    hash: String,
+}
+
+impl Ticket {
+    /// The record that remembers this request's response.
+    pub fn record(&self, status: StatusCode, body: &Value) -> IdempotencyRecord {
+        IdempotencyRecord {
+            tenant: self.tenant.clone(),
+            key: self.key.clone(),
+            request_hash: self.hash.clone(),
+            status: status.as_u16(),
+            body: body.to_string(),
+        }
+    }
+}
+
+/// What to do with a request.
+pub enum Begin {
+    /// No key: process it.
+    Fresh,
+    /// A new key: process it, and remember the response with the ticket.
+    Keyed(Ticket),
+    /// A retry: answer with the remembered response.
+    Replay(StatusCode, Value),
+}
+
+/// Look at the request's `Idempotency-Key` (the content type and body are
+/// the content it is bound to).
+///
+/// # Errors
+///
+/// [`Refusal`] when the key is invalid, in use, or bound to other content.
+pub async fn begin(state: &AppState, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Result<Begin, Refusal> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(Begin::Fresh);
+    };
+    let key = match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY && !key.starts_with(EVENT_ID_PREFIX) => key.to_string(),
+        _ => return Err(Refusal::InvalidKey),
+    };
+    let claims = claim(state, tenant, std::slice::from_ref(&key), "Idempotency-Key")?;
+    let content_type = headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+    let hash = sha256(&[content_type, body]);
+    let found = state.store.find_idempotent(tenant.to_string(), vec![key.clone()]).await?;
+    if let Some(done) = found.get(&key) {
+        if done.request_hash != hash {
+            return Err(Refusal::Mismatch("Idempotency-Key".into()));
+        }
+        let status = StatusCode::from_u16(done.status).unwrap_or(StatusCode::OK);
+        return Ok(Begin::Replay(status, serde_json::from_str(&done.body).unwrap_or(Value::Null)));
+    }
+    Ok(Begin::Keyed(Ticket { _claims: claims, tenant: tenant.to_string(), key, hash }))
+}
+
+/// A remembered response, marked as replayed.
+pub fn replay(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// The client-chosen ids of a request's events, claimed for its duration.
+pub struct EventIds {
+    _claims: Claims,
+    tenant: String,
+    /// Input index → (key, content hash), for inputs that carry an id.
+    keyed: HashMap<usize, (String, String)>,
+    /// Input index → the result remembered for its id (a retry).
+    pub replayed: HashMap<usize, Value>,
+}
+
+impl EventIds {
+    /// The record that remembers input `index`'s result, if it has an id.
+    pub fn record(&self, index: usize, result: &Value) -> Option<IdempotencyRecord> {
+        let (key, hash) = self.keyed.get(&index)?;
+        Some(IdempotencyRecord {
+            tenant: self.tenant.clone(),
+            key: key.clone(),
+            request_hash: hash.clone(),
+            status: 200,
+            body: result.to_string(),
+        })
+    }
+}
+
+/// Claim the ids that events carry (`(input index, id, raw event)`) and
+/// find those already processed: an event whose id was stored before with
+/// the same content is a retry; with other content, a conflict.
+///
+/// # Errors
+///
+/// [`Refusal`] when an id is in use by a running request or was stored
+/// with different content.
+pub async fn event_ids(state: &AppState, tenant: &str, ids: Vec<(usize, String, &Value)>) -> Result<EventIds, Refusal> {
+    let keyed: HashMap<usize, (String, String)> = ids
+        .into_iter()
+        .map(|(index, id, raw)| (index, (format!("{EVENT_ID_PREFIX}{id}"), sha256(&[raw.to_string().as_bytes()]))))
+        .collect();
+    let keys: Vec<String> = keyed.values().map(|(k, _)| k.clone()).collect();
+    let claims = claim(state, tenant, &keys, "event id")?;
+    let found = if keys.is_empty() { HashMap::new() } else { state.store.find_idempotent(tenant.into(), keys).await? };
+    let mut replayed = HashMap::new();
+    for (index, (key, hash)) in &keyed {
+        if let Some(done) = found.get(key) {
+            if &done.request_hash != hash {
+                return Err(Refusal::Mismatch(format!("event id (at index {index})")));
+            }
+            replayed.insert(*index, serde_json::from_str(&done.body).unwrap_or(Value::Null));
+        }
+    }
+    Ok(EventIds { _claims: claims, tenant: tenant.to_string(), keyed, replayed })
+}
