@@ -97,6 +97,23 @@ fn parse_query(params: &HashMap<String, String>) -> Result<(EventFilter, Option<
     Ok((filter, text("cursor").filter(|c| !c.is_empty()), limit))
 }
 
+/// List the tenant's events, newest first (document 002).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/events",
+    tag = "events",
+    params(
+        ("event_group" = Option<String>, Query), ("event_type" = Option<String>, Query),
+        ("status" = Option<String>, Query), ("user_id" = Option<i64>, Query),
+        ("vm_id" = Option<String>, Query), ("session_id" = Option<String>, Query),
+        ("family" = Option<String>, Query, description = "generic, session-audit, iam, auditlogs or logs"),
+        ("from" = Option<String>, Query, format = DateTime, description = "created_at >= from"),
+        ("to" = Option<String>, Query, format = DateTime, description = "created_at < to"),
+        ("cursor" = Option<String>, Query, description = "From a previous page's next_cursor"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Default 50"),
+    ),
+    responses((status = 200, body = super::openapi::AuditEventPage), super::openapi::ApiErrors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -108,6 +125,14 @@ pub async fn list(
     Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
 }
 
+/// One event by id.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/events/{id}",
+    tag = "events",
+    params(("id" = String, Path)),
+    responses((status = 200, body = super::openapi::AuditEvent), super::openapi::ApiErrors)
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     principal: Principal,

@@ -164,6 +164,90 @@ pub(crate) fn to_event(tenant: &str, entry: &Map<String, Value>, received_at: i6
     }
 }
 
+/// One audit log entry of document 003.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AuditLogEntry {
+    /// Generated when absent.
+    #[schema(min_length = 1, max_length = 1024)]
+    id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
+    source: String,
+    #[schema(min_length = 1, max_length = 1024)]
+    action: String,
+    actor: Option<Party>,
+    target: Option<Party>,
+    context: Option<std::collections::HashMap<String, String>>,
+    #[schema(format = DateTime)]
+    created_at: Option<String>,
+}
+
+/// An actor or target: `{id, type, name}`.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct Party {
+    #[schema(max_length = 1024)]
+    id: Option<String>,
+    #[schema(max_length = 1024, rename = "type")]
+    kind: Option<String>,
+    #[schema(max_length = 1024)]
+    name: Option<String>,
+}
+
+/// The request body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AuditLogs {
+    logs: Vec<AuditLogEntry>,
+}
+
+/// Document 003's error body (a `google.rpc.Status`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct RpcStatus {
+    /// gRPC status code.
+    code: i32,
+    message: String,
+    /// `google.rpc.BadRequest` with `field_violations` for invalid entries.
+    #[schema(value_type = Vec<Object>)]
+    details: Vec<Value>,
+}
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum RpcErrors {
+    /// An invalid entry (named by index), or plugins refused entries.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] RpcStatus),
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] RpcStatus),
+    /// Missing scope, or `org_id` is not the token's tenant.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] RpcStatus),
+    /// The Idempotency-Key is in use or bound to another body.
+    #[response(status = 409)]
+    Conflict(#[to_schema] RpcStatus),
+    #[response(status = 413)]
+    PayloadTooLarge(#[to_schema] RpcStatus),
+    #[response(status = 502)]
+    PluginFailed(#[to_schema] RpcStatus),
+    #[response(status = 503)]
+    Unavailable(#[to_schema] RpcStatus),
+}
+
+/// Store a batch of audit logs, whole or not at all (document 003).
+#[utoipa::path(
+    post,
+    path = "/v1beta1/organizations/{org_id}/auditlogs",
+    tag = "auditlogs",
+    params(
+        ("org_id" = String, Path, description = "The token's tenant"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)"),
+    ),
+    request_body = AuditLogs,
+    responses((status = 200, description = "Stored", body = Object), RpcErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,

@@ -19,7 +19,7 @@ use crate::pipeline::{Input, RunOutput};
 /// Most sample events per dry run.
 const MAX_SAMPLES: usize = 1_000;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DryRun {
     /// Sample events in the generic ingest shape.
@@ -97,6 +97,16 @@ fn report(output: RunOutput) -> Json<Value> {
     Json(json!({ "results": results, "events": events, "logs": logs, "runs": runs }))
 }
 
+/// Dry run of sample events through one plugin (even a disabled one):
+/// outcomes, output events, logs, time and fuel. Nothing is stored.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/test",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body = DryRun,
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn plugin(
     State(state): State<AppState>,
     principal: Principal,
@@ -108,6 +118,14 @@ pub async fn plugin(
     Ok(report(state.pipeline.dry_run(&principal.tenant, Some(&name), inputs).await?))
 }
 
+/// Dry run of sample events through the tenant's live chain.
+#[utoipa::path(
+    post,
+    path = "/v1/pipeline/test",
+    tag = "plugins",
+    request_body = DryRun,
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn pipeline(
     State(state): State<AppState>,
     principal: Principal,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::idempotency::{self, Begin, Ticket};
+use super::openapi::{ApiErrors, IngestReport};
 use super::{parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
@@ -30,39 +31,76 @@ const MAX_PAYLOAD: usize = 256 << 10;
 /// Most custom attributes per event.
 const MAX_ATTRIBUTES: usize = 32;
 
-/// One generic event. Only `event_type` is required; see the README for the
-/// defaults of the others.
-#[derive(Debug, Deserialize)]
+/// One generic event, in the listing document's field names. Only
+/// `event_type` is required; see the README for the defaults of the others.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct GenericEvent {
+pub(crate) struct GenericEvent {
+    /// Your id for the event; a retry with the same id is not stored twice.
+    #[schema(min_length = 1, max_length = 128)]
     id: Option<String>,
+    /// When it happened (RFC 3339); default: when it was received.
+    #[schema(format = DateTime)]
     created_at: Option<String>,
     user_id: Option<i64>,
+    #[schema(min_length = 1, max_length = 1024)]
     actor_type: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     actor_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     source: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     event_group: Option<String>,
+    #[schema(min_length = 1, max_length = 256)]
     event_type: String,
+    #[schema(min_length = 1, max_length = 1024)]
     status: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     resource_type: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     resource_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     session_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     vm_id: Option<String>,
     task_id: Option<i64>,
+    #[schema(min_length = 1, max_length = 1024)]
     request_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     correlation_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     http_method: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     path: Option<String>,
+    #[schema(minimum = 100, maximum = 599)]
     http_status: Option<i64>,
+    #[schema(minimum = 0)]
     latency_ms: Option<f64>,
+    #[schema(min_length = 1, max_length = 1024)]
     ip_address: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     user_agent: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     node_ip: Option<String>,
+    #[schema(min_length = 1, max_length = 1024)]
     worker_id: Option<String>,
+    /// Any JSON object, at most 256 KiB serialized.
+    #[schema(value_type = Option<Object>)]
     event_payload: Option<Value>,
+    #[schema(max_length = 8192)]
     error_message: Option<String>,
-    /// Custom indexed attributes (string values), kept beside the columns.
+    /// Custom indexed attributes (string values, keys 1..64 bytes, at most
+    /// 32), kept beside the columns.
     attributes: Option<BTreeMap<String, String>>,
+}
+
+/// One event, or a list of them (or NDJSON, one per line).
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum GenericEvents {
+    One(GenericEvent),
+    Many(Vec<GenericEvent>),
 }
 
 /// Split the body into its events (raw JSON values), by content type.
@@ -320,6 +358,23 @@ pub(crate) async fn commit_whole(
     Ok(())
 }
 
+/// Ingest generic events: one object, a JSON array, or NDJSON. Events are
+/// committed before the answer; the report says what became of each.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    request_body(content(
+        (GenericEvents = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 200, description = "At least one event accepted", body = IngestReport),
+        (status = 502, description = "Plugins failed on every event", body = IngestReport),
+        ApiErrors,
+    )
+)]
 pub async fn ingest(
     State(state): State<AppState>,
     principal: Principal,

@@ -53,6 +53,25 @@ pub(crate) async fn stream_file(
         .into_response())
 }
 
+/// Stream the tenant's events, oldest first, as NDJSON or Parquet.
+#[utoipa::path(
+    get,
+    path = "/v1/export",
+    tag = "events",
+    params(
+        ("from" = Option<String>, Query, format = DateTime, description = "created_at >= from"),
+        ("to" = Option<String>, Query, format = DateTime, description = "created_at < to"),
+        ("family" = Option<String>, Query),
+        ("format" = Option<String>, Query, pattern = "^(ndjson|parquet)$", description = "Default ndjson"),
+    ),
+    responses(
+        (status = 200, content(
+            (String = "application/x-ndjson"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+        )),
+        super::openapi::ApiErrors,
+    )
+)]
 pub async fn export(
     State(state): State<AppState>,
     principal: Principal,

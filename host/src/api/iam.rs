@@ -204,6 +204,57 @@ pub(crate) fn to_event(
     })
 }
 
+/// The envelope of document 001. The payload of a known `name` (see the
+/// README's table) is type-checked against the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct IamEnvelope {
+    /// The message id; a retry with the same id is not stored twice.
+    #[schema(min_length = 1, max_length = 128)]
+    id: Option<String>,
+    version: Option<i64>,
+    #[schema(min_length = 1, max_length = 256)]
+    name: String,
+    #[schema(min_length = 1, max_length = 256)]
+    namespace: Option<String>,
+    #[schema(min_length = 1, max_length = 256, rename = "parentNamespace")]
+    parent_namespace: Option<String>,
+    #[schema(format = DateTime)]
+    timestamp: Option<String>,
+    #[schema(min_length = 1, max_length = 1024, rename = "clientId")]
+    client_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024, rename = "userId")]
+    user_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024, rename = "traceId")]
+    trace_id: Option<String>,
+    #[schema(min_length = 1, max_length = 1024, rename = "sessionId")]
+    session_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+}
+
+/// One envelope or a list of them.
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum IamEvents {
+    One(IamEnvelope),
+    Many(Vec<IamEnvelope>),
+}
+
+/// Ingest IAM account events (document 001).
+#[utoipa::path(
+    post,
+    path = "/iam/v1/events",
+    tag = "iam",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    request_body = IamEvents,
+    responses(
+        (status = 200, description = "At least one event accepted", body = super::openapi::IngestReport),
+        (status = 502, description = "Plugins failed on every event", body = super::openapi::IngestReport),
+        super::openapi::ApiErrors,
+    )
+)]
 pub async fn ingest(
     State(state): State<AppState>,
     principal: Principal,

@@ -126,6 +126,112 @@ pub(crate) fn renormalize(tenant: &str, raw: &Value, now: i64) -> Option<Event> 
     Some(to_event(tenant, level, message, &meta, now))
 }
 
+/// The body of `POST /logs`.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct NewLog {
+    #[schema(pattern = "^(debug|info|warn|error)$")]
+    level: String,
+    #[schema(min_length = 1, max_length = 10000)]
+    message: String,
+    /// Any object, at most 64 KiB serialized.
+    #[schema(value_type = Option<Object>)]
+    meta: Option<Value>,
+}
+
+/// A stored log entry.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogEntry {
+    id: String,
+    level: String,
+    message: String,
+    #[schema(value_type = Object)]
+    meta: Value,
+    created_at: String,
+}
+
+/// A page of log entries.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogPage {
+    data: Vec<LogEntry>,
+    next_cursor: Option<String>,
+}
+
+/// The entry was dropped or dead-lettered by a plugin.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogNotStored {
+    #[schema(value_type = Option<String>)]
+    id: Option<Value>,
+    dropped: String,
+}
+
+/// One quota and its use.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct QuotaUse {
+    metric: String,
+    used: i64,
+    limit: i64,
+    cumulative: bool,
+}
+
+/// `{code, message}`, and for `quota_exceeded` the metric and the quotas.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogErrorDetail {
+    code: String,
+    message: String,
+    metric: Option<String>,
+    quotas: Option<Vec<QuotaUse>>,
+}
+
+/// Document 004's error body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogError {
+    error: LogErrorDetail,
+}
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum LogErrors {
+    #[response(status = 400)]
+    BadRequest(#[to_schema] LogError),
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] LogError),
+    #[response(status = 403)]
+    Forbidden(#[to_schema] LogError),
+    /// The Idempotency-Key is in use or bound to another body.
+    #[response(status = 409)]
+    Conflict(#[to_schema] LogError),
+    #[response(status = 413)]
+    PayloadTooLarge(#[to_schema] LogError),
+    /// `quota_exceeded`, with the metric and every quota.
+    #[response(status = 429)]
+    QuotaExceeded(#[to_schema] LogError),
+    #[response(status = 502)]
+    PluginFailed(#[to_schema] LogError),
+    #[response(status = 503)]
+    Unavailable(#[to_schema] LogError),
+}
+
+/// Write a log entry (document 004).
+#[utoipa::path(
+    post,
+    path = "/logs",
+    tag = "logs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    request_body = NewLog,
+    responses(
+        (status = 201, description = "Stored", body = LogEntry),
+        (status = 202, description = "Accepted, but a plugin dropped it", body = LogNotStored),
+        LogErrors,
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -214,6 +320,18 @@ fn store_error(e: ApiError) -> Response {
     }
 }
 
+/// List log entries, newest first (document 004).
+#[utoipa::path(
+    get,
+    path = "/logs",
+    tag = "logs",
+    params(
+        ("level" = Option<String>, Query, description = "Only this level"),
+        ("cursor" = Option<String>, Query, description = "From a previous page's next_cursor"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Default 50"),
+    ),
+    responses((status = 200, body = LogPage), LogErrors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
@@ -248,6 +366,14 @@ pub async fn list(
 /// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N}` (null:
 /// unlimited), for the caller's tenant; `GET /v1/quotas` shows them with
 /// their use.
+/// Set the tenant's quotas (admin); `null` means unlimited.
+#[utoipa::path(
+    put,
+    path = "/v1/quotas",
+    tag = "logs",
+    request_body = Quotas,
+    responses((status = 200, body = Quotas), super::openapi::ApiErrors)
+)]
 pub async fn put_quotas(
     State(state): State<AppState>,
     principal: Principal,
@@ -264,6 +390,13 @@ pub async fn put_quotas(
     Ok(Json(serde_json::to_value(quotas).unwrap_or(Value::Null)))
 }
 
+/// The tenant's quotas and what it uses of them.
+#[utoipa::path(
+    get,
+    path = "/v1/quotas",
+    tag = "logs",
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
     let (quotas, today, bytes) = state.store.quota_usage(principal.tenant.clone(), principal.space()).await?;

@@ -13,6 +13,7 @@ mod export;
 mod iam;
 mod idempotency;
 mod logs;
+mod openapi;
 mod plugins;
 mod query;
 mod retention;
@@ -28,9 +29,12 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Auth, Principal};
 use crate::config::Settings;
@@ -49,8 +53,11 @@ pub struct AppState {
 }
 
 /// One entry of a 422 `detail` list.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// Where the input broke: `"body"`, `"query"` or `"header"`, then keys
+    /// and indexes.
+    #[schema(value_type = Vec<Value>)]
     pub loc: Vec<Value>,
     pub msg: String,
     #[serde(rename = "type")]
@@ -219,12 +226,25 @@ pub fn disposition_json(d: &crate::pipeline::Disposition, key: &str, position: V
 }
 
 /// Liveness: no authentication, so it says nothing about the deployment.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "admin",
+    security(()),
+    responses((status = 200, body = Object, example = json!({"status": "ok"})))
+)]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /metrics`: Prometheus text format. Metrics name every tenant, so
-/// only the default tenant's admin (the operator) may read them.
+/// Prometheus text format. Metrics name every tenant, so only the default
+/// tenant's admin (the operator) may read them.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    responses((status = 200, body = String, content_type = "text/plain"), openapi::ApiErrors)
+)]
 async fn metrics(principal: Principal) -> Result<Response, ApiError> {
     require(&principal, "metrics:read")?;
     if principal.tenant != crate::auth::DEFAULT_TENANT {
@@ -262,38 +282,67 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found".into())
 }
 
-/// All routes.
+/// Every route, with the OpenAPI document that describes them. Routes are
+/// registered from their handlers' `#[utoipa::path]` attributes, so what is
+/// served and what is described cannot drift apart.
+pub fn routes() -> (OpenApiRouter<AppState>, utoipa::openapi::OpenApi) {
+    // Uploads read their body themselves, bounded by the plugin size limit.
+    let uploads = OpenApiRouter::new().routes(routes!(plugins::upload)).layer(DefaultBodyLimit::disable());
+    let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(events::ingest))
+        .routes(routes!(session_audit::create))
+        .routes(routes!(iam::ingest))
+        .routes(routes!(auditlogs::create))
+        .routes(routes!(logs::create, logs::list))
+        .routes(routes!(logs::get_quotas, logs::put_quotas))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::get_one))
+        .merge(uploads)
+        .routes(routes!(plugins::list))
+        .routes(routes!(plugins::get_one, plugins::update, plugins::remove))
+        .routes(routes!(plugins::rollback))
+        .routes(routes!(dry_run::plugin))
+        .routes(routes!(shadow::shadow))
+        .routes(routes!(dry_run::pipeline))
+        .routes(routes!(plugins::versions))
+        .routes(routes!(plugins::logs))
+        .routes(routes!(plugins::dead_letters))
+        .routes(routes!(plugins::replay))
+        .routes(routes!(tenants::create))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(query::run))
+        .routes(routes!(export::export))
+        .routes(routes!(retention::get, retention::put));
+    let api = router.get_openapi().clone();
+    (router, api)
+}
+
+/// The service: every route, `GET /openapi.json`, and the shared layers.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    // Uploads read their body themselves, bounded by the plugin size limit.
-    let uploads = post(plugins::upload).layer(DefaultBodyLimit::disable());
-    Router::new()
-        .route("/healthz", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/events", post(events::ingest))
-        .route("/session/v1/audit", post(session_audit::create))
-        .route("/iam/v1/events", post(iam::ingest))
-        .route("/v1beta1/organizations/{org_id}/auditlogs", post(auditlogs::create))
-        .route("/logs", post(logs::create).get(logs::list))
-        .route("/v1/quotas", get(logs::get_quotas).put(logs::put_quotas))
-        .route("/v1/audit/events", get(audit::list))
-        .route("/v1/audit/events/{id}", get(audit::get_one))
-        .route("/v1/plugins", uploads.get(plugins::list))
-        .route("/v1/plugins/{name}", get(plugins::get_one).patch(plugins::update).delete(plugins::remove))
-        .route("/v1/plugins/{name}/rollback", post(plugins::rollback))
-        .route("/v1/plugins/{name}/test", post(dry_run::plugin))
-        .route("/v1/plugins/{name}/shadow", post(shadow::shadow))
-        .route("/v1/pipeline/test", post(dry_run::pipeline))
-        .route("/v1/plugins/{name}/versions", get(plugins::versions))
-        .route("/v1/plugins/{name}/logs", get(plugins::logs))
-        .route("/v1/dead-letters", get(plugins::dead_letters))
-        .route("/v1/dead-letters/replay", post(plugins::replay))
-        .route("/v1/tenants", post(tenants::create))
-        .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/v1/query", post(query::run))
-        .route("/v1/export", get(export::export))
-        .route("/v1/retention", get(retention::get).put(retention::put))
+    let (routes, mut api) = routes();
+    api.paths.add_path_operation(
+        "/openapi.json",
+        vec![utoipa::openapi::HttpMethod::Get],
+        utoipa::openapi::path::OperationBuilder::new()
+            .tag("admin")
+            .summary(Some("This document"))
+            .security(utoipa::openapi::security::SecurityRequirement::default())
+            .response("200", utoipa::openapi::ResponseBuilder::new().description("The OpenAPI 3.1 document")),
+    );
+    let document = Arc::new(api.to_json().expect("the OpenAPI document serializes"));
+    let (router, _) = routes.split_for_parts();
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document.as_str().to_owned()) }
+            }),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(shape_too_large))

@@ -14,12 +14,38 @@ use super::{disposition_json, parse_json, parse_json_or_default, require, ApiErr
 use crate::auth::Principal;
 use crate::pipeline::SettingsPatch;
 
+/// A multipart upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The component's bytes.
+    #[schema(value_type = String, format = Binary)]
+    component: Vec<u8>,
+    /// JSON settings as for PATCH, applied with the upload.
+    manifest: Option<SettingsPatch>,
+}
+
 /// `POST /v1/plugins?name=NAME`: install a plugin, or upload a new version
 /// of it. The body is the component (`application/wasm`), or
 /// `multipart/form-data` with a `component` part and an optional `manifest`
 /// part: JSON settings as for PATCH (config, limits, policy, ...), applied
 /// together with the upload so a plugin whose `init` needs a config can be
 /// installed in one step.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins",
+    tag = "plugins",
+    params(("name" = String, Query, description = "The plugin's name")),
+    request_body(content(
+        (Vec<u8> = "application/wasm"),
+        (UploadForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 201, description = "Installed", body = Object),
+        (status = 200, description = "A new version of an installed plugin", body = Object),
+        super::openapi::ApiErrors,
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     principal: Principal,
@@ -92,11 +118,14 @@ pub async fn upload(
 }
 
 /// `GET /v1/plugins`: the tenant's plugins in chain order, with their state.
+#[utoipa::path(get, path = "/v1/plugins", tag = "plugins", responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:read")?;
     Ok(Json(json!({ "items": state.pipeline.list(&principal.tenant) })))
 }
 
+/// One plugin with its settings, state and counters.
+#[utoipa::path(get, path = "/v1/plugins/{name}", tag = "plugins", params(("name" = String, Path, description = "The plugin's name")), responses((status = 200, body = Object), super::openapi::ApiErrors))]
 pub async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
@@ -108,6 +137,14 @@ pub async fn get_one(
 
 /// `PATCH /v1/plugins/{name}`: change `enabled`, `position`, `config`,
 /// `limits`, `failure_policy`, `families`, `max_consecutive_failures`.
+#[utoipa::path(
+    patch,
+    path = "/v1/plugins/{name}",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body = SettingsPatch,
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
@@ -119,7 +156,7 @@ pub async fn update(
     Ok(Json(state.pipeline.update(&principal.tenant, &name, patch).await?))
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rollback {
     version: Option<u32>,
@@ -127,6 +164,14 @@ struct Rollback {
 
 /// `POST /v1/plugins/{name}/rollback` with `{"version": N}` (default: the
 /// version before the current one).
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/rollback",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body(content = Rollback, description = "Optional; default: the previous version"),
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn rollback(
     State(state): State<AppState>,
     principal: Principal,
@@ -139,6 +184,13 @@ pub async fn rollback(
 }
 
 /// `DELETE /v1/plugins/{name}`: uninstall; versions and lineage stay.
+#[utoipa::path(
+    delete,
+    path = "/v1/plugins/{name}",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses((status = 204, description = "Uninstalled"), super::openapi::ApiErrors)
+)]
 pub async fn remove(
     State(state): State<AppState>,
     principal: Principal,
@@ -149,6 +201,8 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every uploaded version (content-addressed by sha256).
+#[utoipa::path(get, path = "/v1/plugins/{name}/versions", tag = "plugins", params(("name" = String, Path, description = "The plugin's name")), responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
 pub async fn versions(
     State(state): State<AppState>,
     principal: Principal,
@@ -172,6 +226,16 @@ fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
 }
 
 /// `GET /v1/plugins/{name}/logs`: what the plugin logged, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}/logs",
+    tag = "plugins",
+    params(
+        ("name" = String, Path, description = "The plugin's name"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Default 100"),
+    ),
+    responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors)
+)]
 pub async fn logs(
     State(state): State<AppState>,
     principal: Principal,
@@ -184,6 +248,13 @@ pub async fn logs(
 }
 
 /// `GET /v1/dead-letters`: events quarantined by the dead-letter policy.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "plugins",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Default 100")),
+    responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors)
+)]
 pub async fn dead_letters(
     State(state): State<AppState>,
     principal: Principal,
@@ -194,7 +265,7 @@ pub async fn dead_letters(
     Ok(Json(json!({ "items": items })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Replay {
     /// Dead-letter ids (`dead_letter_id` in the listing) to replay.
@@ -208,6 +279,13 @@ struct Replay {
 /// run dead letters through the current chain. What comes out is stored and
 /// the dead letters are removed in the same transaction; a letter that fails
 /// again becomes a new dead letter.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/replay",
+    tag = "plugins",
+    request_body = Replay,
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn replay(State(state): State<AppState>, principal: Principal, body: Bytes) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:write")?;
     let request: Replay = parse_json(&body)?;

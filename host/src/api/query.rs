@@ -14,7 +14,7 @@ use super::{parse_json, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::store::{QueryError, QueryLimits};
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QueryRequest {
     sql: String,
@@ -51,6 +51,36 @@ fn csv_field(v: &Value) -> String {
     }
 }
 
+/// The result of a query as JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct QueryResponse {
+    /// `{name, type}` of each column.
+    #[schema(value_type = Vec<Object>)]
+    columns: Vec<Value>,
+    #[schema(value_type = Vec<Vec<Object>>)]
+    rows: Vec<Vec<Value>>,
+    /// Whether the row cap cut the result.
+    row_count: u64,
+    truncated: bool,
+}
+
+/// One read-only SELECT over the tenant's views.
+#[utoipa::path(
+    post,
+    path = "/v1/query",
+    tag = "events",
+    params(("Accept" = Option<String>, Header, description = "application/json (default), text/csv or application/vnd.apache.parquet")),
+    request_body = QueryRequest,
+    responses(
+        (status = 200, content(
+            (QueryResponse = "application/json"),
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.apache.parquet"),
+        )),
+        super::openapi::ApiErrors,
+    )
+)]
 pub async fn run(
     State(state): State<AppState>,
     principal: Principal,

@@ -9,18 +9,30 @@ use serde_json::{json, Value};
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE};
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Retention {
+    /// Keep events this many days; `null`: forever.
+    #[schema(minimum = 1, maximum = 36500)]
     days: Option<u32>,
 }
 
+/// How long the tenant keeps its events (`days: null`: forever).
+#[utoipa::path(get, path = "/v1/retention", tag = "admin", responses((status = 200, body = Retention), super::openapi::ApiErrors))]
 pub async fn get(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
     let days = state.store.retention(principal.tenant).await?;
     Ok(Json(json!({ "days": days })))
 }
 
+/// Set how long the tenant keeps its events (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/retention",
+    tag = "admin",
+    request_body = Retention,
+    responses((status = 200, body = Retention), super::openapi::ApiErrors)
+)]
 pub async fn put(State(state): State<AppState>, principal: Principal, body: Bytes) -> Result<Json<Value>, ApiError> {
     require(&principal, ADMIN_SCOPE)?;
     let retention: Retention = parse_json(&body)?;

@@ -4,6 +4,7 @@
 //! one request out into one event per player. A request is stored whole or
 //! not at all.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -231,6 +232,174 @@ pub(crate) fn to_events(tenant: &str, body: &Map<String, Value>) -> Vec<Event> {
         .collect()
 }
 
+/// The request body of document 000 (its constraints are checked by
+/// `validate`, which reports them in pydantic's words).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SessionAuditRequest {
+    #[schema(min_length = 1, max_length = 128)]
+    event_name: String,
+    #[schema(min_length = 1, max_length = 128)]
+    session_id: String,
+    custom_data: Option<HashMap<String, String>>,
+    session_type: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    region_id: Option<String>,
+    joinable: Option<bool>,
+    #[schema(max_items = 50)]
+    updated_teams: Option<Vec<UpdatedTeam>>,
+    #[schema(pattern = "^(BACKFILL|MATCHMAKING|PLAYER)$")]
+    source: Option<String>,
+    #[schema(format = Uuid)]
+    player_uuid: Option<String>,
+    team_id: Option<i64>,
+    #[schema(min_length = 1, max_length = 128)]
+    invited_session_id: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    removed_session_id: Option<String>,
+    version: Option<String>,
+    client_settings: Option<ClientSettings>,
+    crossplay_preferences: Option<CrossplayPreferences>,
+    #[schema(pattern = "^(leader|member|invited|reserved)$")]
+    player_status: Option<String>,
+    #[schema(
+        pattern = "^(Anon|Basic|XboxLive|PSN|NintendoNAID|NintendoSwitch|NintendoPPID|Google|GooglePlay|Apple|Epic|Steam|Amazon|Twitch|RallyHere|LegacyName)$"
+    )]
+    platform: Option<String>,
+    #[schema(min_length = 1, max_length = 4096)]
+    platform_session_id: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    instance_id: Option<String>,
+    #[schema(pattern = "^(dedicated|player)$")]
+    host_type: Option<String>,
+    #[schema(format = Uuid)]
+    host_player_uuid: Option<String>,
+    #[schema(format = Uuid)]
+    instance_request_template: Option<String>,
+    map: Option<String>,
+    mode: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    allocation_id: Option<String>,
+    #[schema(pattern = "^(requested|allocated|pending|joinable|unjoinable|closed)$")]
+    join_status: Option<String>,
+    join_params: Option<JoinParams>,
+    #[schema(pattern = "^(healthy|unhealthy|degraded|unknown)$")]
+    instance_health: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    queue_id: Option<String>,
+    ticket_id: Option<String>,
+    additional_params: Option<AdditionalParams>,
+    map_preferences: Option<Vec<String>>,
+    #[schema(min_length = 1, max_length = 128)]
+    queued_session_id: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    match_id: Option<String>,
+    /// One stored event per player (UUIDs).
+    #[schema(max_items = 1000)]
+    players: Option<Vec<uuid::Uuid>>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UpdatedTeam {
+    #[schema(minimum = 1, maximum = 100)]
+    max_size: Option<i64>,
+    custom_data: Option<HashMap<String, String>>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ClientSettings {
+    platform_id: Option<i64>,
+    #[schema(
+        pattern = "^(Anon|Basic|XboxLive|PSN|NintendoNAID|NintendoSwitch|NintendoPPID|Google|GooglePlay|Apple|Epic|Steam|Amazon|Twitch|RallyHere|LegacyName)$"
+    )]
+    platform: Option<String>,
+    #[schema(pattern = "^(keyboardandmouse|gamepad|touch)$")]
+    input: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CrossplayPreferences {
+    #[schema(pattern = "^(desired_platforms_any|desired_platforms_xboxlike|desired_platforms_playstationlike)$")]
+    permitted_platform: String,
+    #[schema(
+        pattern = "^(desired_inputs_any|desired_inputs_keyboardandmouse|desired_inputs_gamepad|desired_inputs_touch)$"
+    )]
+    permitted_input: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct JoinParams {
+    public_conn_str: String,
+    private_conn_str: String,
+    custom_data: Option<HashMap<String, String>>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AdditionalParams {
+    double_args: Option<HashMap<String, f64>>,
+    string_args: Option<HashMap<String, String>>,
+    tags: Option<Vec<String>>,
+    extensions: Option<HashMap<String, String>>,
+}
+
+/// The 200 answer: the stored events' ids.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SessionAuditResponse {
+    event_ids: Vec<String>,
+}
+
+/// Document 000's error body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SessionError {
+    auth_success: bool,
+    error_code: String,
+    desc: String,
+}
+
+/// Document 000's errors.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum SessionErrors {
+    /// Missing or invalid credentials.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] SessionError),
+    /// The token lacks every session-audit permission.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] SessionError),
+    /// A plugin says the session doesn't exist.
+    #[response(status = 404)]
+    NotFound(#[to_schema] SessionError),
+    /// The Idempotency-Key is in use or bound to another body.
+    #[response(status = 409)]
+    Conflict(#[to_schema] SessionError),
+    #[response(status = 413)]
+    PayloadTooLarge(#[to_schema] SessionError),
+    #[response(status = 422)]
+    Invalid(#[to_schema] super::openapi::HttpValidationError),
+    /// The tenant's plugins failed (reject policy).
+    #[response(status = 502)]
+    PluginFailed(#[to_schema] SessionError),
+    /// Overloaded: retry after `Retry-After` seconds.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] super::openapi::Message),
+}
+
+/// Record a session event; `players` fans it out into one event per player.
+#[utoipa::path(
+    post,
+    path = "/session/v1/audit",
+    tag = "session-audit",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    request_body = SessionAuditRequest,
+    responses((status = 200, description = "Stored", body = SessionAuditResponse), SessionErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,

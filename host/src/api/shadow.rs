@@ -23,7 +23,7 @@ const MAX_EVENTS: usize = 10_000;
 /// Most differences listed in the answer (all are counted).
 const MAX_DIFFS: usize = 50;
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Shadow {
     /// Candidate version (default: the newest uploaded).
@@ -76,6 +76,14 @@ fn renormalize(tenant: &str, family: &str, raw: &Value) -> Option<Vec<Event>> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}/shadow",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body(content = Shadow, description = "Optional"),
+    responses((status = 200, body = Object), super::openapi::ApiErrors)
+)]
 pub async fn shadow(
     State(state): State<AppState>,
     principal: Principal,

@@ -10,12 +10,29 @@ use serde_json::{json, Value};
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_-]+$")]
     id: String,
 }
 
+/// A new tenant and its first admin token (shown once).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CreatedTenant {
+    id: String,
+    admin_token: String,
+}
+
+/// Create a tenant (the default tenant's admin only).
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "admin",
+    request_body = NewTenant,
+    responses((status = 201, body = CreatedTenant), super::openapi::ApiErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,

@@ -11,7 +11,7 @@ use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT, SCOPES};
 use crate::store::TokenRecord;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     /// Default: the caller's tenant. Another tenant only for the operator.
@@ -22,6 +22,26 @@ struct NewToken {
     mode: Option<String>,
 }
 
+/// A token just issued: the secret is shown this once.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct IssuedToken {
+    id: String,
+    token: String,
+    tenant: String,
+    name: String,
+    scopes: Vec<String>,
+    mode: String,
+}
+
+/// Issue a token with some of the caller's scopes.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "admin",
+    request_body = NewToken,
+    responses((status = 201, body = IssuedToken), super::openapi::ApiErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -68,11 +88,21 @@ pub async fn create(
     ))
 }
 
+/// The tenant's tokens, without secrets.
+#[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "tokens:write")?;
     Ok(Json(json!({ "items": state.store.list_tokens(principal.tenant).await? })))
 }
 
+/// Revoke a token; effective immediately.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "admin",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Revoked"), super::openapi::ApiErrors)
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     principal: Principal,

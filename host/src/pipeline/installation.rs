@@ -15,7 +15,7 @@ use crate::runtime::{CompiledPlugin, PluginFault, PluginInstances, PluginLimits}
 
 /// What happens to events when a plugin faults (trap, timeout, limit, bad
 /// output).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailurePolicy {
     /// Fail closed: the events are refused and the client gets an error.

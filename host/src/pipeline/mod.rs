@@ -40,7 +40,7 @@ pub enum PluginError {
 
 /// A change to an installation's settings (`PATCH /v1/plugins/{name}`).
 /// Absent fields keep their value.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
     pub enabled: Option<bool>,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Limits for each call into a plugin (`init` or one `process` batch). Every
 /// field may be overridden per installation, up to the `MAX_*` ceilings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginLimits {
     /// Wall-clock deadline of one call, enforced by epoch interruption.

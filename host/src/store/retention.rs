@@ -4,7 +4,7 @@
 use super::{EventStore, StoreError};
 
 /// A tenant's quotas; `None` means unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
     pub events_per_day: Option<i64>,

@@ -9,6 +9,7 @@ mod iam;
 mod ingest;
 mod lifecycle;
 mod logs;
+mod openapi;
 mod plugins;
 mod retries;
 mod session_audit;

@@ -1,0 +1,163 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of every route, built by
+//! utoipa from the handlers' `#[utoipa::path]` attributes. The router is
+//! assembled from the same attributes (`utoipa_axum::routes!`), so a route
+//! cannot be served without being described, or described without being
+//! served. This module holds the document's frame and the response shapes
+//! that several endpoints share.
+//!
+//! The response types here (and the request types beside handlers that
+//! validate a raw `Value` in their document's error words) describe bodies
+//! that handlers build as JSON; they are never constructed, hence the
+//! `dead_code` allowances.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+/// The document's frame: info, security schemes, tags. Paths are added by
+/// the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice",
+        description = "Events through each tenant's chain of sandboxed WebAssembly plugins, stored in DuckDB. \
+                       Authenticate with `Authorization: Bearer <token>` or `X-API-Key: <token>`."
+    ),
+    modifiers(&SecuritySchemes),
+    // Referenced from inside inlined response schemas, which do not
+    // register what they reference.
+    components(schemas(super::FieldError, super::logs::LogErrorDetail, super::logs::QuotaUse)),
+    security(("bearer" = []), ("api_key" = [])),
+    tags(
+        (name = "events", description = "Generic ingest, listing, export and SQL"),
+        (name = "session-audit", description = "Document 000: session audit events"),
+        (name = "iam", description = "Document 001: IAM account events"),
+        (name = "auditlogs", description = "Document 003: batch audit logs"),
+        (name = "logs", description = "Document 004: structured logs and quotas"),
+        (name = "plugins", description = "Plugin upload, settings, versions, runs, logs and dead letters"),
+        (name = "admin", description = "Tenants, tokens, retention, metrics and health"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components
+            .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    }
+}
+
+/// 422: invalid input (FastAPI shape).
+#[derive(ToSchema)]
+pub struct HttpValidationError {
+    pub detail: Vec<super::FieldError>,
+}
+
+/// Every other error of the `/v1` endpoints (FastAPI shape).
+#[derive(ToSchema)]
+pub struct Message {
+    pub detail: String,
+}
+
+/// The errors of the `/v1` endpoints.
+#[derive(IntoResponses)]
+pub enum ApiErrors {
+    /// Missing or invalid credentials.
+    #[response(status = 401)]
+    Unauthorized(#[to_schema] Message),
+    /// The token lacks the scope.
+    #[response(status = 403)]
+    Forbidden(#[to_schema] Message),
+    #[response(status = 404)]
+    NotFound(#[to_schema] Message),
+    /// A conflict: an existing resource, or an idempotency key in use.
+    #[response(status = 409)]
+    Conflict(#[to_schema] Message),
+    #[response(status = 413)]
+    PayloadTooLarge(#[to_schema] Message),
+    #[response(status = 415)]
+    UnsupportedMediaType(#[to_schema] Message),
+    #[response(status = 422)]
+    Invalid(#[to_schema] HttpValidationError),
+    /// Overloaded: retry after `Retry-After` seconds.
+    #[response(status = 503)]
+    Unavailable(#[to_schema] Message),
+}
+
+/// What became of one input event.
+#[derive(ToSchema)]
+pub struct Outcome {
+    /// `stored`, `dropped`, `rejected` or `dead_lettered`.
+    pub status: String,
+    /// The input's position in the request.
+    pub index: Option<u64>,
+    /// Stored ids (several after a fan-out).
+    pub ids: Option<Vec<String>>,
+    /// Why it was dropped or dead-lettered.
+    pub reason: Option<String>,
+    /// The plugin that dropped or dead-lettered it.
+    pub plugin: Option<String>,
+    /// A rejection: `{code, message, field, plugin}`.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    /// Present (true) when the event's id was processed before and this is
+    /// the remembered result.
+    pub replayed: Option<bool>,
+}
+
+/// The per-event report of an ingest request.
+#[derive(ToSchema)]
+pub struct IngestReport {
+    pub stored: u64,
+    pub dropped: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
+    pub results: Vec<Outcome>,
+}
+
+/// An event as listed (document 002's `AuditEventResponse`, plus `family`,
+/// `received_at` and `lineage`). Custom attributes appear as extra string
+/// fields.
+#[derive(ToSchema)]
+pub struct AuditEvent {
+    pub id: String,
+    pub family: String,
+    /// The event's own time (RFC 3339).
+    pub created_at: String,
+    pub received_at: String,
+    pub user_id: Option<i64>,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub source: String,
+    pub event_group: String,
+    pub event_type: String,
+    pub status: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub session_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub event_payload: Value,
+}
+
+/// A page of events.
+#[derive(ToSchema)]
+pub struct AuditEventPage {
+    pub items: Vec<AuditEvent>,
+    /// Opaque; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A list of objects.
+#[derive(ToSchema)]
+pub struct Items {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Value>,
+}
