@@ -300,33 +300,45 @@ pub async fn create(
     if !violations.is_empty() {
         return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs: the whole batch was rejected", &violations);
     }
+    // Entries that carry their own id are deduplicated by it: one stored
+    // before with the same content is not stored again.
+    let mut seen = std::collections::HashMap::new();
+    let mut ids = Vec::new();
+    for (i, entry) in logs.iter().enumerate() {
+        if let Some(id) = entry.get("id").and_then(Value::as_str) {
+            if let Some(first) = seen.insert(id, i) {
+                let what = format!("the id of logs[{first}] appears again");
+                return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs", &[(format!("logs[{i}].id"), what)]);
+            }
+            ids.push((i, id.to_string(), entry));
+        }
+    }
+    let event_ids = match idempotency::event_ids(&state, &principal.space(), ids).await {
+        Ok(ids) => ids,
+        Err(Refusal::Store(e)) => return from_api(e.into()),
+        Err(refusal) => return rpc_error(StatusCode::CONFLICT, refusal.message(), &[]),
+    };
     let received_at = now_micros();
-    let inputs = logs
+    let (positions, inputs): (Vec<usize>, Vec<Input>) = logs
         .iter()
-        .filter_map(Value::as_object)
-        .map(|entry| Input {
-            event: to_event(&principal.space(), entry, received_at),
-            raw: Arc::new(Value::Object(entry.clone())),
+        .enumerate()
+        .filter(|(i, _)| !event_ids.replayed.contains_key(i))
+        .filter_map(|(i, entry)| Some((i, entry.as_object()?)))
+        .map(|(i, entry)| {
+            let event = to_event(&principal.space(), entry, received_at);
+            (i, Input { event, raw: Arc::new(Value::Object(entry.clone())) })
         })
-        .collect();
-    let output = match run_whole(&state, &principal.tenant, inputs).await {
+        .unzip();
+    let mut output = match run_whole(&state, &principal.tenant, inputs).await {
         Ok(output) => output,
         Err(e) => return from_api(e),
     };
     let body = json!({});
-    let status = if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), status, &body).await {
-        return from_api(e);
-    }
     let refused: Vec<(String, String)> = output
         .dispositions
         .iter()
-        .enumerate()
-        .filter_map(|(i, d)| match d {
+        .zip(&positions)
+        .filter_map(|(d, i)| match d {
             Disposition::Rejected { error } => {
                 let field = error.field.as_deref().map_or_else(|| format!("logs[{i}]"), |f| format!("logs[{i}].{f}"));
                 Some((field, format!("{}: {}", error.code, error.message)))
@@ -334,6 +346,16 @@ pub async fn create(
             _ => None,
         })
         .collect();
+    let status = if refused.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    if refused.is_empty() {
+        for (d, i) in output.dispositions.iter().zip(&positions) {
+            let result = serde_json::to_value(d).unwrap_or(Value::Null);
+            output.batch.idempotency.extend(event_ids.record(*i, &result));
+        }
+    }
+    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), status, &body).await {
+        return from_api(e);
+    }
     let failed = output.dispositions.iter().find_map(|d| match d {
         Disposition::Rejected { error } if error.code == "plugin_failed" => Some(error.message.clone()),
         _ => None,

@@ -140,3 +140,32 @@ async fn iam_messages_are_deduplicated_by_their_id() {
     let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &changed).await;
     assert_eq!(status, 409, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_log_entries_are_deduplicated_by_their_id() {
+    let app = spawn_app().await;
+    let path = "/v1beta1/organizations/default/auditlogs";
+    let entry = |id: &str, action: &str| json!({"id": id, "source": "svc", "action": action});
+    let (status, body) =
+        app.post(ADMIN_TOKEN, path, &json!({"logs": [entry("a-1", "login"), entry("a-2", "logout")]})).await;
+    assert_eq!(status, 200, "{body}");
+    // The whole batch again: nothing new.
+    let (status, _) =
+        app.post(ADMIN_TOKEN, path, &json!({"logs": [entry("a-1", "login"), entry("a-2", "logout")]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&app, ADMIN_TOKEN).await, 2);
+    // A retry with one more entry stores only that one.
+    let (status, _) = app.post(ADMIN_TOKEN, path, &json!({"logs": [entry("a-2", "logout"), entry("a-3", "x")]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&app, ADMIN_TOKEN).await, 3);
+    // An id reused for other content: 409 (ABORTED), nothing stored.
+    let (status, body) =
+        app.post(ADMIN_TOKEN, path, &json!({"logs": [entry("a-4", "y"), entry("a-1", "other")]})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], 10);
+    // One id twice in a batch: 400 naming the second.
+    let (status, body) = app.post(ADMIN_TOKEN, path, &json!({"logs": [entry("d", "y"), entry("d", "y")]})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["details"][0]["field_violations"][0]["field"], "logs[1].id");
+    assert_eq!(count(&app, ADMIN_TOKEN).await, 3);
+}
