@@ -86,6 +86,11 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    /// The service's store (for in-process embedding and diagnostics).
+    pub fn store(&self) -> crate::store::EventStore {
+        self.state.store.clone()
+    }
+
     /// The admin token generated on first start, if this start generated one.
     pub fn generated_admin_token(&self) -> Option<&str> {
         self.generated_admin_token.as_deref()

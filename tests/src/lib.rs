@@ -82,6 +82,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
+    /// The server's store, to look beneath the API (e.g. DuckDB settings).
+    pub store: sluice::store::EventStore,
     _dir: Option<tempfile::TempDir>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -121,10 +123,11 @@ async fn start(data_dir: &Path, adjust: impl FnOnce(&mut sluice::Settings)) -> T
     adjust(&mut settings);
     let app = sluice::Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store();
     let server = tokio::spawn(async move {
         let _ = app.run_until_stopped().await;
     });
-    TestApp { base, client: reqwest::Client::new(), data_dir: data_dir.to_path_buf(), _dir: None, server }
+    TestApp { base, client: reqwest::Client::new(), data_dir: data_dir.to_path_buf(), store, _dir: None, server }
 }
 
 impl TestApp {

@@ -88,6 +88,10 @@ fn check_node(node: &Value, ctes: &HashSet<String>) -> Result<(), QueryError> {
                         map.get("function").and_then(|f| f.get("function_name")).and_then(Value::as_str).unwrap_or("?");
                     return Err(refuse(format!("table functions are not allowed ({name})")));
                 }
+                // SHOW, DESCRIBE and SUMMARIZE read the catalog.
+                Some(kind @ ("SHOW_REF" | "COLUMN_DATA" | "DELIM_GET")) => {
+                    return Err(refuse(format!("{} is not allowed", kind.to_lowercase().replace('_', " "))));
+                }
                 Some("BASE_TABLE") => {
                     let qualified = ["schema_name", "catalog_name"]
                         .iter()

@@ -4,6 +4,7 @@
 mod analytics;
 mod auditlogs;
 mod cli;
+mod escapes;
 mod hostile;
 mod iam;
 mod ingest;
