@@ -111,7 +111,12 @@ async fn listing(store: &EventStore, label: &str) {
 async fn main() {
     let largest: u64 = std::env::var("SLUICE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions { cursor_key: [1; 32], memory_limit: "8GB".into(), queue_depth: 512 };
+    let options = StoreOptions {
+        cursor_key: [1; 32],
+        memory_limit: "8GB".into(),
+        checkpoint_threshold: "512MB".into(),
+        queue_depth: 512,
+    };
     let store = EventStore::open(&dir.path().join("bench.duckdb"), options).unwrap();
 
     for (batch, concurrency, total) in [(1u64, 64u64, 20_000u64), (100, 16, 400_000), (1000, 8, 1_000_000)] {

@@ -44,6 +44,10 @@ pub struct Settings {
     /// Memory DuckDB may use for storage and queries (its `memory_limit`).
     #[arg(long, env = "SLUICE_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     pub duckdb_memory_limit: String,
+    /// WAL size that triggers a checkpoint (DuckDB's `checkpoint_threshold`;
+    /// see BENCHMARKS.md for why it is large).
+    #[arg(long, env = "SLUICE_CHECKPOINT_THRESHOLD", default_value = "512MB")]
+    pub checkpoint_threshold: String,
     /// Longest analyst query before it is interrupted, in seconds.
     #[arg(long, env = "SLUICE_QUERY_TIMEOUT_SECS", default_value_t = 10)]
     pub query_timeout_secs: u64,
@@ -75,6 +79,7 @@ impl Settings {
             max_plugin_instances: 512,
             write_queue_depth: 512,
             duckdb_memory_limit: "4GB".into(),
+            checkpoint_threshold: "512MB".into(),
             query_timeout_secs: 10,
             query_max_rows: 10_000,
             retention_interval_secs: 300,

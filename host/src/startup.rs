@@ -49,6 +49,7 @@ impl Application {
         let options = StoreOptions {
             cursor_key: cursor_key(&settings)?,
             memory_limit: settings.duckdb_memory_limit.clone(),
+            checkpoint_threshold: settings.checkpoint_threshold.clone(),
             queue_depth: settings.write_queue_depth,
         };
         let store = EventStore::open(&settings.database_path(), options)

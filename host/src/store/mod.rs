@@ -73,6 +73,8 @@ pub enum StoreError {
     Overloaded,
     #[error("the store is shut down")]
     Closed,
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("database error: {0}")]
     Db(#[from] duckdb::Error),
     #[error("invalid cursor")]
@@ -97,6 +99,8 @@ pub struct StoreOptions {
     pub cursor_key: [u8; 32],
     /// DuckDB's `memory_limit`, e.g. `4GB`.
     pub memory_limit: String,
+    /// DuckDB's `checkpoint_threshold`, e.g. `512MB`.
+    pub checkpoint_threshold: String,
     /// Most write requests waiting for the writer; beyond it writes are
     /// refused with [`StoreError::Overloaded`] instead of growing memory.
     pub queue_depth: usize,
@@ -129,7 +133,15 @@ impl EventStore {
     ///
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path, options: StoreOptions) -> Result<EventStore, StoreError> {
-        let StoreOptions { cursor_key, memory_limit, queue_depth } = options;
+        let StoreOptions { cursor_key, memory_limit, checkpoint_threshold, queue_depth } = options;
+        for (name, value) in [("memory limit", &memory_limit), ("checkpoint threshold", &checkpoint_threshold)] {
+            let size = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+            let unit = &value[size.len()..];
+            let units = ["", "B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"];
+            if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) || !units.contains(&unit) {
+                return Err(StoreError::Config(format!("{name} {value:?} is not a size like 512MB")));
+            }
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         let export_dir = std::path::absolute(dir.join("exports"))?;
         std::fs::create_dir_all(&export_dir)?;
@@ -149,13 +161,13 @@ impl EventStore {
         let allowed = format!("{}/", export_dir.display()).replace('\'', "''");
         conn.execute_batch(&format!(
             "SET memory_limit = '{}'; \
-             SET checkpoint_threshold = '512MB'; \
+             SET checkpoint_threshold = '{checkpoint_threshold}'; \
              SET allowed_directories = ['{allowed}']; \
              SET enable_external_access = false; \
              SET autoinstall_known_extensions = false; \
              SET autoload_known_extensions = false; \
              SET lock_configuration = true;",
-            memory_limit.replace('\'', "''")
+            memory_limit
         ))?;
         let write_conn = conn.try_clone()?;
         let (tx, rx) = mpsc::channel(queue_depth.max(1));

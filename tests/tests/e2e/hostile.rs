@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_e2e::{spawn_app, TestApp, ADMIN_TOKEN};
+use sluice_e2e::{plugin_wasm, spawn_app, TestApp, ADMIN_TOKEN};
 
 /// Install `krate` for the token's tenant with `settings`.
 async fn hostile(app: &TestApp, token: &str, krate: &str, settings: Value) {
@@ -160,4 +160,58 @@ async fn a_plugin_whose_init_never_returns_is_refused_at_install() {
     assert!(body["detail"][0]["msg"].as_str().unwrap().contains("init exceeded the deadline"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(app.plugin_names(ADMIN_TOKEN).await, [sluice_e2e::SHIPPED], "only the default plugin");
+}
+
+/// Hostile uploads (RELIABILITY.md, item 3): random bytes, components cut
+/// at every tenth of their length, a core module, an empty component, a
+/// forbidden import and an oversized body each get a 4xx naming the
+/// problem, within a bounded time, and nothing is installed.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_uploads_get_a_clear_4xx_in_bounded_time() {
+    let app = spawn_app().await;
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    // A small deterministic generator: the same corpus every run.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..20 {
+        let len = (next() % 65_536) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Half of them look like a component or a module at first glance.
+        if i % 2 == 0 && bytes.len() >= 8 {
+            let header: &[u8] = if i % 4 == 0 { b"\0asm\x0d\0\x01\0" } else { b"\0asm\x01\0\0\0" };
+            bytes[..8].copy_from_slice(header);
+        }
+        cases.push((format!("random-{i}"), bytes));
+    }
+    for krate in ["customer-prefix", "schema-guard"] {
+        let whole = plugin_wasm(krate);
+        for tenth in 1..10 {
+            cases.push((format!("{krate}-cut-{tenth}0pct"), whole[..whole.len() * tenth / 10].to_vec()));
+        }
+    }
+    cases.push(("core-module".into(), b"\0asm\x01\0\0\0".to_vec()));
+    cases.push(("empty-component".into(), b"\0asm\x0d\0\x01\0".to_vec()));
+    cases.push(("empty".into(), Vec::new()));
+    cases.push(("sockets".into(), plugin_wasm("hostile-network")));
+    let mut slowest = Duration::ZERO;
+    for (name, bytes) in cases {
+        let started = Instant::now();
+        let (status, body) = app.upload_bytes(ADMIN_TOKEN, &name, bytes).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(status, 422, "{name}: {body}");
+        let msg = body["detail"][0]["msg"].as_str().unwrap_or("");
+        assert!(msg.len() > 10, "{name}: a clear message, got {body}");
+    }
+    // Bounded by the compile timeout (20 s); in practice far below it.
+    assert!(slowest < Duration::from_secs(20), "slowest refusal took {slowest:?}");
+    let (status, _) = app.upload_bytes(ADMIN_TOKEN, "oversized", vec![0; 17 << 20]).await;
+    assert_eq!(status, 413);
+    assert_eq!(app.plugin_names(ADMIN_TOKEN).await, [sluice_e2e::SHIPPED], "nothing installed");
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "still.fine"})).await;
+    assert_eq!(status, 200, "{body}");
 }
