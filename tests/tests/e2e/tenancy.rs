@@ -190,3 +190,93 @@ async fn test_mode_tokens_write_to_an_isolated_test_space() {
         app.post(&other, "/v1/tokens", &json!({"name": "t", "scopes": ["events:read"], "mode": "test"})).await;
     assert!(app.all_events(other_test["token"].as_str().unwrap(), "").await.is_empty());
 }
+
+/// Every kind of token (admin, a narrow live reader, a test-mode reader)
+/// of one tenant, against another tenant's live and test data: listings,
+/// single events, SQL results and error messages, exports, dead letters,
+/// logs and cursors. Zero cross-tenant reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_kind_reads_another_tenant_or_space() {
+    let app = spawn_app().await;
+    let app = &app;
+    let alpha = app.create_tenant("alpha").await;
+    let bravo = app.create_tenant("bravo").await;
+    let scopes = json!(["events:read", "query:run", "logs:read", "logs:write", "events:write"]);
+    let scopes = &scopes;
+    let token = |admin: &str, mode: &str| {
+        let body = json!({"name": format!("{mode}-reader"), "scopes": scopes, "mode": mode});
+        let admin = admin.to_string();
+        async move {
+            let (status, t) = app.post(&admin, "/v1/tokens", &body).await;
+            assert_eq!(status, 201, "{t}");
+            t["token"].as_str().unwrap().to_string()
+        }
+    };
+    let bravo_test = token(&bravo, "test").await;
+    // Bravo's secrets, live and test, two events each so listings page.
+    for t in [&bravo, &bravo_test] {
+        let secret = json!([{"event_type": "bravo-secret", "id": "b-1"}, {"event_type": "bravo-secret"}]);
+        assert_eq!(app.post_events(t, &secret).await.0, 200);
+        app.post(t, "/logs", &json!({"level": "error", "message": "bravo-secret"})).await;
+    }
+    let cursor = |t: String| async move {
+        let (_, page) = app.get(&t, "/v1/audit/events?limit=1").await;
+        page["next_cursor"].as_str().unwrap().to_string()
+    };
+    let bravo_cursors = [cursor(bravo.clone()).await, cursor(bravo_test.clone()).await];
+    // A test token's cursor does not work for the live space either.
+    let (status, _) = app.get(&bravo, &format!("/v1/audit/events?limit=1&cursor={}", bravo_cursors[1])).await;
+    assert_eq!(status, 422, "a test-space cursor is refused in the live space");
+
+    let kinds = [
+        ("admin", alpha.clone()),
+        ("live reader", token(&alpha, "live").await),
+        ("test reader", token(&alpha, "test").await),
+    ];
+    for (kind, t) in &kinds {
+        let leaks = |what: &str, body: &Value| {
+            assert!(!body.to_string().contains("bravo-secret"), "{kind} read bravo's data via {what}: {body}");
+        };
+        let (_, list) = app.get(t, "/v1/audit/events").await;
+        leaks("the listing", &list);
+        // 404, or alpha's own b-1 once an earlier kind wrote one.
+        let (status, one) = app.get(t, "/v1/audit/events/b-1").await;
+        assert!(status == 404 || one["event_type"] == "alpha.own", "{kind}: {status} {one}");
+        leaks("an event", &one);
+        for sql in [
+            "SELECT * FROM events",
+            "SELECT CAST(event_type AS INTEGER) FROM events",
+            "SELECT * FROM events WHERE event_type = 'bravo-secret'",
+            "SELECT * FROM dead_letters",
+            "SELECT * FROM plugin_logs",
+        ] {
+            let (_, body) = app.post(t, "/v1/query", &json!({"sql": sql})).await;
+            leaks(sql, &body);
+        }
+        let r = app.client.get(app.url("/v1/export")).bearer_auth(t).send().await.unwrap();
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("bravo-secret"), "{kind} exported bravo's data");
+        let (_, letters) = app.get(t, "/v1/dead-letters").await;
+        leaks("dead letters", &letters);
+        let (_, logs) = app.get(t, "/logs").await;
+        leaks("logs", &logs);
+        for c in &bravo_cursors {
+            let (status, body) = app.get(t, &format!("/v1/audit/events?cursor={c}")).await;
+            assert_eq!(status, 422, "{kind}: another tenant's cursor is refused");
+            leaks("a cursor", &body);
+            let (status, body) = app.get(t, &format!("/logs?cursor={c}")).await;
+            assert_eq!(status, 400, "{kind}: {body}");
+        }
+        // Writing with an id bravo used neither conflicts nor replays.
+        let (status, body) = app.post_events(t, &json!({"event_type": "alpha.own", "id": "b-1"})).await;
+        assert_eq!(status, 200, "{kind}: {body}");
+        let (_, body) = app.post_events(t, &json!({"event_type": "alpha.own", "id": "b-1"})).await;
+        assert_eq!(body["results"][0]["replayed"], true, "{kind}: the second is a retry");
+    }
+    // Bravo's data is untouched.
+    for t in [&bravo, &bravo_test] {
+        let events = app.all_events(t, "").await;
+        assert_eq!(events.len(), 3, "2 events and a log line: {events:?}");
+        assert!(events.iter().all(|e| e["event_type"] != "alpha.own"));
+    }
+}
