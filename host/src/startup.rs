@@ -59,6 +59,7 @@ impl Application {
             compile_timeout: Duration::from_secs(settings.compile_timeout_secs),
             max_stack_bytes: settings.plugin_stack_bytes,
             fuel_metering: settings.fuel_metering,
+            epoch_interruption: true,
             max_instances: settings.max_plugin_instances,
         })?);
         let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir())?;

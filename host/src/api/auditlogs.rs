@@ -302,20 +302,13 @@ pub async fn create(
     }
     // Entries that carry their own id are deduplicated by it: one stored
     // before with the same content is not stored again.
-    let mut seen = std::collections::HashMap::new();
-    let mut ids = Vec::new();
-    for (i, entry) in logs.iter().enumerate() {
-        if let Some(id) = entry.get("id").and_then(Value::as_str) {
-            if let Some(first) = seen.insert(id, i) {
-                let what = format!("the id of logs[{first}] appears again");
-                return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs", &[(format!("logs[{i}].id"), what)]);
-            }
-            ids.push((i, id.to_string(), entry));
-        }
-    }
-    let event_ids = match idempotency::event_ids(&state, &principal.space(), ids).await {
+    let event_ids = match idempotency::event_ids(&state, &principal.space(), logs).await {
         Ok(ids) => ids,
         Err(Refusal::Store(e)) => return from_api(e.into()),
+        Err(Refusal::DuplicateId { index, first }) => {
+            let what = format!("the id of logs[{first}] appears again");
+            return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs", &[(format!("logs[{index}].id"), what)]);
+        }
         Err(refusal) => return rpc_error(StatusCode::CONFLICT, refusal.message(), &[]),
     };
     let received_at = now_micros();

@@ -416,25 +416,11 @@ pub(crate) async fn ingest_with(
             Err(mut e) => errors.append(&mut e),
         }
     }
-    // Events that carry their own id are deduplicated by it.
-    let mut seen = std::collections::HashMap::new();
-    let mut ids = Vec::new();
-    for (index, input) in inputs.iter().enumerate() {
-        if let Some(id) = input.raw.get("id").and_then(Value::as_str) {
-            if let Some(first) = seen.insert(id, index) {
-                errors.push(FieldError::new(
-                    vec!["body".into(), index.into(), "id".into()],
-                    format!("the id of event {first} appears again; each event of a request needs its own id"),
-                    "value_error",
-                ));
-            }
-            ids.push((index, id.to_string(), input.raw.as_ref()));
-        }
-    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let event_ids = idempotency::event_ids(state, &tenant, ids).await?;
+    // Events that carry their own id are deduplicated by it.
+    let event_ids = idempotency::event_ids(state, &tenant, inputs.iter().map(|i| i.raw.as_ref())).await?;
     let fresh: Vec<Input> =
         inputs.into_iter().enumerate().filter(|(i, _)| !event_ids.replayed.contains_key(i)).map(|(_, x)| x).collect();
     let mut output =

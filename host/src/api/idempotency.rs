@@ -36,6 +36,11 @@ pub enum Refusal {
     InProgress(String),
     /// The key was used with different content.
     Mismatch(String),
+    /// Item `index` of the request repeats the id of item `first`.
+    DuplicateId {
+        index: usize,
+        first: usize,
+    },
     Store(StoreError),
 }
 
@@ -46,6 +51,9 @@ impl Refusal {
             Refusal::InvalidKey => format!("Idempotency-Key should be 1..{MAX_KEY} visible ASCII characters"),
             Refusal::InProgress(what) => format!("a request with this {what} is in progress; retry later"),
             Refusal::Mismatch(what) => format!("this {what} was used with different content; use a new one"),
+            Refusal::DuplicateId { first, .. } => {
+                format!("the id of item {first} appears again; each item of a request needs its own id")
+            }
             Refusal::Store(e) => e.to_string(),
         }
     }
@@ -62,6 +70,9 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::InvalidKey => {
                 ApiError::field(vec!["header".into(), "Idempotency-Key".into()], r.message(), "value_error")
+            }
+            Refusal::DuplicateId { index, .. } => {
+                ApiError::field(vec!["body".into(), index.into(), "id".into()], r.message(), "value_error")
             }
             Refusal::Store(e) => e.into(),
             other => ApiError::Conflict(other.message()),
@@ -194,19 +205,28 @@ impl EventIds {
     }
 }
 
-/// Claim the ids that events carry (`(input index, id, raw event)`) and
-/// find those already processed: an event whose id was stored before with
-/// the same content is a retry; with other content, a conflict.
+/// Claim the ids that a request's items carry (their `id` field) and find
+/// those already processed: an item whose id was stored before with the
+/// same content is a retry; with other content, a conflict.
 ///
 /// # Errors
 ///
-/// [`Refusal`] when an id is in use by a running request or was stored
-/// with different content.
-pub async fn event_ids(state: &AppState, tenant: &str, ids: Vec<(usize, String, &Value)>) -> Result<EventIds, Refusal> {
-    let keyed: HashMap<usize, (String, String)> = ids
-        .into_iter()
-        .map(|(index, id, raw)| (index, (format!("{EVENT_ID_PREFIX}{id}"), sha256(&[raw.to_string().as_bytes()]))))
-        .collect();
+/// [`Refusal`] when an id repeats within the request, is in use by a
+/// running request, or was stored with different content.
+pub async fn event_ids<'a>(
+    state: &AppState,
+    tenant: &str,
+    items: impl IntoIterator<Item = &'a Value>,
+) -> Result<EventIds, Refusal> {
+    let mut seen = HashMap::new();
+    let mut keyed: HashMap<usize, (String, String)> = HashMap::new();
+    for (index, raw) in items.into_iter().enumerate() {
+        let Some(id) = raw.get("id").and_then(Value::as_str) else { continue };
+        if let Some(first) = seen.insert(id, index) {
+            return Err(Refusal::DuplicateId { index, first });
+        }
+        keyed.insert(index, (format!("{EVENT_ID_PREFIX}{id}"), sha256(&[raw.to_string().as_bytes()])));
+    }
     let keys: Vec<String> = keyed.values().map(|(k, _)| k.clone()).collect();
     let claims = claim(state, tenant, &keys, "event id")?;
     let found = if keys.is_empty() { HashMap::new() } else { state.store.find_idempotent(tenant.into(), keys).await? };

@@ -38,6 +38,10 @@ pub struct RuntimeConfig {
     pub max_stack_bytes: usize,
     /// Meter fuel on every call, so budgets can be set and reported. Default on.
     pub fuel_metering: bool,
+    /// Interrupt calls at their deadline (epoch interruption). Default on;
+    /// off only to measure its cost (BENCHMARKS.md): without it only fuel
+    /// stops a runaway plugin.
+    pub epoch_interruption: bool,
     /// Most plugin instances alive at once, across all tenants. Default 512.
     /// Each reserves a 4 GiB memory slot of address space (so bounds checks
     /// can be elided); none is committed until used.
@@ -51,6 +55,7 @@ impl Default for RuntimeConfig {
             compile_timeout: Duration::from_secs(20),
             max_stack_bytes: 512 << 10,
             fuel_metering: true,
+            epoch_interruption: true,
             max_instances: 512,
         }
     }
@@ -112,7 +117,7 @@ impl Runtime {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .cranelift_opt_level(OptLevel::Speed)
-            .epoch_interruption(true)
+            .epoch_interruption(config.epoch_interruption)
             .consume_fuel(config.fuel_metering)
             .max_wasm_stack(config.max_stack_bytes)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));

@@ -84,3 +84,38 @@ async fn auth_and_organization_errors_use_the_rpc_shape() {
     assert!(app.all_events(ADMIN_TOKEN, "&family=auditlogs").await.is_empty());
     assert_eq!(app.all_events(&acme, "&family=auditlogs").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entry_constraints_hold_at_their_boundaries() {
+    let app = spawn_app().await;
+    let entry = |field: &str, value: Value| {
+        let mut e = json!({"source": "svc", "action": "user.login", "actor": {"id": "u"}, "target": {"id": "t"}});
+        match field.split_once('.') {
+            Some((part, key)) => e[part][key] = value,
+            None => e[field] = value,
+        }
+        e
+    };
+    let mut stored = 0;
+    for field in ["source", "action", "id", "actor.id", "actor.type", "actor.name", "target.id", "target.name"] {
+        let (status, body) =
+            app.post(ADMIN_TOKEN, PATH, &json!({"logs": [entry(field, json!("a".repeat(1024)))]})).await;
+        assert_eq!(status, 200, "{field} of 1024 characters: {body}");
+        stored += 1;
+        let (status, body) =
+            app.post(ADMIN_TOKEN, PATH, &json!({"logs": [entry(field, json!("b".repeat(1025)))]})).await;
+        assert_eq!(status, 400, "{field} of 1025 characters: {body}");
+        assert_eq!(body["code"], 3);
+        assert_eq!(body["details"][0]["field_violations"][0]["field"], format!("logs[0].{field}"), "{body}");
+    }
+    for field in ["source", "action", "id"] {
+        let (status, body) = app.post(ADMIN_TOKEN, PATH, &json!({"logs": [entry(field, json!(""))]})).await;
+        assert_eq!(status, 400, "empty {field}: {body}");
+    }
+    // The batch limit (10,000 entries by default): one over is a 413.
+    let many: Vec<Value> = (0..10_001).map(|_| json!({"source": "s", "action": "a"})).collect();
+    let (status, body) = app.post(ADMIN_TOKEN, PATH, &json!({ "logs": many })).await;
+    assert_eq!(status, 413, "{body}");
+    let (_, count) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+    assert_eq!(count["rows"][0][0], stored);
+}

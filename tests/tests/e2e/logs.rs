@@ -84,3 +84,39 @@ async fn quotas_refuse_with_quota_exceeded_and_the_tenants_usage() {
     let (status, _) = app.post(ADMIN_TOKEN, "/logs", &line).await;
     assert_eq!(status, 201, "quotas lifted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_constraints_hold_at_their_boundaries() {
+    let app = spawn_app().await;
+    let post = |body: Value| {
+        let app = &app;
+        async move { app.post(ADMIN_TOKEN, "/logs", &body).await }
+    };
+    // Just inside: every level, a 10,000-character message, 64 KiB of meta.
+    for level in ["debug", "info", "warn", "error"] {
+        assert_eq!(post(json!({"level": level, "message": "m"})).await.0, 201, "{level}");
+    }
+    assert_eq!(post(json!({"level": "info", "message": "m".repeat(10_000)})).await.0, 201);
+    let meta = |n: usize| json!({"k": "x".repeat(n)});
+    assert_eq!(meta(65_528).to_string().len(), 65_536);
+    assert_eq!(post(json!({"level": "info", "message": "m", "meta": meta(65_528)})).await.0, 201);
+    // Just outside, each with this family's error shape.
+    for (body, says) in [
+        (json!({"level": "info", "message": "m".repeat(10_001)}), "1..10000"),
+        (json!({"level": "info", "message": ""}), "1..10000"),
+        (json!({"level": "info", "message": "m", "meta": meta(65_529)}), "65536"),
+        (json!({"level": "fatal", "message": "m"}), "level must be one of"),
+        (json!({"message": "m"}), "level"),
+        (json!({"level": "info"}), "message"),
+        (json!({"level": "info", "message": "m", "meta": [1]}), "meta must be an object"),
+        (json!({"level": "info", "message": "m", "extra": 1}), "unknown field: extra"),
+        (json!(["not", "an", "object"]), "JSON object"),
+    ] {
+        let (status, err) = post(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        assert_eq!(err["error"]["code"], "bad_request");
+        assert!(err["error"]["message"].as_str().unwrap().contains(says), "{body}: {err}");
+    }
+    let (_, page) = app.get(ADMIN_TOKEN, "/logs?limit=200").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 6, "only the accepted entries are stored");
+}

@@ -1,0 +1,283 @@
+//! The load generator: closed-loop ingest at full speed, open-loop requests
+//! at a fixed rate, and the listing and SQL latencies over stored events.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+use crate::server::Server;
+
+/// Figures in the order they were measured.
+#[derive(Default)]
+pub struct Figures(Vec<(String, String)>);
+
+impl Figures {
+    pub fn add(&mut self, name: &str, value: String) {
+        println!("{name}: {value}");
+        self.0.push((name.to_string(), value));
+    }
+
+    /// The table for BENCHMARKS.md.
+    pub fn print(&self) {
+        println!("\n| figure | value |\n| --- | --- |");
+        for (name, value) in &self.0 {
+            println!("| {name} | {value} |");
+        }
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A request body of `n` generic events with the fields the chain touches.
+pub fn body(n: usize) -> Arc<Vec<u8>> {
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "event_type": "order.paid",
+                "user_id": i,
+                "actor_id": format!("user-{i}"),
+                "source": "shop",
+                "ip_address": "203.0.113.7",
+                "event_payload": {"email": format!("buyer{i}@example.com"), "amount": 12.5, "items": 3}
+            })
+        })
+        .collect();
+    let value = if n == 1 { events[0].clone() } else { Value::Array(events) };
+    Arc::new(serde_json::to_vec(&value).expect("serializes"))
+}
+
+async fn post(server: &Server, token: &str, body: &Arc<Vec<u8>>) -> reqwest::Result<u16> {
+    let r = server
+        .client
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.as_ref().clone())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    r.bytes().await?;
+    Ok(status)
+}
+
+/// Post `body` (`per_request` events) from `connections` closed loops for
+/// `duration`; returns acknowledged events per second.
+pub async fn ingest(
+    server: &Server,
+    token: &str,
+    body: &Arc<Vec<u8>>,
+    per_request: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let loops = (0..connections).map(|_| {
+        let (stop, acked, refused) = (stop.clone(), acked.clone(), refused.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match post(server, token, body).await {
+                    Ok(200) => acked.fetch_add(per_request as u64, Ordering::Relaxed),
+                    Ok(503) => refused.fetch_add(1, Ordering::Relaxed),
+                    Ok(other) => panic!("ingest answered {other}"),
+                    Err(e) => panic!("ingest failed: {e}"),
+                };
+            }
+        }
+    });
+    let timer = async {
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(join_all(loops), timer);
+    let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    if refused.load(Ordering::Relaxed) > 0 {
+        println!("  ({} requests shed with 503)", refused.load(Ordering::Relaxed));
+    }
+    Ok(rate)
+}
+
+/// Open loop: requests are due at a fixed rate whatever the answers do;
+/// latency counts from when a request was due, so queueing is included.
+/// Returns p50 and p99 in seconds, and the number of failed requests.
+pub async fn fixed_rate(
+    server: &Server,
+    token: &str,
+    body: &Arc<Vec<u8>>,
+    per_second: f64,
+    duration: Duration,
+) -> Result<(f64, f64, u64)> {
+    let total = (per_second * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / per_second);
+    let started = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    let client = server.client.clone();
+    let url = format!("{}/v1/events", server.base);
+    for i in 0..total {
+        let due = started + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        let (client, url, token, body) = (client.clone(), url.clone(), token.to_string(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.as_ref().clone())
+                .send()
+                .await;
+            let ok = match r {
+                Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (due.elapsed().as_secs_f64(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut errors = 0;
+    for t in tasks {
+        let (latency, ok) = t.await?;
+        latencies.push(latency);
+        errors += u64::from(!ok);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Ok((at(0.5), at(0.99), errors))
+}
+
+/// Median of `n` timed GETs or POSTs.
+async fn timed(server: &Server, token: &str, n: usize, request: impl Fn() -> reqwest::RequestBuilder) -> Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let r = request().bearer_auth(token).send().await?;
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            bail!("{status}: {text}");
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = server;
+    Ok(median(&times))
+}
+
+/// Store `stored` events for a tenant of their own (batches of 10,000 over
+/// four connections), then time the listing and SQL over HTTP.
+pub async fn query_figures(server: &Server, stored: u64, figures: &mut crate::Figures) -> Result<()> {
+    let token = server.tenant("analytics").await?;
+    let per_request = 10_000usize;
+    let batches: Vec<Arc<Vec<u8>>> = (0..8)
+        .map(|k| {
+            let events: Vec<Value> = (0..per_request)
+                .map(|i| {
+                    json!({
+                        "event_type": format!("kind.{}", (k * per_request + i) % 20),
+                        "event_group": "kind",
+                        "status": if i % 10 == 0 { "failure" } else { "success" },
+                        "user_id": (k * per_request + i) % 5000,
+                        "session_id": format!("s-{}", i % 997),
+                        "event_payload": {"n": i}
+                    })
+                })
+                .collect();
+            Arc::new(serde_json::to_vec(&events).expect("serializes"))
+        })
+        .collect();
+    let requests = stored.div_ceil(per_request as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let loops = (0..4).map(|_| {
+        let (next, token, batches) = (next.clone(), token.clone(), batches.clone());
+        async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= requests {
+                    return;
+                }
+                let body = &batches[(n % batches.len() as u64) as usize];
+                loop {
+                    match post(server, &token, body).await {
+                        Ok(200) => break,
+                        Ok(503) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        other => panic!("bulk load: {other:?}"),
+                    }
+                }
+            }
+        }
+    });
+    join_all(loops).await;
+    let loaded = requests * per_request as u64;
+    figures.add(
+        &format!("bulk load of {loaded} events (batches of {per_request})"),
+        format!(
+            "{:.0} s, {:.0} events/s",
+            started.elapsed().as_secs_f64(),
+            loaded as f64 / started.elapsed().as_secs_f64()
+        ),
+    );
+    let base = server.base.clone();
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        move || server.client.get(&url)
+    };
+    figures.add(
+        &format!("first page (50) at {loaded} events"),
+        format!("{:.1} ms", timed(server, &token, 20, get("/v1/audit/events".into())).await?),
+    );
+    figures.add(
+        "filtered page (event_type and status)",
+        format!(
+            "{:.1} ms",
+            timed(server, &token, 20, get("/v1/audit/events?event_type=kind.7&status=failure".into())).await?
+        ),
+    );
+    // A page 10,000 rows deep: follow the cursor 50 pages of 200.
+    let mut cursor = String::new();
+    for _ in 0..50 {
+        let url = format!("{base}/v1/audit/events?limit=200{cursor}");
+        let page: Value = server.client.get(url).bearer_auth(&token).send().await?.json().await?;
+        cursor = format!("&cursor={}", page["next_cursor"].as_str().unwrap_or(""));
+    }
+    figures.add(
+        "page 10,000 rows deep (limit 200)",
+        format!("{:.1} ms", timed(server, &token, 20, get(format!("/v1/audit/events?limit=200{cursor}"))).await?),
+    );
+    let sql = |text: &'static str| {
+        let url = format!("{base}/v1/query");
+        move || server.client.post(&url).json(&json!({ "sql": text }))
+    };
+    figures
+        .add("SQL count(*)", format!("{:.1} ms", timed(server, &token, 10, sql("SELECT count(*) FROM events")).await?));
+    figures.add(
+        "SQL GROUP BY event_type",
+        format!(
+            "{:.1} ms",
+            timed(server, &token, 10, sql("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC"))
+                .await?
+        ),
+    );
+    figures.add(
+        "SQL failures per user (filter + GROUP BY + ORDER BY + LIMIT)",
+        format!(
+            "{:.1} ms",
+            timed(
+                server,
+                &token,
+                10,
+                sql("SELECT user_id, count(*) n FROM events WHERE status = 'failure' GROUP BY 1 ORDER BY n DESC LIMIT 10")
+            )
+            .await?
+        ),
+    );
+    Ok(())
+}

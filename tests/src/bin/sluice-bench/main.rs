@@ -1,0 +1,169 @@
+//! The performance harness (BENCHMARKS.md). It builds and starts the real
+//! `sluice` binary (release, fresh data directory), drives it from a load
+//! generator on loopback, and prints every figure, bounded in time.
+//! Compared configurations run in the same process, alternating, and are
+//! reported as ratios as well as absolutes: this machine is shared and noisy.
+//!
+//! `scripts/bench` (options: `--help`) builds everything as `cargo test
+//! --release` does, so DuckDB is not compiled twice, and runs this.
+
+mod load;
+mod runtime;
+mod server;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use serde_json::json;
+
+use load::{body, fixed_rate, ingest, Figures};
+use server::Server;
+
+#[derive(Parser)]
+#[command(about = "Sluice's performance harness: a real server and a load generator on loopback")]
+struct Args {
+    /// Seconds per measured ingest phase.
+    #[arg(long, default_value_t = 5)]
+    phase_secs: u64,
+    /// How many times each compared pair alternates.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events stored before the listing and SQL figures (0 skips them).
+    #[arg(long, default_value_t = 10_000_000)]
+    stored: u64,
+    /// Only these sections, comma separated: ingest, sizes, latency,
+    /// runtime, twenty, startup, query.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+/// The three-plugin chain of the targets, for generic events.
+fn chain() -> [(&'static str, &'static str, serde_json::Value); 3] {
+    [
+        (
+            "guard",
+            "schema-guard",
+            json!({"rules": [
+                {"field": "event_type", "required": true, "pattern": "^[a-z.]+$"},
+                {"field": "event_payload.email", "max_length": 254}
+            ]}),
+        ),
+        ("redact", "pii-redact", json!({"key": "bench-key", "fields": ["event_payload.email", "ip_address"]})),
+        ("prefix", "customer-prefix", json!({})),
+    ]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let phase = Duration::from_secs(args.phase_secs);
+    let mut figures = Figures::default();
+
+    if args.runs("runtime") {
+        // In-process and first, before the server takes the cores.
+        runtime::figures(&mut figures)?;
+    }
+
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(dir.path()).await?;
+    let bare = server.tenant("bare").await?;
+    let chained = server.tenant("chained").await?;
+    for (name, krate, config) in chain() {
+        server.install(&chained, name, krate, json!({"config": config, "families": ["generic"]})).await?;
+    }
+
+    if args.runs("ingest") {
+        // Batches of 1000, no plugins vs the three-plugin chain, alternating.
+        let batch = body(1000);
+        let (mut plain, mut three) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            plain.push(ingest(&server, &bare, &batch, 1000, args.connections, phase).await?);
+            three.push(ingest(&server, &chained, &batch, 1000, args.connections, phase).await?);
+        }
+        let (p, t) = (load::median(&plain), load::median(&three));
+        figures.add("ingest, batches of 1000, no plugins", format!("{p:.0} events/s"));
+        figures.add("ingest, batches of 1000, 3-plugin chain", format!("{t:.0} events/s"));
+        figures.add("3-plugin chain / no plugins", format!("{:.2}x", t / p));
+    }
+
+    if args.runs("sizes") {
+        // Request sizes through the chain: single events vs batches.
+        for size in [1usize, 100, 1000] {
+            let rate = ingest(&server, &chained, &body(size), size, args.connections * 4, phase).await?;
+            figures.add(
+                &format!("ingest through the chain, {size} event(s) per POST"),
+                format!("{rate:.0} events/s ({:.0} requests/s)", rate / size as f64),
+            );
+        }
+    }
+
+    if args.runs("latency") {
+        let (p50, p99, errors) = fixed_rate(&server, &chained, &body(1), 2000.0, phase * 2).await?;
+        figures.add(
+            "single-event POST at 2,000 requests/s (chain)",
+            format!("p50 {:.2} ms, p99 {:.2} ms, {errors} errors", p50 * 1e3, p99 * 1e3),
+        );
+    }
+
+    if args.runs("twenty") || args.runs("startup") {
+        // A tenant with a chain of 20 plugins (all active on its events).
+        let twenty = server.tenant("twenty").await?;
+        for i in 0..20 {
+            let (_, krate, config) = &chain()[i % 3];
+            let name = format!("p{i:02}");
+            server.install(&twenty, &name, krate, json!({"config": config, "families": ["generic"]})).await?;
+        }
+        if args.runs("twenty") {
+            let before = server.peak_rss_mib();
+            let loads = [(&bare, 1000usize), (&chained, 1000), (&twenty, 1000)];
+            let mut rates = Vec::new();
+            let started = Instant::now();
+            let bodies: Vec<_> = loads.iter().map(|(_, size)| body(*size)).collect();
+            let jobs = loads
+                .iter()
+                .zip(&bodies)
+                .map(|((token, size), b)| ingest(&server, token, b, *size, args.connections, phase));
+            for rate in futures_util::future::join_all(jobs).await {
+                rates.push(rate?);
+            }
+            figures.add(
+                "peak server RSS, full load, 20-plugin chain installed",
+                format!(
+                    "{:.0} MiB (before the load: {before:.0} MiB; 20-plugin tenant {:.0} events/s) over {:.0} s",
+                    server.peak_rss_mib(),
+                    rates[2],
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        if args.runs("startup") {
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                times.push(server.restart().await?.as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            figures.add(
+                "startup with 23 installed plugins (+1 shipped per tenant), to first healthy answer",
+                format!("{:.0} ms (median of 3; {:.0}..{:.0} ms)", times[1] * 1e3, times[0] * 1e3, times[2] * 1e3),
+            );
+        }
+    }
+
+    if args.runs("query") && args.stored > 0 {
+        load::query_figures(&server, args.stored, &mut figures).await?;
+    }
+
+    server.stop().await;
+    figures.print();
+    Ok(())
+}
