@@ -449,7 +449,11 @@ pub(crate) async fn ingest_with(
         results.push(result);
     }
     let (status, report) = report(family, results);
-    batch.idempotency.extend(ticket.as_ref().map(|t| t.record(status, &report)));
+    // A server-side failure (plugins failing) is not remembered: a retry
+    // should find the plugins fixed.
+    if !status.is_server_error() {
+        batch.idempotency.extend(ticket.as_ref().map(|t| t.record(status, &report)));
+    }
     state.store.commit(batch).await?;
     Ok((status, Json(report)).into_response())
 }
