@@ -169,3 +169,23 @@ async fn audit_log_entries_are_deduplicated_by_their_id() {
     assert_eq!(body["details"][0]["field_violations"][0]["field"], "logs[1].id");
     assert_eq!(count(&app, ADMIN_TOKEN).await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_failure_is_not_remembered_so_the_retry_runs_again() {
+    let app = spawn_app().await;
+    app.install(ADMIN_TOKEN, "hostile-panic", "hostile-panic", json!({"max_consecutive_failures": 100})).await;
+    let event = json!({"event_type": "boom"});
+    let (status, replayed, body) = app.post_keyed(ADMIN_TOKEN, "/v1/events", "after-fix", &event).await;
+    assert_eq!((status, replayed), (502, false), "{body}");
+    // The operator fixes the chain; the client retries with the same key.
+    let (status, _) = app.patch(ADMIN_TOKEN, "/v1/plugins/hostile-panic", &json!({"enabled": false})).await;
+    assert_eq!(status, 200);
+    let (status, replayed, body) = app.post_keyed(ADMIN_TOKEN, "/v1/events", "after-fix", &event).await;
+    assert_eq!((status, replayed), (200, false), "{body}");
+    assert_eq!(body["stored"], 1);
+    // Now the success is what a further retry gets.
+    let (status, replayed, again) = app.post_keyed(ADMIN_TOKEN, "/v1/events", "after-fix", &event).await;
+    assert_eq!((status, replayed), (200, true));
+    assert_eq!(again, body);
+    assert_eq!(count(&app, ADMIN_TOKEN).await, 1);
+}
