@@ -400,8 +400,9 @@ pub(crate) async fn ingest_with(
     normalize: impl Fn(&str, usize, &Value, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     require(principal, "events:write")?;
-    let tenant = principal.space();
-    let ticket = match idempotency::begin(state, &tenant, headers, body).await? {
+    // Events are written to the caller's space; the chain is the tenant's.
+    let space = principal.space();
+    let ticket = match idempotency::begin(state, &space, headers, body).await? {
         Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
         Begin::Fresh => None,
         Begin::Keyed(ticket) => Some(ticket),
@@ -411,7 +412,7 @@ pub(crate) async fn ingest_with(
     let mut inputs = Vec::with_capacity(values.len());
     let mut errors = Vec::new();
     for (index, raw) in values.into_iter().enumerate() {
-        match normalize(&tenant, index, &raw, received_at) {
+        match normalize(&space, index, &raw, received_at) {
             Ok(event) => inputs.push(Input { event, raw: Arc::new(raw) }),
             Err(mut e) => errors.append(&mut e),
         }
@@ -420,7 +421,7 @@ pub(crate) async fn ingest_with(
         return Err(ApiError::Validation(errors));
     }
     // Events that carry their own id are deduplicated by it.
-    let event_ids = idempotency::event_ids(state, &tenant, inputs.iter().map(|i| i.raw.as_ref())).await?;
+    let event_ids = idempotency::event_ids(state, &space, inputs.iter().map(|i| i.raw.as_ref())).await?;
     let fresh: Vec<Input> =
         inputs.into_iter().enumerate().filter(|(i, _)| !event_ids.replayed.contains_key(i)).map(|(_, x)| x).collect();
     let mut output =

@@ -447,7 +447,7 @@ pub async fn create(
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
             // Nothing of the request is stored; its plugin logs and runs are.
-            commit_whole(&state, output.batch, None, StatusCode::OK, &Value::Null).await?;
+            state.store.commit(output.batch).await?;
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
                 return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
             }
