@@ -12,7 +12,8 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest.parent().expect("host/ is in the workspace").to_path_buf();
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
-    for dir in ["wit", "guest-sdk/src", "guest-sdk/Cargo.toml"] {
+    // The workspace manifest and lock decide the plugins' dependencies too.
+    for dir in ["wit", "guest-sdk/src", "guest-sdk/Cargo.toml", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     for name in SHIPPED {

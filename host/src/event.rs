@@ -22,7 +22,7 @@ pub const COLUMN_ATTRIBUTES: [&str; 13] = [
 ];
 
 /// One event in canonical form. Times are microseconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Event {
     pub id: String,
     pub tenant: String,
@@ -86,14 +86,28 @@ pub struct LineageStep {
     pub sha256: String,
 }
 
+/// A client's input for one request item, as the JSON text it came in (for
+/// the generic family, the exact bytes of the item; shared by the fan-out
+/// copies of one item). Kept in the `raw` column, for replays and audits.
+pub type Raw = std::sync::Arc<str>;
+
+/// The [`Raw`] form of an input the API has as a parsed value.
+pub fn raw_of(value: &Value) -> Raw {
+    value.to_string().into()
+}
+
+/// The plugins an event went through, in order. Shared: the events of a
+/// batch that took the same path share one list.
+pub type Lineage = std::sync::Arc<[LineageStep]>;
+
 /// An event ready to be stored: the canonical record, the plugins it went
 /// through, and the raw input it came from.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub event: Event,
-    pub lineage: Vec<LineageStep>,
+    pub lineage: Lineage,
     /// The client's input for this event, as received (shared by fan-out copies).
-    pub raw: std::sync::Arc<Value>,
+    pub raw: Raw,
 }
 
 /// An event a plugin failed on under the `dead-letter` failure policy: stored
@@ -108,7 +122,7 @@ pub struct DeadLetter {
     pub plugin_version: u32,
     pub reason: String,
     pub event: Event,
-    pub raw: std::sync::Arc<Value>,
+    pub raw: Raw,
 }
 
 /// A log line a plugin wrote through the `log` import.

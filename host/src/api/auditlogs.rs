@@ -4,8 +4,6 @@
 //! entry is named by its index (`logs[3].source`) in a
 //! `google.rpc.BadRequest` detail.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -302,7 +300,8 @@ pub async fn create(
     }
     // Entries that carry their own id are deduplicated by it: one stored
     // before with the same content is not stored again.
-    let event_ids = match idempotency::event_ids(&state, &principal.space(), logs).await {
+    let texts: Vec<String> = logs.iter().map(Value::to_string).collect();
+    let event_ids = match idempotency::event_ids(&state, &principal.space(), texts.iter().map(String::as_str)).await {
         Ok(ids) => ids,
         Err(Refusal::Store(e)) => return from_api(e.into()),
         Err(Refusal::DuplicateId { index, first }) => {
@@ -319,7 +318,7 @@ pub async fn create(
         .filter_map(|(i, entry)| Some((i, entry.as_object()?)))
         .map(|(i, entry)| {
             let event = to_event(&principal.space(), entry, received_at);
-            (i, Input { event, raw: Arc::new(Value::Object(entry.clone())) })
+            (i, Input { event, raw: texts[i].as_str().into() })
         })
         .unzip();
     let mut output = match run_whole(&state, &principal.tenant, inputs).await {

@@ -3,8 +3,6 @@
 //! output events, plugin logs, and time and fuel per plugin. Nothing is
 //! stored and plugin health is not touched.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -13,7 +11,7 @@ use serde_json::{json, Value};
 use super::events::to_event;
 use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
-use crate::event::{now_micros, rfc3339};
+use crate::event::{now_micros, raw_of, rfc3339};
 use crate::pipeline::{Input, RunOutput};
 
 /// Most sample events per dry run.
@@ -41,12 +39,12 @@ fn inputs(tenant: &str, body: &[u8]) -> Result<Vec<Input>, ApiError> {
     let mut errors: Vec<FieldError> = Vec::new();
     let mut inputs = Vec::new();
     for (i, raw) in request.events.into_iter().enumerate() {
-        match to_event(tenant, i, &raw, received_at) {
+        match to_event(tenant, i, &raw.to_string(), received_at) {
             Ok(mut event) => {
                 if let Some(family) = &request.family {
                     event.family = family.clone();
                 }
-                inputs.push(Input { event, raw: Arc::new(raw) });
+                inputs.push(Input { event, raw: raw_of(&raw) });
             }
             Err(mut e) => {
                 for err in &mut e {
@@ -72,7 +70,7 @@ fn report(output: RunOutput) -> Json<Value> {
         .iter()
         .map(|s| {
             let mut v = s.event.to_json();
-            v["lineage"] = serde_json::to_value(&s.lineage).unwrap_or(Value::Null);
+            v["lineage"] = serde_json::to_value(&*s.lineage).unwrap_or(Value::Null);
             v
         })
         .collect();

@@ -2,7 +2,6 @@
 //! field names, as one JSON object, a JSON array, or NDJSON.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,6 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::idempotency::{self, Begin, Ticket};
@@ -35,7 +35,7 @@ const MAX_ATTRIBUTES: usize = 32;
 /// `event_type` is required; see the README for the defaults of the others.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct GenericEvent {
+pub(crate) struct GenericEvent<'a> {
     /// Your id for the event; a retry with the same id is not stored twice.
     #[schema(min_length = 1, max_length = 128)]
     id: Option<String>,
@@ -86,7 +86,8 @@ pub(crate) struct GenericEvent {
     worker_id: Option<String>,
     /// Any JSON object, at most 256 KiB serialized.
     #[schema(value_type = Option<Object>)]
-    event_payload: Option<Value>,
+    #[serde(borrow)]
+    event_payload: Option<&'a RawValue>,
     #[schema(max_length = 8192)]
     error_message: Option<String>,
     /// Custom indexed attributes (string values, keys 1..64 bytes, at most
@@ -98,13 +99,14 @@ pub(crate) struct GenericEvent {
 #[derive(utoipa::ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
-pub(crate) enum GenericEvents {
-    One(GenericEvent),
-    Many(Vec<GenericEvent>),
+pub(crate) enum GenericEvents<'a> {
+    One(GenericEvent<'a>),
+    Many(Vec<GenericEvent<'a>>),
 }
 
-/// Split the body into its events (raw JSON values), by content type.
-fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec<Value>, ApiError> {
+/// Split the body into its events, by content type: each item's exact text,
+/// borrowed from the body (checked to be JSON, not yet parsed into a tree).
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8], max_events: usize) -> Result<Vec<&'a RawValue>, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let values = match mime.as_str() {
@@ -114,7 +116,7 @@ fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let value: Value = parse_json(line).map_err(|e| match e {
+                let value: &RawValue = parse_json(line).map_err(|e| match e {
                     ApiError::Validation(mut errors) => {
                         for err in &mut errors {
                             err.loc.insert(1, line_no.into());
@@ -127,17 +129,21 @@ fn split_body(headers: &HeaderMap, body: &[u8], max_events: usize) -> Result<Vec
             }
             values
         }
-        m if m == "application/json" || m.ends_with("+json") => match parse_json::<Value>(body)? {
-            Value::Array(items) => items,
-            object @ Value::Object(_) => vec![object],
-            _ => {
-                return Err(ApiError::field(
-                    vec!["body".into()],
-                    "Input should be an event object or a list of event objects",
-                    "model_type",
-                ))
+        m if m == "application/json" || m.ends_with("+json") => {
+            match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'[') => parse_json::<Vec<&RawValue>>(body)?,
+                Some(b'{') => vec![parse_json::<&RawValue>(body)?],
+                // Not JSON (the parser says where it breaks), or a scalar.
+                _ => {
+                    parse_json::<&RawValue>(body)?;
+                    return Err(ApiError::field(
+                        vec!["body".into()],
+                        "Input should be an event object or a list of event objects",
+                        "model_type",
+                    ));
+                }
             }
-        },
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "unsupported content type {content_type:?}: send application/json or application/x-ndjson"
@@ -172,17 +178,27 @@ fn check_len(errors: &mut Vec<FieldError>, loc: &[Value], field: &str, value: Op
     }
 }
 
-/// Validate one generic event and turn it into the canonical record.
-pub(crate) fn to_event(tenant: &str, index: usize, raw: &Value, received_at: i64) -> Result<Event, Vec<FieldError>> {
+/// Validate one generic event (its JSON text) and turn it into the
+/// canonical record.
+pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) -> Result<Event, Vec<FieldError>> {
     let loc: Vec<Value> = vec!["body".into(), index.into()];
-    let g: GenericEvent = serde_path_to_error::deserialize(raw).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let g: GenericEvent = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let mut loc = loc.clone();
         loc.extend(e.path().iter().filter_map(|s| match s {
             serde_path_to_error::Segment::Map { key } => Some(Value::from(key.clone())),
             serde_path_to_error::Segment::Seq { index } => Some(Value::from(*index)),
             _ => None,
         }));
-        let msg = e.into_inner().to_string();
+        let inner = e.into_inner();
+        // The position is within the item, which the client does not see
+        // on its own: the location says where the error is.
+        let mut msg = inner.to_string();
+        if inner.line() > 0 {
+            if let Some(at) = msg.rfind(" at line ") {
+                msg.truncate(at);
+            }
+        }
         let kind = if msg.starts_with("missing field") { "missing" } else { "value_error" };
         vec![FieldError::new(loc, msg, kind)]
     })?;
@@ -240,9 +256,10 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &Value, received_at: i64
             }
         },
     };
-    let payload = match &g.event_payload {
-        None | Some(Value::Null) => "{}".to_string(),
-        Some(v @ Value::Object(_)) => v.to_string(),
+    // The payload is kept as the client wrote it (JSON checked, not re-serialized).
+    let payload = match g.event_payload.map(RawValue::get) {
+        None => "{}".to_string(),
+        Some(text) if text.starts_with('{') => text.to_string(),
         Some(_) => {
             errors.push(FieldError::new(at("event_payload"), "Input should be an object", "dict_type"));
             String::new()
@@ -397,7 +414,7 @@ pub(crate) async fn ingest_with(
     headers: &HeaderMap,
     body: &[u8],
     family: &'static str,
-    normalize: impl Fn(&str, usize, &Value, i64) -> Result<Event, Vec<FieldError>>,
+    normalize: impl Fn(&str, usize, &str, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     require(principal, "events:write")?;
     // Events are written to the caller's space; the chain is the tenant's.
@@ -412,8 +429,8 @@ pub(crate) async fn ingest_with(
     let mut inputs = Vec::with_capacity(values.len());
     let mut errors = Vec::new();
     for (index, raw) in values.into_iter().enumerate() {
-        match normalize(&space, index, &raw, received_at) {
-            Ok(event) => inputs.push(Input { event, raw: Arc::new(raw) }),
+        match normalize(&space, index, raw.get(), received_at) {
+            Ok(event) => inputs.push(Input { event, raw: raw.get().into() }),
             Err(mut e) => errors.append(&mut e),
         }
     }
@@ -421,7 +438,7 @@ pub(crate) async fn ingest_with(
         return Err(ApiError::Validation(errors));
     }
     // Events that carry their own id are deduplicated by it.
-    let event_ids = idempotency::event_ids(state, &space, inputs.iter().map(|i| i.raw.as_ref())).await?;
+    let event_ids = idempotency::event_ids(state, &space, inputs.iter().map(|i| &*i.raw)).await?;
     let fresh: Vec<Input> =
         inputs.into_iter().enumerate().filter(|(i, _)| !event_ids.replayed.contains_key(i)).map(|(_, x)| x).collect();
     let mut output =
@@ -436,20 +453,19 @@ pub(crate) async fn ingest_with(
             Some(done) => {
                 let mut done = done.clone();
                 done["replayed"] = Value::Bool(true);
-                done
+                Entry::Replayed(done)
             }
             None => {
                 let d = fresh_results.next().expect("one disposition per fresh input");
-                let result = serde_json::to_value(&d).unwrap_or(Value::Null);
                 if !matches!(d, Disposition::Rejected { .. }) {
-                    batch.idempotency.extend(event_ids.record(index, &result));
+                    batch.idempotency.extend(event_ids.record(index, &d));
                 }
-                result
+                Entry::Fresh(d)
             }
         };
         results.push(result);
     }
-    let (status, report) = report(family, results);
+    let (status, report) = report(family, &results);
     // A server-side failure (plugins failing) is not remembered: a retry
     // should find the plugins fixed.
     if !status.is_server_error() {
@@ -459,45 +475,120 @@ pub(crate) async fn ingest_with(
     Ok((status, Json(report)).into_response())
 }
 
+/// One input's result: what the chain did with it now, or what it became
+/// when it was first sent (a retry of an event with its own id).
+enum Entry {
+    Fresh(Disposition),
+    Replayed(Value),
+}
+
+/// The answer to an ingest request, serialized straight from the
+/// dispositions (no intermediate JSON tree for the common case).
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    stored: usize,
+    dropped: usize,
+    rejected: usize,
+    dead_lettered: usize,
+    results: Vec<Indexed<'a>>,
+    /// Only when every event was refused: each refusal with its location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<Vec<Value>>,
+}
+
+/// `results[i]`: input i's result with its `index`.
+struct Indexed<'a> {
+    index: usize,
+    entry: &'a Entry,
+}
+
+impl serde::Serialize for Indexed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Fresh<'a> {
+            #[serde(flatten)]
+            disposition: &'a Disposition,
+            index: usize,
+        }
+        match self.entry {
+            Entry::Fresh(disposition) => Fresh { disposition, index: self.index }.serialize(serializer),
+            Entry::Replayed(remembered) => {
+                let mut value = remembered.clone();
+                value["index"] = self.index.into();
+                value.serialize(serializer)
+            }
+        }
+    }
+}
+
 /// The per-event report of an ingest request (`results[i]` is input i's
 /// disposition). 200 unless every event was refused: then 422 (plugins
 /// rejected them) or 502 (plugins failed).
-fn report(family: &'static str, mut results: Vec<Value>) -> (StatusCode, Value) {
+fn report<'a>(family: &'static str, results: &'a [Entry]) -> (StatusCode, Report<'a>) {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
     let mut detail = Vec::new();
-    for (index, result) in results.iter_mut().enumerate() {
-        result["index"] = index.into();
-        match result["status"].as_str().unwrap_or("") {
-            "stored" => stored += result["ids"].as_array().map_or(0, Vec::len),
-            "dropped" => dropped += 1,
-            "dead_lettered" => dead += 1,
-            _ => {
-                rejected += 1;
-                let error = &result["error"];
-                if error["code"] == "plugin_failed" {
-                    failed += 1;
-                }
-                let mut loc = vec![Value::from("body"), Value::from(index)];
-                if let Some(f) = error["field"].as_str() {
-                    loc.extend(f.split('.').map(Value::from));
-                }
-                detail.push(json!({ "loc": loc, "msg": error["message"], "type": error["code"] }));
+    for (index, result) in results.iter().enumerate() {
+        let refusal = match result {
+            Entry::Fresh(Disposition::Stored { ids }) => {
+                stored += ids.len();
+                None
             }
+            Entry::Fresh(Disposition::Dropped { .. }) => {
+                dropped += 1;
+                None
+            }
+            Entry::Fresh(Disposition::DeadLettered { .. }) => {
+                dead += 1;
+                None
+            }
+            Entry::Fresh(Disposition::Rejected { error }) => {
+                Some((error.code.as_str(), error.message.as_str(), error.field.as_deref()))
+            }
+            Entry::Replayed(done) => match done["status"].as_str().unwrap_or("") {
+                "stored" => {
+                    stored += done["ids"].as_array().map_or(0, Vec::len);
+                    None
+                }
+                "dropped" => {
+                    dropped += 1;
+                    None
+                }
+                "dead_lettered" => {
+                    dead += 1;
+                    None
+                }
+                _ => Some((
+                    done["error"]["code"].as_str().unwrap_or(""),
+                    done["error"]["message"].as_str().unwrap_or(""),
+                    done["error"]["field"].as_str(),
+                )),
+            },
+        };
+        if let Some((code, message, field)) = refusal {
+            rejected += 1;
+            if code == "plugin_failed" {
+                failed += 1;
+            }
+            let mut loc = vec![Value::from("body"), Value::from(index)];
+            if let Some(f) = field {
+                loc.extend(f.split('.').map(Value::from));
+            }
+            detail.push(json!({ "loc": loc, "msg": message, "type": code }));
         }
     }
     crate::metrics::ingest(family, stored, dropped, rejected, dead);
     let all_refused = rejected == results.len();
-    let mut body = json!({
-        "stored": stored,
-        "dropped": dropped,
-        "rejected": rejected,
-        "dead_lettered": dead,
-        "results": results,
-    });
+    let report = Report {
+        stored,
+        dropped,
+        rejected,
+        dead_lettered: dead,
+        results: results.iter().enumerate().map(|(index, entry)| Indexed { index, entry }).collect(),
+        detail: all_refused.then_some(detail),
+    };
     if !all_refused {
-        return (StatusCode::OK, body);
+        return (StatusCode::OK, report);
     }
-    body["detail"] = Value::Array(detail);
     let status = if failed == rejected { StatusCode::BAD_GATEWAY } else { StatusCode::UNPROCESSABLE_ENTITY };
-    (status, body)
+    (status, report)
 }

@@ -264,7 +264,10 @@ pub async fn ingest(
     // Error locations name the index only when the body is a list.
     let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     ingest_with(&state, &principal, &headers, &body, FAMILY, |tenant, index, raw, received_at| {
-        to_event(tenant, index, many, raw, received_at)
+        // The item is JSON already (checked when the body was split).
+        let raw: Value = serde_json::from_str(raw)
+            .map_err(|e| vec![FieldError::new(vec!["body".into(), index.into()], e.to_string(), "json_invalid")])?;
+        to_event(tenant, index, many, &raw, received_at)
     })
     .await
 }

@@ -125,13 +125,13 @@ pub struct Ticket {
 
 impl Ticket {
     /// The record that remembers this request's response.
-    pub fn record(&self, status: StatusCode, body: &Value) -> IdempotencyRecord {
+    pub fn record(&self, status: StatusCode, body: &impl serde::Serialize) -> IdempotencyRecord {
         IdempotencyRecord {
             tenant: self.tenant.clone(),
             key: self.key.clone(),
             request_hash: self.hash.clone(),
             status: status.as_u16(),
-            body: body.to_string(),
+            body: serde_json::to_string(body).unwrap_or_default(),
         }
     }
 }
@@ -193,14 +193,14 @@ pub struct EventIds {
 
 impl EventIds {
     /// The record that remembers input `index`'s result, if it has an id.
-    pub fn record(&self, index: usize, result: &Value) -> Option<IdempotencyRecord> {
+    pub fn record(&self, index: usize, result: &impl serde::Serialize) -> Option<IdempotencyRecord> {
         let (key, hash) = self.keyed.get(&index)?;
         Some(IdempotencyRecord {
             tenant: self.tenant.clone(),
             key: key.clone(),
             request_hash: hash.clone(),
             status: 200,
-            body: result.to_string(),
+            body: serde_json::to_string(result).unwrap_or_default(),
         })
     }
 }
@@ -216,16 +216,25 @@ impl EventIds {
 pub async fn event_ids<'a>(
     state: &AppState,
     tenant: &str,
-    items: impl IntoIterator<Item = &'a Value>,
+    items: impl IntoIterator<Item = &'a str>,
 ) -> Result<EventIds, Refusal> {
+    /// The one field looked at first; the rest of the item is skipped.
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
     let mut seen = HashMap::new();
     let mut keyed: HashMap<usize, (String, String)> = HashMap::new();
     for (index, raw) in items.into_iter().enumerate() {
-        let Some(id) = raw.get("id").and_then(Value::as_str) else { continue };
+        let Ok(IdOnly { id: Some(Value::String(id)) }) = serde_json::from_str(raw) else { continue };
+        // The content hash is over the parsed item in its canonical form, so
+        // a retry that spaces or orders its keys differently is the same.
+        let canonical = serde_json::from_str::<Value>(raw).map(|v| v.to_string()).unwrap_or_default();
+        let key = format!("{EVENT_ID_PREFIX}{id}");
         if let Some(first) = seen.insert(id, index) {
             return Err(Refusal::DuplicateId { index, first });
         }
-        keyed.insert(index, (format!("{EVENT_ID_PREFIX}{id}"), sha256(&[raw.to_string().as_bytes()])));
+        keyed.insert(index, (key, sha256(&[canonical.as_bytes()])));
     }
     let keys: Vec<String> = keyed.values().map(|(k, _)| k.clone()).collect();
     let claims = claim(state, tenant, &keys, "event id")?;

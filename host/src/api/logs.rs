@@ -4,7 +4,6 @@
 //! `PUT /v1/quotas` (admin) sets a tenant's quotas.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -279,7 +278,7 @@ pub async fn create(
         return r;
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
-    let input = crate::pipeline::Input { event, raw: Arc::new(Value::Object(entry.clone())) };
+    let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&Value::Object(entry.clone())) };
     let output = match run_whole(&state, &principal.tenant, vec![input]).await {
         Ok(output) => output,
         Err(e) => return store_error(e),

@@ -190,9 +190,9 @@ pub fn require(principal: &Principal, scope: &str) -> Result<(), ApiError> {
 }
 
 /// Parse a JSON body, turning every failure into a 422 naming where it broke.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let mut loc: Vec<Value> = vec!["body".into()];
         for segment in e.path().iter() {
             match segment {
@@ -205,7 +205,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
         let inner = e.into_inner();
         let kind = if inner.is_syntax() || inner.is_eof() { "json_invalid" } else { "value_error" };
         ApiError::field(loc, inner.to_string(), kind)
-    })
+    })?;
+    // Nothing but whitespace may follow the document.
+    de.end().map_err(|e| ApiError::field(vec!["body".into()], e.to_string(), "json_invalid"))?;
+    Ok(value)
 }
 
 /// Like [`parse_json`], but an empty body means the type's default.

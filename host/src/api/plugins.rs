@@ -298,7 +298,7 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
     for (id, event, raw) in letters {
         let event = crate::event::Event::from_json(&principal.space(), &event)
             .map_err(|e| ApiError::Internal(format!("dead letter {id} unreadable: {e}")))?;
-        inputs.push(crate::pipeline::Input { event, raw: std::sync::Arc::new(raw) });
+        inputs.push(crate::pipeline::Input { event, raw: crate::event::raw_of(&raw) });
         replayed.push(id);
     }
     let mut output = state.pipeline.run(&principal.tenant, inputs).await?;

@@ -5,7 +5,6 @@
 //! not at all.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -440,7 +439,7 @@ pub async fn create(
         return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type"));
     };
     validate(object)?;
-    let raw = Arc::new(raw.clone());
+    let raw = crate::event::raw_of(&raw);
     let inputs =
         to_events(&principal.space(), object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
     let output = run_whole(&state, &principal.tenant, inputs).await?;

@@ -4,7 +4,6 @@
 //! from what was stored. Nothing is stored.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -67,7 +66,7 @@ fn sort_group(events: &mut [Value]) {
 fn renormalize(tenant: &str, family: &str, raw: &Value) -> Option<Vec<Event>> {
     let now = crate::event::now_micros();
     match family {
-        "generic" => to_event(tenant, 0, raw, now).ok().map(|e| vec![e]),
+        "generic" => to_event(tenant, 0, &raw.to_string(), now).ok().map(|e| vec![e]),
         super::session_audit::FAMILY => raw.as_object().map(|o| super::session_audit::to_events(tenant, o)),
         super::auditlogs::FAMILY => raw.as_object().map(|o| vec![super::auditlogs::to_event(tenant, o, now)]),
         super::logs::FAMILY => super::logs::renormalize(tenant, raw, now).map(|e| vec![e]),
@@ -115,7 +114,7 @@ pub async fn shadow(
     for (raw, family, before) in groups.into_values() {
         match renormalize(&principal.space(), &family, &raw) {
             Some(events) if !events.is_empty() => {
-                let raw = Arc::new(raw);
+                let raw = crate::event::raw_of(&raw);
                 for event in events {
                     owner.push(stored.len());
                     inputs.push(Input { event, raw: raw.clone() });

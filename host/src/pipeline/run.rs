@@ -5,10 +5,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::installation::{FailurePolicy, Installation, PluginSettings};
-use crate::event::{now_micros, DeadLetter, Event, LineageStep, PluginLog, PluginRun, StoredEvent};
+use crate::event::{now_micros, DeadLetter, Event, Lineage, LineageStep, PluginLog, PluginRun, Raw, StoredEvent};
 use crate::runtime::bindings::types;
 use crate::runtime::PluginFault;
 use crate::store::WriteBatch;
@@ -17,7 +15,7 @@ use crate::store::WriteBatch;
 #[derive(Debug, Clone)]
 pub struct Input {
     pub event: Event,
-    pub raw: Arc<Value>,
+    pub raw: Raw,
 }
 
 /// Why an event was refused, for the client.
@@ -69,28 +67,30 @@ const MAX_ID: usize = 128;
 struct Item {
     input: usize,
     event: Event,
-    lineage: Vec<LineageStep>,
+    lineage: Lineage,
 }
 
-fn to_wit(e: &Event) -> types::Event {
+/// Moves, never copies: the event is handed to the plugin and taken back
+/// (as the plugin's output, or as it was when the plugin failed).
+fn to_wit(e: Event) -> types::Event {
     types::Event {
-        id: e.id.clone(),
-        tenant: e.tenant.clone(),
-        family: e.family.clone(),
-        name: e.name.clone(),
-        group: e.group.clone(),
-        status: e.status.clone(),
-        source: e.source.clone(),
+        id: e.id,
+        tenant: e.tenant,
+        family: e.family,
+        name: e.name,
+        group: e.group,
+        status: e.status,
+        source: e.source,
         occurred_at: e.occurred_at,
         received_at: e.received_at,
-        actor_type: e.actor_type.clone(),
-        actor_id: e.actor_id.clone(),
+        actor_type: e.actor_type,
+        actor_id: e.actor_id,
         user_id: e.user_id,
-        resource_type: e.resource_type.clone(),
-        resource_id: e.resource_id.clone(),
-        session_id: e.session_id.clone(),
-        attributes: e.attributes.clone(),
-        payload: e.payload.clone(),
+        resource_type: e.resource_type,
+        resource_id: e.resource_id,
+        session_id: e.session_id,
+        attributes: e.attributes,
+        payload: e.payload,
     }
 }
 
@@ -129,7 +129,7 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// Check a plugin's output for one input event; any breach is the plugin's
 /// fault and fails the whole call.
-fn check_output(inst: &Installation, input: &Event, outcome: &types::Outcome) -> Result<(), PluginFault> {
+fn check_output(inst: &Installation, input: &types::Event, outcome: &types::Outcome) -> Result<(), PluginFault> {
     let limits = inst.instances.limits();
     let types::Outcome::Keep(events) = outcome else {
         return Ok(());
@@ -194,17 +194,31 @@ pub enum Mode {
 
 /// Run `inputs` through `chain` (already ordered, already filtered to this
 /// tenant). Blocking: call it from a blocking thread.
+///
+/// Events move through the chain without being copied: each plugin gets the
+/// events in its scope and gives back what becomes of them. The untouched
+/// inputs are kept aside only when some plugin's failure policy may need
+/// them (`dead-letter`); policies are read once, when the batch starts.
 pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) -> RunOutput {
-    let mut out = RunOutput { dispositions: Vec::with_capacity(inputs.len()), ..Default::default() };
-    let mut finals: Vec<Option<Disposition>> = vec![None; inputs.len()];
-    let mut last_drop: Vec<Option<(String, String)>> = vec![None; inputs.len()];
-    let mut items: Vec<Item> = inputs
-        .iter()
-        .enumerate()
-        .map(|(input, i)| Item { input, event: i.event.clone(), lineage: Vec::new() })
-        .collect();
+    let n = inputs.len();
+    let mut out = RunOutput { dispositions: Vec::with_capacity(n), ..Default::default() };
+    let mut finals: Vec<Option<Disposition>> = vec![None; n];
+    let mut last_drop: Vec<Option<(String, String)>> = vec![None; n];
+    let policies: Vec<FailurePolicy> = chain.iter().map(|inst| inst.failure_policy()).collect();
+    let originals: Vec<Event> = if policies.contains(&FailurePolicy::DeadLetter) {
+        inputs.iter().map(|i| i.event.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut raws: Vec<Raw> = Vec::with_capacity(n);
+    let mut items: Vec<Item> = Vec::with_capacity(n);
+    let untouched: Lineage = Vec::new().into();
+    for (input, Input { event, raw }) in inputs.into_iter().enumerate() {
+        raws.push(raw);
+        items.push(Item { input, event, lineage: untouched.clone() });
+    }
 
-    for inst in chain {
+    for (inst, &policy) in chain.iter().zip(&policies) {
         if mode == Mode::Live && !inst.is_active() {
             continue;
         }
@@ -213,7 +227,8 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             continue;
         }
         let version = inst.version();
-        let wit_events: Vec<types::Event> = in_scope.iter().map(|&i| to_wit(&items[i].event)).collect();
+        let wit_events: Vec<types::Event> =
+            in_scope.iter().map(|&i| to_wit(std::mem::take(&mut items[i].event))).collect();
         let (result, report) = inst.instances.process(&wit_events);
         let at = now_micros();
         for log in report.logs {
@@ -228,8 +243,8 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             });
         }
         let result = result.and_then(|outcomes| {
-            for (&i, outcome) in in_scope.iter().zip(&outcomes) {
-                check_output(inst, &items[i].event, outcome)?;
+            for (input, outcome) in wit_events.iter().zip(&outcomes) {
+                check_output(inst, input, outcome)?;
             }
             Ok(outcomes)
         });
@@ -270,6 +285,21 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                     version,
                     sha256: inst.instances.plugin().sha256().to_string(),
                 };
+                // Items that share a lineage share its extension: one
+                // allocation per step for the usual batch, not one per event.
+                let mut extended: Option<(Lineage, Lineage)> = None;
+                let mut extend = |lineage: &Lineage| -> Lineage {
+                    match &extended {
+                        Some((from, to)) if Arc::ptr_eq(from, lineage) => to.clone(),
+                        _ => {
+                            let mut steps = lineage.to_vec();
+                            steps.push(step.clone());
+                            let to: Lineage = steps.into();
+                            extended = Some((lineage.clone(), to.clone()));
+                            to
+                        }
+                    }
+                };
                 let mut outcomes = in_scope.iter().copied().zip(outcomes).peekable();
                 let mut next_items = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
@@ -282,11 +312,15 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                         Some(types::Outcome::Keep(events)) => {
                             if events.is_empty() {
                                 last_drop[item.input] = Some(("no events kept".into(), inst.name.clone()));
-                            }
-                            for event in events {
-                                let mut lineage = item.lineage.clone();
-                                lineage.push(step.clone());
-                                next_items.push(Item { input: item.input, event: from_wit(event), lineage });
+                            } else {
+                                let lineage = extend(&item.lineage);
+                                for event in events {
+                                    next_items.push(Item {
+                                        input: item.input,
+                                        event: from_wit(event),
+                                        lineage: lineage.clone(),
+                                    });
+                                }
                             }
                         }
                         Some(types::Outcome::Drop(reason)) => {
@@ -308,13 +342,17 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             }
             Err(fault) => {
                 tracing::debug!(tenant = %inst.tenant, plugin = %inst.name, %fault, "plugin call failed");
+                // The plugin's answer is void: its events are as they were.
+                for (&i, event) in in_scope.iter().zip(wit_events) {
+                    items[i].event = from_wit(event);
+                }
                 if mode == Mode::Live {
                     if let Some(settings) = inst.record_failure(&fault) {
                         out.disabled.push((inst.tenant.clone(), inst.name.clone(), settings));
                     }
                 }
                 let affected: HashSet<usize> = in_scope.iter().map(|&i| items[i].input).collect();
-                match inst.failure_policy() {
+                match policy {
                     FailurePolicy::Skip => {}
                     FailurePolicy::Reject => {
                         for input in affected {
@@ -333,18 +371,18 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                             if finals[input].is_some() {
                                 continue;
                             }
-                            let original = &inputs[input];
+                            let original = &originals[input];
                             let reason = format!("{}: {fault}", fault.reason());
                             out.batch.dead_letters.push(DeadLetter {
-                                id: original.event.id.clone(),
-                                tenant: original.event.tenant.clone(),
-                                family: original.event.family.clone(),
-                                received_at: original.event.received_at,
+                                id: original.id.clone(),
+                                tenant: original.tenant.clone(),
+                                family: original.family.clone(),
+                                received_at: original.received_at,
                                 plugin: inst.name.clone(),
                                 plugin_version: version,
                                 reason: reason.clone(),
-                                event: original.event.clone(),
-                                raw: original.raw.clone(),
+                                event: original.clone(),
+                                raw: raws[input].clone(),
                             });
                             finals[input] = Some(Disposition::DeadLettered { reason, plugin: inst.name.clone() });
                         }
@@ -355,14 +393,10 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
         items.retain(|item| finals[item.input].is_none());
     }
 
-    let mut ids: Vec<Vec<String>> = vec![Vec::new(); inputs.len()];
+    let mut ids: Vec<Vec<String>> = vec![Vec::new(); n];
     for item in items {
         ids[item.input].push(item.event.id.clone());
-        out.batch.events.push(StoredEvent {
-            event: item.event,
-            lineage: item.lineage,
-            raw: inputs[item.input].raw.clone(),
-        });
+        out.batch.events.push(StoredEvent { event: item.event, lineage: item.lineage, raw: raws[item.input].clone() });
     }
     for (input, (fin, ids)) in finals.into_iter().zip(ids).enumerate() {
         out.dispositions.push(match fin {

@@ -14,7 +14,7 @@ use duckdb::arrow::error::ArrowError;
 use duckdb::arrow::record_batch::RecordBatch;
 
 use super::{Command, StoreError, WriteBatch};
-use crate::event::{Event, StoredEvent, COLUMN_ATTRIBUTES};
+use crate::event::{Event, Lineage, StoredEvent, COLUMN_ATTRIBUTES};
 
 /// Most write requests committed in one group.
 const MAX_GROUP: usize = 256;
@@ -82,6 +82,7 @@ fn events_batch(events: &[&StoredEvent], seq: i64) -> Result<RecordBatch, ArrowE
     let mut payload = StringBuilder::with_capacity(n, n * 128);
     let (mut error_message, mut attributes, mut lineage) = (text(), text(), text());
     let mut raw = StringBuilder::with_capacity(n, n * 128);
+    let mut last_lineage: Option<(Lineage, String)> = None;
     for (i, stored) in events.iter().enumerate() {
         let e = &stored.event;
         let attr = |k: &str| e.attribute(k);
@@ -116,8 +117,13 @@ fn events_batch(events: &[&StoredEvent], seq: i64) -> Result<RecordBatch, ArrowE
         payload.append_value(&e.payload);
         error_message.append_option(attr("error_message"));
         attributes.append_option(extra_attributes(e));
-        lineage.append_value(serde_json::to_string(&stored.lineage).unwrap_or_else(|_| "[]".into()));
-        raw.append_value(stored.raw.to_string());
+        // Events of one request usually share their lineage: serialize it once.
+        if !last_lineage.as_ref().is_some_and(|(l, _)| Arc::ptr_eq(l, &stored.lineage)) {
+            let text = serde_json::to_string(&*stored.lineage).unwrap_or_else(|_| "[]".into());
+            last_lineage = Some((stored.lineage.clone(), text));
+        }
+        lineage.append_value(last_lineage.as_ref().map_or("[]", |(_, text)| text.as_str()));
+        raw.append_value(&*stored.raw);
     }
     let columns: Vec<(&str, ArrayRef)> = vec![
         ("seq", Arc::new(seqs.finish())),

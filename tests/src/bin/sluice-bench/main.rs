@@ -36,7 +36,8 @@ struct Args {
     #[arg(long, default_value_t = 10_000_000)]
     stored: u64,
     /// Only these sections, comma separated: ingest, sizes, latency,
-    /// runtime, twenty, startup, query.
+    /// runtime, twenty, startup, query; `peer` alone prints one round of
+    /// Sluice's side of the Extism comparison (`scripts/bench-extism`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -68,6 +69,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let phase = Duration::from_secs(args.phase_secs);
     let mut figures = Figures::default();
+    if args.only == ["peer"] {
+        return runtime::peer();
+    }
 
     if args.runs("runtime") {
         // In-process and first, before the server takes the cores.

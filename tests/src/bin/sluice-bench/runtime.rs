@@ -84,6 +84,21 @@ fn process(plugin: &PluginInstances, events: &[types::Event]) {
     assert!(result.is_ok(), "the plugin failed: {:?}", result.err());
 }
 
+/// One round of Sluice's side of the Extism peer comparison
+/// (`bench/extism-peer` spawns `sluice-bench --only peer` between its own
+/// rounds): customer-prefix per event, in one-event calls and in batches of
+/// 1000, on a reused instance with the default limits (fuel and epoch on).
+/// Prints one line: `sluice-peer {"one_event_ns": .., "batch_ns": ..}`.
+pub fn peer() -> Result<()> {
+    let default = runtime(true, true)?;
+    let prefix = instances(&default, "customer-prefix", "{}")?;
+    let (batch, one) = (events(1000), events(1));
+    let batch_ns = per_event(batch.len(), || process(&prefix, &batch));
+    let one_event_ns = per_event(1, || process(&prefix, &one));
+    println!("sluice-peer {}", serde_json::json!({"one_event_ns": one_event_ns, "batch_ns": batch_ns}));
+    Ok(())
+}
+
 pub fn figures(figures: &mut Figures) -> Result<()> {
     let batch = events(1000);
     let one = events(1);
