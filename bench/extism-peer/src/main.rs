@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use extism::{Manifest, Plugin, Wasm};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 const SPELL: Duration = Duration::from_millis(1500);
@@ -57,11 +58,42 @@ fn per_event(batch: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(started.elapsed().as_nanos() as f64 / (calls as f64 * batch as f64))
 }
 
-/// One call: the events in, the outcomes parsed back into the host's
-/// values (the host must read what the plugin answered, as Sluice does).
+/// The WIT `event` record, as the host reads it back (typed, as Sluice's
+/// host lifts the plugin's answer into its own records).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Event {
+    id: String,
+    tenant: String,
+    family: String,
+    name: String,
+    group: String,
+    status: String,
+    source: String,
+    occurred_at: i64,
+    received_at: i64,
+    actor_type: String,
+    actor_id: Option<String>,
+    user_id: Option<i64>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    session_id: Option<String>,
+    attributes: Vec<(String, String)>,
+    payload: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum Outcome {
+    Keep(Vec<Event>),
+}
+
+/// One call: the events in, the outcomes read back into the host's typed
+/// records (the host must read what the plugin answered, as Sluice does).
 fn call(plugin: &mut Plugin, input: &[u8], expected: usize) -> Result<()> {
     let output: &[u8] = plugin.call("process", input)?;
-    let outcomes: Vec<Value> = serde_json::from_slice(output)?;
+    let outcomes: Vec<Outcome> = serde_json::from_slice(output)?;
     if outcomes.len() != expected {
         bail!("{} outcomes for {expected} events", outcomes.len());
     }
@@ -89,7 +121,8 @@ fn main() -> Result<()> {
     let rounds: usize = rest.first().map_or(Ok(3), |r| r.parse())?;
     // Limits like Sluice's defaults: a deadline per call (Extism's is
     // epoch-based, as Sluice's) and a memory cap (64 MiB = 1024 pages).
-    let manifest = Manifest::new([Wasm::file(wasm)]).with_timeout(Duration::from_secs(1)).with_memory_max(1024);
+    let bytes = std::fs::read(wasm).with_context(|| format!("reading {wasm}"))?;
+    let manifest = Manifest::new([Wasm::data(bytes)]).with_timeout(Duration::from_secs(1)).with_memory_max(1024);
     let mut plugin = Plugin::new(&manifest, [], true)?;
     let (batch, one) = (events(1000), events(1));
 
