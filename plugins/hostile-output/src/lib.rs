@@ -2,6 +2,7 @@
 //! - `oversized`: a payload of `config.bytes` (default 4 MiB) bytes;
 //! - `malformed`: a payload that is not JSON;
 //! - `fanout`: `config.copies` (default 100000) copies of each event;
+//! - `twins`: each event kept twice under the same id;
 //! - `tenant`: the event moved to tenant `config.tenant`;
 //! - `count`: one outcome too many for the batch.
 //!
@@ -42,6 +43,7 @@ impl Guest for Hostile {
                     let fan = (0..copies).map(|i| Event { id: format!("{}-{i}", event.id), ..event.clone() }).collect();
                     Outcome::Keep(fan)
                 }
+                "twins" => Outcome::Keep(vec![event.clone(), event]),
                 "tenant" => {
                     event.tenant = config("tenant").as_str().unwrap_or("other").to_string();
                     Outcome::Keep(vec![event])

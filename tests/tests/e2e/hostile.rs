@@ -120,6 +120,7 @@ async fn abusive_output_is_refused_and_nothing_is_stored() {
         (json!({"mode": "malformed"}), "is not valid JSON"),
         (json!({"mode": "tenant", "tenant": "victim"}), "tenant was changed"),
         (json!({"mode": "fanout", "copies": 5000}), "fan-out of 5000 events exceeds the limit of 1000"),
+        (json!({"mode": "twins"}), "fan-out repeats event id"),
         (json!({"mode": "count"}), "2 outcomes for 1 events"),
     ];
     for (config, expected) in cases {
