@@ -41,6 +41,11 @@ pub struct Settings {
     /// 503 with Retry-After.
     #[arg(long, env = "SLUICE_WRITE_QUEUE_DEPTH", default_value_t = 512)]
     pub write_queue_depth: usize,
+    /// How many batches run plugins at once (0: two per core). Further
+    /// batches wait their turn; each running batch holds one instance of each
+    /// plugin it calls.
+    #[arg(long, env = "SLUICE_PLUGIN_WORKERS", default_value_t = 0)]
+    pub plugin_workers: usize,
     /// Memory DuckDB may use for storage and queries (its `memory_limit`).
     #[arg(long, env = "SLUICE_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     pub duckdb_memory_limit: String,
@@ -78,6 +83,7 @@ impl Settings {
             plugin_stack_bytes: 512 << 10,
             max_plugin_instances: 512,
             write_queue_depth: 512,
+            plugin_workers: 0,
             duckdb_memory_limit: "4GB".into(),
             checkpoint_threshold: "512MB".into(),
             query_timeout_secs: 10,

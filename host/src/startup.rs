@@ -62,7 +62,7 @@ impl Application {
             epoch_interruption: true,
             max_instances: settings.max_plugin_instances,
         })?);
-        let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir())?;
+        let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir(), settings.plugin_workers)?;
         let auth = Arc::new(Auth::new(store.clone()));
         crate::metrics::handle();
         let first_start = !store.has_tokens()?;

@@ -134,13 +134,19 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Pipeline {
-    /// Load every installed plugin from the store and the artifact directory.
+    /// Load every installed plugin from the store and the artifact directory;
+    /// at most `workers` batches (0: two per core) run plugins at once.
     ///
     /// # Errors
     ///
     /// When the store cannot be read. A plugin whose artifact cannot be
     /// loaded is logged and left out (its settings stay stored).
-    pub fn load(runtime: Arc<Runtime>, store: EventStore, plugin_dir: PathBuf) -> Result<Pipeline, PluginError> {
+    pub fn load(
+        runtime: Arc<Runtime>,
+        store: EventStore,
+        plugin_dir: PathBuf,
+        workers: usize,
+    ) -> Result<Pipeline, PluginError> {
         let mut tenants: HashMap<String, TenantPlugins> = HashMap::new();
         for (tenant, name, settings) in store.load_plugins()? {
             let settings: PluginSettings = match serde_json::from_str(&settings) {
@@ -161,7 +167,10 @@ impl Pipeline {
         for plugins in tenants.values_mut() {
             plugins.rebuild();
         }
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        let workers = match workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            n => n,
+        };
         Ok(Pipeline {
             runtime,
             store,

@@ -130,7 +130,9 @@ pub struct PluginInstances {
 
 impl PluginInstances {
     pub fn new(plugin: Arc<CompiledPlugin>, config: String, limits: PluginLimits) -> Self {
-        let max_idle = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Enough for every batch the pipeline runs at once (two per core by
+        // default) to find an instance instead of instantiating a fresh one.
+        let max_idle = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
         PluginInstances { plugin, config, limits, idle: Mutex::new(Vec::new()), max_idle }
     }
 

@@ -250,7 +250,8 @@ impl Writer {
             appender.flush()?;
             seq += events.len() as i64;
         }
-        {
+        // An appender costs a catalog lookup: only for tables with rows.
+        if batches.iter().any(|b| !b.dead_letters.is_empty()) {
             let mut appender = self.conn.appender("dead_letters")?;
             for d in batches.iter().flat_map(|b| &b.dead_letters) {
                 appender.append_row(params![
@@ -269,7 +270,7 @@ impl Writer {
             }
             appender.flush()?;
         }
-        {
+        if batches.iter().any(|b| !b.logs.is_empty()) {
             let mut appender = self.conn.appender("plugin_logs")?;
             for l in batches.iter().flat_map(|b| &b.logs) {
                 let fields: serde_json::Map<String, serde_json::Value> =
@@ -286,7 +287,7 @@ impl Writer {
             }
             appender.flush()?;
         }
-        {
+        if batches.iter().any(|b| !b.runs.is_empty()) {
             let mut appender = self.conn.appender("plugin_runs")?;
             for r in batches.iter().flat_map(|b| &b.runs) {
                 appender.append_row(params![

@@ -49,7 +49,7 @@ impl Args {
 }
 
 /// The three-plugin chain of the targets, for generic events.
-fn chain() -> [(&'static str, &'static str, serde_json::Value); 3] {
+pub(crate) fn chain() -> [(&'static str, &'static str, serde_json::Value); 3] {
     [
         (
             "guard",

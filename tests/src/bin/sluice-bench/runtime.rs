@@ -135,6 +135,24 @@ pub fn figures(figures: &mut Figures) -> Result<()> {
     figures.add("one-event call on a reused instance", format!("{:.1} µs", r / 1e3));
     figures.add("fresh / reused", format!("{:.1}x", f / r));
 
+    // Each plugin of the three-plugin chain, with the chain's configuration:
+    // what one event costs in the sandbox (default limits), in batches of 1000.
+    let chain: Vec<_> = crate::chain()
+        .into_iter()
+        .map(|(_, krate, config)| Ok((krate, instances(&default, krate, &config.to_string())?)))
+        .collect::<Result<_>>()?;
+    let mut costs = vec![Vec::new(); chain.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, plugin)) in chain.iter().enumerate() {
+            costs[i].push(per_event(batch.len(), || process(plugin, &batch)));
+        }
+    }
+    let total: f64 = costs.iter().map(|c| median(c)).sum();
+    for ((krate, _), c) in chain.iter().zip(&costs) {
+        figures.add(&format!("chain plugin {krate}, batches of 1000"), format!("{:.0} ns/event", median(c)));
+    }
+    figures.add("the three chain plugins together", format!("{total:.0} ns/event"));
+
     // Fuel metering and epoch interruption, on pii-redact (HMAC per field).
     let config = r#"{"key": "bench-key", "fields": ["event_payload.email", "ip_address"]}"#;
     let variants =
