@@ -90,6 +90,8 @@ async fn bad_input_gets_field_errors_and_stores_nothing() {
     assert_eq!(locs[0], &json!(["body", 1, "event_type"]));
     assert_eq!(locs[1], &json!(["body", 2]));
     assert!(body["detail"][1]["msg"].as_str().unwrap().contains("event_type"));
+    let msg = body["detail"][0]["msg"].as_str().unwrap();
+    assert!(!msg.contains(" at line "), "positions within one item mean nothing to the client: {msg}");
 
     let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "x", "bogus": 1})).await;
     assert_eq!(status, 422);
@@ -114,6 +116,26 @@ async fn bad_input_gets_field_errors_and_stores_nothing() {
     assert_eq!(r.status(), 422, "invalid UTF-8");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["detail"][0]["type"], "json_invalid");
+    for (text, kind) in [
+        (r#"{"event_type": "a"} trailing"#, "json_invalid"),
+        (r#"[{"event_type": "a"}] [1]"#, "json_invalid"),
+        ("", "json_invalid"),
+        ("42", "model_type"),
+        (r#""event""#, "model_type"),
+    ] {
+        let r = app
+            .client
+            .post(app.url("/v1/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{text:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["detail"][0]["type"], kind, "{text:?}: {body}");
+    }
 
     assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty(), "nothing stored from refused requests");
 }
@@ -256,4 +278,28 @@ async fn overload_is_refused_with_503_and_retry_after_and_loses_nothing_acknowle
     assert!(refused > 0, "a queue of depth 1 must overflow under 48 concurrent writers");
     let (_, body) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
     assert_eq!(body["rows"][0][0], stored, "exactly the acknowledged events are stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn payload_and_raw_input_are_kept_as_the_client_wrote_them() {
+    let app = spawn_app().await;
+    let item = r#"{ "event_type" : "order.paid",  "event_payload": {"b": 1, "a": [1, 2.50], "s": "caf\u00e9"} }"#;
+    let r = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(format!("[{item}]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sql = json!({"sql": "SELECT raw, event_payload FROM events WHERE event_type = 'order.paid'"});
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/query", &sql).await;
+    assert_eq!(status, 200, "{body}");
+    let row = &body["rows"][0];
+    assert_eq!(row[0], item, "raw is the item's exact text: {body}");
+    assert_eq!(row[1], r#"{"b": 1, "a": [1, 2.50], "s": "caf\u00e9"}"#, "payload as written: {body}");
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    assert_eq!(events[0]["event_payload"], json!({"b": 1, "a": [1, 2.5], "s": "café"}), "the listing parses it");
 }
