@@ -173,6 +173,15 @@ impl TestApp {
         self.post(token, "/v1/events", body).await
     }
 
+    /// POST a body exactly as given (not re-serialized), with its content
+    /// type; returns status and body.
+    pub async fn post_text(&self, token: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+        let request = self.client.post(self.url(path)).bearer_auth(token).header("content-type", content_type);
+        let r = request.body(body.to_string()).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// Upload raw bytes as plugin `name`.
     pub async fn upload_bytes(&self, token: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
         let r = self

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use extism::{Manifest, Plugin, Wasm};
-use serde::Deserialize;
+use extism_record::Outcome;
 use serde_json::{json, Value};
 
 const SPELL: Duration = Duration::from_millis(1500);
@@ -56,37 +56,6 @@ fn per_event(batch: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         calls += 1;
     }
     Ok(started.elapsed().as_nanos() as f64 / (calls as f64 * batch as f64))
-}
-
-/// The WIT `event` record, as the host reads it back (typed, as Sluice's
-/// host lifts the plugin's answer into its own records).
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct Event {
-    id: String,
-    tenant: String,
-    family: String,
-    name: String,
-    group: String,
-    status: String,
-    source: String,
-    occurred_at: i64,
-    received_at: i64,
-    actor_type: String,
-    actor_id: Option<String>,
-    user_id: Option<i64>,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
-    session_id: Option<String>,
-    attributes: Vec<(String, String)>,
-    payload: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum Outcome {
-    Keep(Vec<Event>),
 }
 
 /// One call: the events in, the outcomes read back into the host's typed

@@ -4,36 +4,7 @@
 //! WIT `event`, and one outcome per event goes back.
 
 use extism_pdk::{plugin_fn, FnResult, Json};
-use serde::{Deserialize, Serialize};
-
-/// The WIT `event` record of `sluice:plugin@0.1.0`, field for field.
-#[derive(Serialize, Deserialize)]
-pub struct Event {
-    id: String,
-    tenant: String,
-    family: String,
-    name: String,
-    group: String,
-    status: String,
-    source: String,
-    occurred_at: i64,
-    received_at: i64,
-    actor_type: String,
-    actor_id: Option<String>,
-    user_id: Option<i64>,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
-    session_id: Option<String>,
-    attributes: Vec<(String, String)>,
-    payload: String,
-}
-
-/// The WIT `outcome` (only `keep` is used by this transform).
-#[derive(Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Keep(Vec<Event>),
-}
+use extism_record::{Event, Outcome};
 
 const PREFIX: &str = "customer.";
 

@@ -123,17 +123,8 @@ async fn bad_input_gets_field_errors_and_stores_nothing() {
         ("42", "model_type"),
         (r#""event""#, "model_type"),
     ] {
-        let r = app
-            .client
-            .post(app.url("/v1/events"))
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(text)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 422, "{text:?}");
-        let body: Value = r.json().await.unwrap();
+        let (status, body) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", text).await;
+        assert_eq!(status, 422, "{text:?}");
         assert_eq!(body["detail"][0]["type"], kind, "{text:?}: {body}");
     }
 
@@ -284,16 +275,8 @@ async fn overload_is_refused_with_503_and_retry_after_and_loses_nothing_acknowle
 async fn payload_and_raw_input_are_kept_as_the_client_wrote_them() {
     let app = spawn_app().await;
     let item = r#"{ "event_type" : "order.paid",  "event_payload": {"b": 1, "a": [1, 2.50], "s": "caf\u00e9"} }"#;
-    let r = app
-        .client
-        .post(app.url("/v1/events"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .body(format!("[{item}]"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", &format!("[{item}]")).await;
+    assert_eq!(status, 200);
     let sql = json!({"sql": "SELECT raw, event_payload FROM events WHERE event_type = 'order.paid'"});
     let (status, body) = app.post(ADMIN_TOKEN, "/v1/query", &sql).await;
     assert_eq!(status, 200, "{body}");

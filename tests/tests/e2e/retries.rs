@@ -101,17 +101,9 @@ async fn an_events_own_id_makes_its_retry_safe() {
     assert_eq!(again["results"][2]["index"], 2);
     assert_eq!(count(&app, ADMIN_TOKEN).await, 3, "each event stored once");
     // The same content written differently (spacing, key order) is the same.
-    let r = app
-        .client
-        .post(app.url("/v1/events"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .body(r#"{ "event_type": "pay",   "id": "evt-1" }"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let spaced = r#"{ "event_type": "pay",   "id": "evt-1" }"#;
+    let (status, body) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", spaced).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["replayed"], true, "{body}");
     assert_eq!(count(&app, ADMIN_TOKEN).await, 3);
     // The same id with other content: a conflict, and nothing of the request stored.
