@@ -4,7 +4,6 @@
 //! `SLUICE_BENCH_EVENTS` (default 10000000) sets the largest table.
 //! Figures go to BENCHMARKS.md.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,7 +11,7 @@ use sluice::event::{Event, StoredEvent};
 use sluice::store::{EventFilter, EventStore, QueryLimits, StoreOptions, WriteBatch};
 
 fn event(tenant: &str, n: u64) -> StoredEvent {
-    let raw = Arc::new(json!({"event_type": "bench"}));
+    let raw = sluice::event::raw_of(&json!({"event_type": "bench"}));
     StoredEvent {
         event: Event {
             id: format!("{tenant}-{n}"),
@@ -33,7 +32,7 @@ fn event(tenant: &str, n: u64) -> StoredEvent {
             attributes: vec![("http_status".into(), "200".into()), ("latency_ms".into(), "12.5".into())],
             payload: r#"{"region":"eu-west-1","size":"large","tags":["a","b"]}"#.into(),
         },
-        lineage: Vec::new(),
+        lineage: Vec::new().into(),
         raw,
     }
 }
