@@ -107,16 +107,26 @@ pub async fn ingest(
     Ok(rate)
 }
 
-/// Open loop: requests are due at a fixed rate whatever the answers do;
-/// latency counts from when a request was due, so queueing is included.
-/// Returns p50 and p99 in seconds, and the number of failed requests.
+/// Latency percentiles of an open-loop run, in seconds.
+pub struct Latency {
+    /// From when each request was due: includes any queueing, in the server
+    /// or in the load generator (whose timer has 1 ms resolution).
+    pub due: (f64, f64),
+    /// From when each request was actually sent: the server's share.
+    pub sent: (f64, f64),
+    pub errors: u64,
+}
+
+/// Open loop: requests are due at a fixed rate whatever the answers do.
+/// Returns p50 and p99 counted from when each request was due (queueing
+/// included) and from when it was sent, and the number of failed requests.
 pub async fn fixed_rate(
     server: &Server,
     token: &str,
     body: &Arc<Vec<u8>>,
     per_second: f64,
     duration: Duration,
-) -> Result<(f64, f64, u64)> {
+) -> Result<Latency> {
     let total = (per_second * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / per_second);
     let started = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -128,6 +138,7 @@ pub async fn fixed_rate(
         tokio::time::sleep_until(due).await;
         let (client, url, token, body) = (client.clone(), url.clone(), token.to_string(), body.clone());
         tasks.push(tokio::spawn(async move {
+            let sent = tokio::time::Instant::now();
             let r = client
                 .post(url)
                 .bearer_auth(token)
@@ -139,19 +150,23 @@ pub async fn fixed_rate(
                 Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
                 Err(_) => false,
             };
-            (due.elapsed().as_secs_f64(), ok)
+            (due.elapsed().as_secs_f64(), sent.elapsed().as_secs_f64(), ok)
         }));
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let (mut from_due, mut from_sent) = (Vec::with_capacity(tasks.len()), Vec::with_capacity(tasks.len()));
     let mut errors = 0;
     for t in tasks {
-        let (latency, ok) = t.await?;
-        latencies.push(latency);
+        let (due, sent, ok) = t.await?;
+        from_due.push(due);
+        from_sent.push(sent);
         errors += u64::from(!ok);
     }
-    latencies.sort_by(f64::total_cmp);
-    let at = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    Ok((at(0.5), at(0.99), errors))
+    let percentiles = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+        (at(0.5), at(0.99))
+    };
+    Ok(Latency { due: percentiles(from_due), sent: percentiles(from_sent), errors })
 }
 
 /// Median of `n` timed GETs or POSTs.
