@@ -92,8 +92,8 @@ pub struct LineageStep {
 pub type Raw = std::sync::Arc<str>;
 
 /// The [`Raw`] form of an input the API has as a parsed value.
-pub fn raw_of(value: &Value) -> Raw {
-    value.to_string().into()
+pub fn raw_of(value: &impl serde::Serialize) -> Raw {
+    serde_json::to_string(value).unwrap_or_default().into()
 }
 
 /// The plugins an event went through, in order. Shared: the events of a

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::events::to_event;
 use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
-use crate::event::{now_micros, raw_of, rfc3339};
+use crate::event::{now_micros, rfc3339};
 use crate::pipeline::{Input, RunOutput};
 
 /// Most sample events per dry run.
@@ -38,13 +38,14 @@ fn inputs(tenant: &str, body: &[u8]) -> Result<Vec<Input>, ApiError> {
     let received_at = now_micros();
     let mut errors: Vec<FieldError> = Vec::new();
     let mut inputs = Vec::new();
-    for (i, raw) in request.events.into_iter().enumerate() {
-        match to_event(tenant, i, &raw.to_string(), received_at) {
+    for (i, raw) in request.events.iter().enumerate() {
+        let text = raw.to_string();
+        match to_event(tenant, i, &text, received_at) {
             Ok(mut event) => {
                 if let Some(family) = &request.family {
                     event.family = family.clone();
                 }
-                inputs.push(Input { event, raw: raw_of(&raw) });
+                inputs.push(Input { event, raw: text.into() });
             }
             Err(mut e) => {
                 for err in &mut e {

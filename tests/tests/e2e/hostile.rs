@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_e2e::{plugin_wasm, spawn_app, TestApp, ADMIN_TOKEN};
+use sluice_e2e::{plugin_wasm, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN};
 
 /// Install `krate` for the token's tenant with `settings`.
 async fn hostile(app: &TestApp, token: &str, krate: &str, settings: Value) {
@@ -215,4 +215,25 @@ async fn hostile_uploads_get_a_clear_4xx_in_bounded_time() {
     assert_eq!(app.plugin_names(ADMIN_TOKEN).await, [sluice_e2e::SHIPPED], "nothing installed");
     let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "still.fine"})).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_workers_bound_how_many_batches_run_plugins_at_once() {
+    // One plugin thread: two requests into a plugin that spins to its
+    // deadline run one after the other; with two, side by side.
+    for (workers, serialized) in [(1, true), (2, false)] {
+        let app = spawn_app_with(|s| s.plugin_workers = workers).await;
+        let settings = json!({"limits": {"deadline_ms": 300}, "max_consecutive_failures": 100});
+        hostile(&app, ADMIN_TOKEN, "hostile-loop", settings).await;
+        let spin = json!({"event_type": "spin"});
+        let started = Instant::now();
+        let (a, b) = tokio::join!(app.post_events(ADMIN_TOKEN, &spin), app.post_events(ADMIN_TOKEN, &spin));
+        let elapsed = started.elapsed();
+        assert_eq!((a.0, b.0), (502, 502));
+        if serialized {
+            assert!(elapsed >= Duration::from_millis(600), "{workers} worker: both done after {elapsed:?}");
+        } else {
+            assert!(elapsed < Duration::from_millis(550), "{workers} workers: both done after {elapsed:?}");
+        }
+    }
 }

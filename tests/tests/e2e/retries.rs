@@ -105,6 +105,11 @@ async fn an_events_own_id_makes_its_retry_safe() {
     let (status, body) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", spaced).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["replayed"], true, "{body}");
+    // So is an id whose key is spelled with an escape.
+    let escaped = r#"{"event_type": "pay", "i\u0064": "evt-1"}"#;
+    let (status, body) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", escaped).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["replayed"], true, "{body}");
     assert_eq!(count(&app, ADMIN_TOKEN).await, 3);
     // The same id with other content: a conflict, and nothing of the request stored.
     let (status, body) =
