@@ -76,8 +76,10 @@ pub enum TokenCommand {
         scopes: Vec<String>,
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, default_value = "live")]
-        mode: String,
+        /// `live` or `test`; default: the mode of the token you call with
+        /// (a test-mode token creates only test-mode tokens).
+        #[arg(long)]
+        mode: Option<String>,
     },
     /// The tenant's tokens (never their secrets).
     List,

@@ -66,6 +66,33 @@ pub struct Settings {
     /// Meter fuel on every plugin call (needed for fuel budgets and reports).
     #[arg(long, env = "SLUICE_FUEL_METERING", default_value_t = true, action = clap::ArgAction::Set)]
     pub fuel_metering: bool,
+    /// Program started for query and compile workers (`sluice query-worker`,
+    /// `sluice compile-worker`); default: this executable.
+    #[arg(long, env = "SLUICE_WORKER_PROGRAM")]
+    pub worker_program: Option<PathBuf>,
+    /// Largest answer of one query in any format, in bytes (JSON and CSV
+    /// are cut and marked truncated; a larger Parquet result is refused).
+    #[arg(long, env = "SLUICE_QUERY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub query_max_bytes: usize,
+    /// DuckDB `memory_limit` of a query worker; the worker's address space is
+    /// also capped by the OS at twice this plus 1 GiB.
+    #[arg(long, env = "SLUICE_QUERY_MEMORY_LIMIT", default_value = "1GB")]
+    pub query_memory_limit: String,
+    /// Most analyst queries running at once, all tenants; beyond it 429.
+    #[arg(long, env = "SLUICE_QUERY_CONCURRENCY", default_value_t = 4)]
+    pub query_concurrency: usize,
+    /// Most analyst queries running at once for one tenant; beyond it 429.
+    #[arg(long, env = "SLUICE_QUERY_TENANT_CONCURRENCY", default_value_t = 2)]
+    pub query_tenant_concurrency: usize,
+    /// A client must send a request's headers within this, in seconds.
+    #[arg(long, env = "SLUICE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// A client must send a request's whole body within this, in seconds.
+    #[arg(long, env = "SLUICE_HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+    /// Most open client connections; beyond it new ones get 503.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 impl Settings {
@@ -90,6 +117,26 @@ impl Settings {
             query_max_rows: 10_000,
             retention_interval_secs: 300,
             fuel_metering: true,
+            worker_program: None,
+            query_max_bytes: 64 << 20,
+            query_memory_limit: "1GB".into(),
+            query_concurrency: 4,
+            query_tenant_concurrency: 2,
+            http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
+            max_connections: 1024,
+        }
+    }
+
+    /// The program that runs query and compile workers.
+    ///
+    /// # Errors
+    ///
+    /// When no program is set and this executable cannot be located.
+    pub fn worker_program(&self) -> std::io::Result<PathBuf> {
+        match &self.worker_program {
+            Some(path) => Ok(path.clone()),
+            None => std::env::current_exe(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! events and stores what comes out in DuckDB.
 //!
 //! A tour, in the order data flows:
+//! - [`http`]: the accept loop; header and body deadlines, the connection
+//!   cap, graceful shutdown.
 //! - [`api`]: the HTTP edge; routes, the one `ApiError`, extractors.
 //! - [`auth`]: tenants and tokens (stored as hashes); who is calling.
 //! - [`event`]: the canonical event every API family is normalized into.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod runtime;

@@ -16,6 +16,14 @@ struct Cli {
 enum Command {
     /// Run the service (the default when no command is given).
     Serve(Settings),
+    /// Internal: run one analyst query in a sandboxed process (started by
+    /// the server; reads its job on stdin, answers on stdout).
+    #[command(hide = true)]
+    QueryWorker,
+    /// Internal: compile one uploaded component in a process the server can
+    /// kill at the compile timeout.
+    #[command(hide = true)]
+    CompileWorker,
     /// Manage plugins: push, list, versions, rollback, enable, disable, test, logs.
     Plugin {
         #[command(flatten)]
@@ -77,6 +85,8 @@ fn main() -> anyhow::Result<()> {
     };
     match command {
         Command::Serve(settings) => serve(settings),
+        Command::QueryWorker => sluice::store::query_worker::main(),
+        Command::CompileWorker => sluice::runtime::compile_worker::main(),
         Command::Plugin { remote, command } => print(cli::plugin(remote, command)),
         Command::Query { remote, sql, params, format } => print(cli::query(remote, sql, params, format)),
         Command::Token { remote, command } => print(cli::token(remote, command)),

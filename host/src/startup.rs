@@ -13,7 +13,7 @@ use crate::auth::Auth;
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{EventStore, StoreOptions};
+use crate::store::{EventStore, QueryOptions, StoreOptions};
 
 /// The service, built and bound, not yet serving.
 pub struct Application {
@@ -51,6 +51,12 @@ impl Application {
             memory_limit: settings.duckdb_memory_limit.clone(),
             checkpoint_threshold: settings.checkpoint_threshold.clone(),
             queue_depth: settings.write_queue_depth,
+            query: QueryOptions {
+                worker_program: settings.worker_program().context("cannot locate the query worker program")?,
+                memory_limit: settings.query_memory_limit.clone(),
+                max_concurrent: settings.query_concurrency,
+                max_concurrent_per_tenant: settings.query_tenant_concurrency,
+            },
         };
         let store = EventStore::open(&settings.database_path(), options)
             .with_context(|| format!("cannot open {}", settings.database_path().display()))?;
@@ -98,7 +104,8 @@ impl Application {
         self.generated_admin_token.as_deref()
     }
 
-    /// Serve until Ctrl-C or SIGTERM, then finish in-flight requests.
+    /// Serve until Ctrl-C or SIGTERM, then finish in-flight requests (for at
+    /// most [`crate::http::SHUTDOWN_GRACE`]).
     ///
     /// # Errors
     ///
@@ -108,7 +115,10 @@ impl Application {
             self.state.store.clone(),
             Duration::from_secs(self.state.settings.retention_interval_secs.max(1)),
         ));
-        let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown_signal()).await;
+        // Our own accept loop rather than `axum::serve`: it adds header and
+        // body deadlines and the connection cap (see `http`).
+        let limits = crate::http::HttpLimits::from_settings(&self.state.settings);
+        let served = crate::http::serve(self.listener, router(self.state), limits, shutdown_signal()).await;
         retention.abort();
         served
     }

@@ -94,6 +94,13 @@ impl Drop for TestApp {
     }
 }
 
+/// The `sluice` binary next to the test binaries (target/release/sluice;
+/// cargo builds the workspace's binaries before running tests).
+pub fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(|deps| deps.parent()).expect("target directory").join("sluice")
+}
+
 /// Start the service on port 0 with a new temporary data directory.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -120,6 +127,9 @@ async fn start(data_dir: &Path, adjust: impl FnOnce(&mut sluice::Settings)) -> T
     // Many apps share one test process: keep each engine's pool small.
     settings.max_plugin_instances = 32;
     settings.duckdb_memory_limit = "1GB".into();
+    // The server runs in this process; its query and compile workers are
+    // the `sluice` binary cargo built beside the test binaries.
+    settings.worker_program = Some(sluice_bin());
     adjust(&mut settings);
     let app = sluice::Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());

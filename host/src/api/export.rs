@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 
 use super::{require, ApiError, AppState};
 use crate::auth::Principal;
@@ -32,8 +33,14 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
         .transpose()
 }
 
+/// How long a client may leave an export unread before it is dropped.
+const STALLED_READER: Duration = Duration::from_secs(30);
+
 /// Stream a file written under the export directory, then forget it: the
-/// path is removed at once and the open handle keeps the data readable.
+/// path is removed at once and the open handle keeps the data readable. A
+/// task feeds the body through a small channel; when the client stops
+/// reading for [`STALLED_READER`], the task gives up and closes the file, so
+/// an unread download cannot pin a deleted file's disk space.
 pub(crate) async fn stream_file(
     path: PathBuf,
     content_type: &'static str,
@@ -41,7 +48,17 @@ pub(crate) async fn stream_file(
 ) -> Result<Response, ApiError> {
     let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let _ = tokio::fs::remove_file(&path).await;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        let mut chunks = tokio_util::io::ReaderStream::new(file);
+        while let Some(chunk) = chunks.next().await {
+            if tx.send_timeout(chunk, STALLED_READER).await.is_err() {
+                tracing::info!("an export was left unread and was dropped");
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
     Ok((
         StatusCode::OK,
         [

@@ -89,6 +89,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller has too much running already (429 with `Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     BadGateway(String),
     #[error("internal error: {0}")]
@@ -112,6 +115,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!(m)),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(m)),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
+            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, json!(m)),
             ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, json!(m)),
             ApiError::Internal(m) => {
                 // Logged once here; the client gets no internals.
@@ -124,7 +128,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::TooManyRequests(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -155,6 +159,9 @@ impl From<PluginError> for ApiError {
                 ApiError::field(loc, msg, "value_error")
             }
             PluginError::Store(s) => s.into(),
+            // The host's fault, not the plugin's: retryable, in every
+            // family's own 503 dialect (each maps `Unavailable`).
+            e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             PluginError::Host(m) => ApiError::Internal(m),
         }
     }

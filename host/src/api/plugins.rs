@@ -43,6 +43,7 @@ struct UploadForm {
     responses(
         (status = 201, description = "Installed", body = Object),
         (status = 200, description = "A new version of an installed plugin", body = Object),
+        (status = 429, description = "Another upload of the tenant is in progress", body = super::openapi::Message),
         super::openapi::ApiErrors,
     )
 )]
@@ -57,6 +58,12 @@ pub async fn upload(
         .get("name")
         .ok_or_else(|| ApiError::field(vec!["query".into(), "name".into()], "Field required", "missing"))?
         .clone();
+    // One upload (so one compile worker) per tenant at a time, refused
+    // before the body is read: a tenant cannot occupy the machine with
+    // compilations.
+    let slot = state.pipeline.compile_slot(&principal.tenant).ok_or_else(|| {
+        ApiError::TooManyRequests("another plugin upload of this tenant is in progress; retry when it answers".into())
+    })?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     // This route reads its body itself (no DefaultBodyLimit) up to the
@@ -113,7 +120,11 @@ pub async fn upload(
             "unsupported content type {content_type:?}: send the component as application/wasm, or multipart/form-data"
         )));
     };
-    let (view, created) = state.pipeline.upload(&principal.tenant, &name, component.to_vec(), patch).await?;
+    let worker = state
+        .settings
+        .worker_program()
+        .map_err(|e| ApiError::Internal(format!("cannot locate the compile worker program: {e}")))?;
+    let (view, created) = state.pipeline.upload(&slot, &name, component.to_vec(), patch, &worker).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
 }
 

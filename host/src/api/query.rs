@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::Principal;
-use crate::store::{QueryError, QueryLimits};
+use crate::store::{QueryError, QueryFormat, QueryLimits};
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -33,21 +32,10 @@ impl From<QueryError> for ApiError {
             QueryError::Invalid(msg) => ApiError::field(loc, msg, "query_invalid"),
             QueryError::Timeout(_) => ApiError::field(loc, e.to_string(), "query_timeout"),
             QueryError::Failed(msg) => ApiError::field(loc, msg, "query_failed"),
+            QueryError::TooLarge(msg) => ApiError::field(loc, msg, "query_result_too_large"),
+            QueryError::Busy(msg) => ApiError::TooManyRequests(msg),
             QueryError::Store(s) => s.into(),
         }
-    }
-}
-
-fn csv_field(v: &Value) -> String {
-    let text = match v {
-        Value::Null => return String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
     }
 }
 
@@ -60,8 +48,9 @@ struct QueryResponse {
     columns: Vec<Value>,
     #[schema(value_type = Vec<Vec<Object>>)]
     rows: Vec<Vec<Value>>,
-    /// Whether the row cap cut the result.
     row_count: u64,
+    /// Whether the row cap or the byte cap (`SLUICE_QUERY_MAX_BYTES`) cut
+    /// the result (also the `Sluice-Truncated` header, for CSV).
     truncated: bool,
 }
 
@@ -99,31 +88,26 @@ pub async fn run(
     let limits = QueryLimits {
         timeout: Duration::from_secs(state.settings.query_timeout_secs),
         max_rows: state.settings.query_max_rows,
+        max_bytes: state.settings.query_max_bytes,
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    if accept.contains("parquet") {
-        let path = state.store.query_to_parquet(principal.space(), request.sql, request.params, limits).await?;
-        return super::export::stream_file(path, "application/vnd.apache.parquet", "query.parquet").await;
+    let format = if accept.contains("parquet") {
+        QueryFormat::Parquet
+    } else if accept.contains("text/csv") {
+        QueryFormat::Csv
+    } else {
+        QueryFormat::Json
+    };
+    let answer = state.store.query(principal.space(), request.sql, request.params, format, limits).await?;
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], Body::from(answer.body))
+        .into_response();
+    if format == QueryFormat::Parquet {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"query.parquet\""));
     }
-    let result = state.store.query(principal.space(), request.sql, request.params, limits).await?;
-    if accept.contains("text/csv") {
-        let mut out =
-            result.columns.iter().map(|(n, _)| csv_field(&Value::String(n.clone()))).collect::<Vec<_>>().join(",");
-        out.push('\n');
-        for row in &result.rows {
-            out.push_str(&row.iter().map(csv_field).collect::<Vec<_>>().join(","));
-            out.push('\n');
-        }
-        return Ok(
-            (StatusCode::OK, [(header::CONTENT_TYPE, "text/csv; charset=utf-8")], Body::from(out)).into_response()
-        );
-    }
-    let columns: Vec<Value> = result.columns.iter().map(|(name, ty)| json!({"name": name, "type": ty})).collect();
-    Ok(Json(json!({
-        "columns": columns,
-        "rows": result.rows,
-        "row_count": result.rows.len(),
-        "truncated": result.truncated,
-    }))
-    .into_response())
+    // JSON says so in its body too; CSV has no place for it but a header.
+    let truncated = if answer.truncated { "true" } else { "false" };
+    response.headers_mut().insert("sluice-truncated", HeaderValue::from_static(truncated));
+    Ok(response)
 }

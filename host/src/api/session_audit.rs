@@ -1,6 +1,6 @@
 //! `POST /session/v1/audit` (document 000): a game client or server records
-//! a session event. Errors: 401/403/404 `{auth_success, error_code, desc}`,
-//! 422 `{detail: [{loc, msg, type}]}` in pydantic's wording. `players` fans
+//! a session event. Errors: 401/403/404/502/503 `{auth_success, error_code,
+//! desc}`, 422 `{detail: [{loc, msg, type}]}` in pydantic's wording. `players` fans
 //! one request out into one event per player. A request is stored whole or
 //! not at all.
 
@@ -66,7 +66,20 @@ fn family_error(status: StatusCode, auth_success: bool, code: &str, desc: impl I
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     response
+}
+
+/// A failure of shared code: a 503 (the host could not run a plugin, or the
+/// store is overloaded; both retryable) in this family's shape, anything
+/// else as it is.
+fn shaped(e: ApiError) -> Result<Response, ApiError> {
+    match e {
+        ApiError::Unavailable(m) => Ok(family_error(StatusCode::SERVICE_UNAVAILABLE, true, "unavailable", m)),
+        other => Err(other),
+    }
 }
 
 /// Every constraint of the document's request body.
@@ -385,9 +398,10 @@ enum SessionErrors {
     /// The tenant's plugins failed (reject policy).
     #[response(status = 502)]
     PluginFailed(#[to_schema] SessionError),
-    /// Overloaded: retry after `Retry-After` seconds.
+    /// The host could not run a plugin, or the store is overloaded: retry
+    /// after `Retry-After` seconds.
     #[response(status = 503)]
-    Unavailable(#[to_schema] super::openapi::Message),
+    Unavailable(#[to_schema] SessionError),
 }
 
 /// Record a session event; `players` fans it out into one event per player.
@@ -428,7 +442,7 @@ pub async fn create(
         Ok(Begin::Replay(status, body)) => return Ok(idempotency::replay(status, body)),
         Ok(Begin::Fresh) => None,
         Ok(Begin::Keyed(ticket)) => Some(ticket),
-        Err(Refusal::Store(e)) => return Err(e.into()),
+        Err(Refusal::Store(e)) => return shaped(e.into()),
         Err(Refusal::InvalidKey) => return Err(Refusal::InvalidKey.into()),
         Err(refusal) => {
             return Ok(family_error(StatusCode::CONFLICT, true, "idempotency_conflict", refusal.message()));
@@ -442,11 +456,16 @@ pub async fn create(
     let raw = crate::event::raw_of(&raw);
     let inputs =
         to_events(&principal.space(), object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
-    let output = run_whole(&state, &principal.tenant, inputs).await?;
+    let output = match run_whole(&state, &principal.tenant, inputs).await {
+        Ok(output) => output,
+        Err(e) => return shaped(e),
+    };
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
             // Nothing of the request is stored; its plugin logs and runs are.
-            state.store.commit(output.batch).await?;
+            if let Err(e) = state.store.commit(output.batch).await {
+                return shaped(e.into());
+            }
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
                 return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
             }
@@ -468,7 +487,9 @@ pub async fn create(
         .collect();
     let count = ids.len();
     let body = json!({ "event_ids": ids });
-    commit_whole(&state, output.batch, ticket.as_ref(), StatusCode::OK, &body).await?;
+    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), StatusCode::OK, &body).await {
+        return shaped(e);
+    }
     crate::metrics::ingest(FAMILY, count, 0, 0, 0);
     Ok((StatusCode::OK, Json(body)).into_response())
 }

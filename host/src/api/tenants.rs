@@ -42,6 +42,11 @@ pub async fn create(
     if principal.tenant != DEFAULT_TENANT {
         return Err(ApiError::Forbidden("only the default tenant's admin may create tenants".into()));
     }
+    // A new tenant comes with a live admin token: a test token must not
+    // be a way to mint one.
+    if principal.is_test() {
+        return Err(ApiError::Forbidden("a test-mode token cannot create tenants".into()));
+    }
     let new: NewTenant = parse_json(&body)?;
     let valid = (1..=64).contains(&new.id.len())
         && new.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');

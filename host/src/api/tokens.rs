@@ -1,5 +1,7 @@
 //! Tokens: `POST /v1/tokens` (the secret is shown once), `GET /v1/tokens`,
-//! `DELETE /v1/tokens/{id}`. Tokens are stored only as hashes.
+//! `DELETE /v1/tokens/{id}`. Tokens are stored only as hashes. A test-mode
+//! caller manages only test-mode tokens of its own tenant, so a test token
+//! can never become a live one.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -14,11 +16,13 @@ use crate::store::TokenRecord;
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
-    /// Default: the caller's tenant. Another tenant only for the operator.
+    /// Default: the caller's tenant. Another (existing) tenant only for the
+    /// operator: the default tenant's live admin.
     tenant: Option<String>,
     scopes: Vec<String>,
     name: String,
-    /// `live` (default) or `test`.
+    /// `live` or `test`; default: the caller's mode. A test-mode caller may
+    /// create only `test` tokens.
     mode: Option<String>,
 }
 
@@ -50,10 +54,17 @@ pub async fn create(
     require(&principal, "tokens:write")?;
     let new: NewToken = parse_json(&body)?;
     let tenant = new.tenant.unwrap_or_else(|| principal.tenant.clone());
-    if tenant != principal.tenant && !(principal.tenant == DEFAULT_TENANT && principal.has(ADMIN_SCOPE)) {
+    // The operator's test token is no operator: it stays in its own space.
+    let operator = principal.tenant == DEFAULT_TENANT && principal.has(ADMIN_SCOPE) && !principal.is_test();
+    if tenant != principal.tenant && !operator {
         return Err(ApiError::Forbidden("tokens can only be created for your own tenant".into()));
     }
     let field = |name: &str, msg: String| ApiError::field(vec!["body".into(), name.into()], msg, "value_error");
+    // Before issuing: a token of a tenant that does not exist would
+    // authenticate as a tenant no one created (and none of its settings).
+    if tenant != principal.tenant && !state.store.tenant_exists(tenant.clone()).await? {
+        return Err(field("tenant", format!("Tenant {tenant:?} does not exist; create it with POST /v1/tenants")));
+    }
     if new.name.is_empty() || new.name.len() > 128 {
         return Err(field("name", "Name should have 1..128 characters".into()));
     }
@@ -72,9 +83,12 @@ pub async fn create(
             return Err(ApiError::Forbidden(format!("you cannot grant a scope you do not hold: {scope}")));
         }
     }
-    let mode = new.mode.unwrap_or_else(|| "live".into());
+    let mode = new.mode.unwrap_or_else(|| principal.mode.clone());
     if mode != "live" && mode != "test" {
         return Err(field("mode", format!("Input should be 'live' or 'test', got {mode:?}")));
+    }
+    if principal.is_test() && mode != "test" {
+        return Err(ApiError::Forbidden("a test-mode token can only create test-mode tokens".into()));
     }
     let record =
         TokenRecord { tenant: tenant.clone(), name: new.name.clone(), scopes: new.scopes.clone(), mode: mode.clone() };
@@ -88,14 +102,17 @@ pub async fn create(
     ))
 }
 
-/// The tenant's tokens, without secrets.
+/// The tenant's tokens, without secrets (a test-mode caller sees only the
+/// test-mode ones).
 #[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "tokens:write")?;
-    Ok(Json(json!({ "items": state.store.list_tokens(principal.tenant).await? })))
+    let mode = principal.managed_mode().map(str::to_string);
+    Ok(Json(json!({ "items": state.store.list_tokens(principal.tenant, mode).await? })))
 }
 
-/// Revoke a token; effective immediately.
+/// Revoke a token; effective immediately. To a test-mode caller a live
+/// token does not exist (404), as in its listing.
 #[utoipa::path(
     delete,
     path = "/v1/tokens/{id}",
@@ -109,7 +126,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, "tokens:write")?;
-    if state.auth.revoke(&principal.tenant, &id).await? {
+    if state.auth.revoke(&principal.tenant, &id, principal.managed_mode()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("Token not found".into()))

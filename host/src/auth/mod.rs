@@ -59,11 +59,25 @@ impl Principal {
     /// tenant itself for live tokens, its test space for test tokens. The
     /// plugin chain, tokens and settings belong to the tenant either way.
     pub fn space(&self) -> String {
-        if self.mode == "test" {
+        if self.is_test() {
             format!("{}{TEST_SPACE_SUFFIX}", self.tenant)
         } else {
             self.tenant.clone()
         }
+    }
+
+    /// Whether the caller holds a test-mode token. Such a token never
+    /// reaches live data, so nothing it can do may yield a live token: it
+    /// creates, lists and revokes only test-mode tokens of its own tenant,
+    /// and creates no tenants.
+    pub fn is_test(&self) -> bool {
+        self.mode == "test"
+    }
+
+    /// The token mode the caller may manage: `Some("test")` for a test-mode
+    /// caller, `None` (every mode) for a live one.
+    pub fn managed_mode(&self) -> Option<&'static str> {
+        self.is_test().then_some("test")
     }
 
     /// Whether the caller holds `scope` (or `admin`).
@@ -152,13 +166,15 @@ impl Auth {
         Ok(secret)
     }
 
-    /// Revoke a token by id; it stops working at once.
+    /// Revoke a token of `tenant` by id (with `mode`, only a token of that
+    /// mode); it stops working at once.
     ///
     /// # Errors
     ///
     /// Store errors.
-    pub async fn revoke(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        let revoked = self.store.revoke_token(tenant.to_string(), id.to_string()).await?;
+    pub async fn revoke(&self, tenant: &str, id: &str, mode: Option<&str>) -> Result<bool, StoreError> {
+        let revoked =
+            self.store.revoke_token(tenant.to_string(), id.to_string(), mode.map(str::to_string)).await?;
         self.cache.write().clear();
         Ok(revoked)
     }

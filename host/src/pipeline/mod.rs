@@ -8,25 +8,25 @@
 mod installation;
 mod run;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde_json::Value;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
 pub use installation::{FailurePolicy, Installation, PluginSettings};
 pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
 
-use crate::runtime::{store_artifacts, PluginFault, PluginLimits, Runtime, UploadError};
+use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
 use crate::store::{EventStore, PluginVersion, StoreError};
 
 /// Why a control-plane change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error(transparent)]
-    Upload(#[from] UploadError),
+    Upload(UploadError),
     #[error("plugin not found: {0}")]
     NotFound(String),
     /// `(field, message)`: a setting out of range or a config `init` refused.
@@ -34,8 +34,54 @@ pub enum PluginError {
     Invalid(String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The host could not run plugin `plugin` (the fault's blame is the
+    /// host's, e.g. the instance pool is exhausted). Nothing of the run is
+    /// kept and the plugin's health is untouched; a retry may succeed.
+    #[error("the host could not run plugin {plugin} ({fault}); retry later")]
+    Unavailable { plugin: String, fault: PluginFault },
     #[error("{0}")]
     Host(String),
+}
+
+impl RunOutput {
+    /// The output, or [`PluginError::Unavailable`] when the run was
+    /// abandoned on a host fault.
+    fn completed(mut self) -> Result<RunOutput, PluginError> {
+        match self.host_fault.take() {
+            Some((plugin, fault)) => Err(PluginError::Unavailable { plugin, fault }),
+            None => Ok(self),
+        }
+    }
+}
+
+impl From<UploadError> for PluginError {
+    /// The component's problems are the caller's to fix; the host failing
+    /// to compile is an internal error.
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Host(message) => PluginError::Host(message),
+            other => PluginError::Upload(other),
+        }
+    }
+}
+
+/// A tenant's one upload in progress, so its one compile worker (see
+/// [`Pipeline::compile_slot`]); dropping it frees the slot.
+pub struct CompileSlot {
+    tenant: String,
+    compiling: Arc<parking_lot::Mutex<HashSet<String>>>,
+}
+
+impl CompileSlot {
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl Drop for CompileSlot {
+    fn drop(&mut self) {
+        self.compiling.lock().remove(&self.tenant);
+    }
 }
 
 /// A change to an installation's settings (`PATCH /v1/plugins/{name}`).
@@ -120,17 +166,30 @@ pub struct Pipeline {
     store: EventStore,
     plugin_dir: PathBuf,
     tenants: RwLock<HashMap<String, TenantPlugins>>,
-    /// Serializes control-plane changes, so two uploads cannot interleave.
-    control: Mutex<()>,
+    /// One lock per tenant serializing its control-plane changes, so two
+    /// changes of one chain cannot interleave. Per tenant, so one tenant's
+    /// slow step (an `init` check runs up to its deadline) never holds up
+    /// another's; compilation happens before the lock is taken.
+    control: parking_lot::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Tenants with an upload in progress: at most one each, so one tenant
+    /// cannot fill the machine with compile workers.
+    compiling: Arc<parking_lot::Mutex<HashSet<String>>>,
     /// Bounds how many batches run plugins at once, so plugin work cannot
     /// starve the machine; further batches wait their turn.
     workers: Semaphore,
 }
 
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+fn check_name(name: &str) -> Result<(), PluginError> {
+    let valid = (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if !valid {
+        return Err(PluginError::Invalid(
+            "name".into(),
+            "must be 1..64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Pipeline {
@@ -176,7 +235,8 @@ impl Pipeline {
             store,
             plugin_dir,
             tenants: RwLock::new(tenants),
-            control: Mutex::new(()),
+            control: Default::default(),
+            compiling: Default::default(),
             workers: Semaphore::new(workers),
         })
     }
@@ -191,18 +251,22 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// Only when the blocking pool is gone (shutdown).
+    /// [`PluginError::Unavailable`] when the host failed a plugin call
+    /// (nothing of the run is to be stored), [`PluginError::Host`] when the
+    /// blocking pool is gone (shutdown).
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, PluginError> {
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, Mode::Live).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
+        // Persisted even when the run was abandoned later: an earlier plugin
+        // of the chain may have been disabled by its own (guest) fault.
         for (tenant, name, settings) in &output.disabled {
             let json = serde_json::to_string(settings).unwrap_or_default();
             if let Err(e) = self.store.save_plugin(tenant.clone(), name.clone(), json).await {
                 tracing::error!(%tenant, %name, error = %e, "cannot persist disabled plugin");
             }
         }
-        Ok(output)
+        output.completed()
     }
 
     /// Run `inputs` through one plugin (`Some(name)`, even when disabled) or
@@ -211,7 +275,8 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// [`PluginError::NotFound`] for an unknown plugin.
+    /// [`PluginError::NotFound`] for an unknown plugin,
+    /// [`PluginError::Unavailable`] when the host failed a plugin call.
     pub async fn dry_run(
         &self,
         tenant: &str,
@@ -222,7 +287,7 @@ impl Pipeline {
             Some(name) => Arc::new([self.installation(tenant, name)?]),
             None => self.chain(tenant).iter().filter(|i| i.is_active()).cloned().collect(),
         };
-        self.run_on(chain, inputs, Mode::Dry).await
+        self.run_on(chain, inputs, Mode::Dry).await?.completed()
     }
 
     async fn run_on(
@@ -289,13 +354,14 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// Only at shutdown.
+    /// [`PluginError::Unavailable`] when the host failed a plugin call;
+    /// otherwise only at shutdown.
     pub async fn dry_run_chain(
         &self,
         chain: Arc<[Arc<Installation>]>,
         inputs: Vec<Input>,
     ) -> Result<RunOutput, PluginError> {
-        self.run_on(chain, inputs, Mode::Dry).await
+        self.run_on(chain, inputs, Mode::Dry).await?.completed()
     }
 
     /// Views of a tenant's plugins in chain order.
@@ -333,40 +399,64 @@ impl Pipeline {
         Ok(versions)
     }
 
-    /// Upload a component as the new version of plugin `name` (installing it
-    /// if new), with optional settings changes from the upload's manifest.
+    /// The tenant's compile slot, unless another upload of the tenant holds
+    /// it (then `None`: the caller answers 429).
+    pub fn compile_slot(&self, tenant: &str) -> Option<CompileSlot> {
+        let free = self.compiling.lock().insert(tenant.to_string());
+        free.then(|| CompileSlot { tenant: tenant.to_string(), compiling: self.compiling.clone() })
+    }
+
+    /// Wait for the tenant's control lock.
+    async fn lock_tenant(&self, tenant: &str) -> OwnedMutexGuard<()> {
+        let lock = self.control.lock().entry(tenant.to_string()).or_default().clone();
+        lock.lock_owned().await
+    }
+
+    /// Upload a component as the new version of plugin `name` of the slot's
+    /// tenant (installing it if new), with optional settings changes from
+    /// the upload's manifest. The component is compiled in a compile worker
+    /// (`worker compile-worker`) before the tenant's control lock is taken.
     /// Other settings are kept; `init` must accept the config before the new
     /// version goes live. Returns the view and whether the plugin was new.
     ///
     /// # Errors
     ///
-    /// [`PluginError::Upload`] for a component that fails validation,
-    /// [`PluginError::Invalid`] when `init` refuses the config.
+    /// [`PluginError::Upload`] for a component that fails validation or
+    /// compiles too long, [`PluginError::Invalid`] when `init` refuses the
+    /// config.
     pub async fn upload(
         &self,
-        tenant: &str,
+        slot: &CompileSlot,
         name: &str,
         bytes: Vec<u8>,
         patch: SettingsPatch,
+        worker: &Path,
     ) -> Result<(Value, bool), PluginError> {
-        if !valid_name(name) {
-            return Err(PluginError::Invalid(
-                "name".into(),
-                "must be 1..64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit".into(),
-            ));
-        }
-        let _guard = self.control.lock().await;
-        let runtime = self.runtime.clone();
-        let dir = self.plugin_dir.clone();
-        let size = bytes.len() as u64;
+        check_name(name)?;
+        let artifact = self.runtime.compile_in_worker(worker, &bytes).await?;
+        let (runtime, dir, size) = (self.runtime.clone(), self.plugin_dir.clone(), bytes.len() as u64);
         let compiled = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
-            let (plugin, artifact) = runtime.compile(&bytes)?;
-            store_artifacts(&dir, plugin.sha256(), &bytes, &artifact)
+            let plugin = runtime.prepare_compiled(&bytes, &artifact)?;
+            store_artifacts(&dir, plugin.sha256(), &bytes, artifact.as_bytes())
                 .map_err(|e| PluginError::Host(format!("cannot store plugin: {e}")))?;
             Ok(plugin)
         })
         .await
         .map_err(|e| PluginError::Host(e.to_string()))??;
+        self.install(slot.tenant(), name, compiled, size, patch).await
+    }
+
+    /// Make a compiled plugin (of a component of `size` bytes) the new
+    /// version of `name`, under the tenant's control lock.
+    async fn install(
+        &self,
+        tenant: &str,
+        name: &str,
+        compiled: CompiledPlugin,
+        size: u64,
+        patch: SettingsPatch,
+    ) -> Result<(Value, bool), PluginError> {
+        let _guard = self.lock_tenant(tenant).await;
         let compiled = Arc::new(compiled);
         let sha256 = compiled.sha256().to_string();
         let (version, _) =
@@ -396,7 +486,7 @@ impl Pipeline {
     ///
     /// [`PluginError::NotFound`], or [`PluginError::Invalid`] naming the field.
     pub async fn update(&self, tenant: &str, name: &str, patch: SettingsPatch) -> Result<Value, PluginError> {
-        let _guard = self.control.lock().await;
+        let _guard = self.lock_tenant(tenant).await;
         let current = self.installation(tenant, name)?;
         let settings = patch.apply(current.settings())?;
         let inst =
@@ -420,7 +510,18 @@ impl Pipeline {
             position: Some(1000),
             ..SettingsPatch::default()
         };
-        self.upload(tenant, "customer-prefix", crate::shipped::CUSTOMER_PREFIX.to_vec(), patch).await?;
+        // Compiled in this process, not in a worker: the host trusts the
+        // plugin it ships to compile in time.
+        let (runtime, dir, bytes) = (self.runtime.clone(), self.plugin_dir.clone(), crate::shipped::CUSTOMER_PREFIX);
+        let compiled = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
+            let (plugin, artifact) = runtime.compile(bytes)?;
+            store_artifacts(&dir, plugin.sha256(), bytes, &artifact)
+                .map_err(|e| PluginError::Host(format!("cannot store plugin: {e}")))?;
+            Ok(plugin)
+        })
+        .await
+        .map_err(|e| PluginError::Host(e.to_string()))??;
+        self.install(tenant, "customer-prefix", compiled, bytes.len() as u64, patch).await?;
         Ok(())
     }
 
@@ -432,7 +533,7 @@ impl Pipeline {
     /// [`PluginError::NotFound`] for an unknown plugin or version;
     /// [`PluginError::Invalid`] when that version's `init` refuses the config.
     pub async fn rollback(&self, tenant: &str, name: &str, version: Option<u32>) -> Result<Value, PluginError> {
-        let _guard = self.control.lock().await;
+        let _guard = self.lock_tenant(tenant).await;
         let current = self.installation(tenant, name)?;
         let mut settings = current.settings();
         let versions = self.store.plugin_versions(tenant.to_string(), name.to_string()).await?;
@@ -461,7 +562,7 @@ impl Pipeline {
     ///
     /// [`PluginError::NotFound`].
     pub async fn remove(&self, tenant: &str, name: &str) -> Result<(), PluginError> {
-        let _guard = self.control.lock().await;
+        let _guard = self.lock_tenant(tenant).await;
         self.installation(tenant, name)?;
         self.store.delete_plugin(tenant.to_string(), name.to_string()).await?;
         let mut tenants = self.tenants.write();
@@ -483,6 +584,16 @@ impl Pipeline {
         match checked {
             Ok(_) => {}
             Err(PluginFault::Init(message)) => return Err(PluginError::Invalid("config".into(), message)),
+            // No room for the check's instance now: nothing is wrong with the
+            // plugin or its config, so the change is refused as retryable.
+            // Other host faults here are not transient (this component cannot
+            // be instantiated on this host) and stay a refusal.
+            Err(fault @ PluginFault::Capacity(_)) => {
+                return Err(PluginError::Unavailable { plugin: inst.name.clone(), fault })
+            }
+            Err(fault) if fault.blame() == Blame::Host => {
+                return Err(PluginError::Invalid("config".into(), format!("cannot instantiate: {fault}")))
+            }
             Err(fault) => return Err(PluginError::Invalid("config".into(), format!("init failed: {fault}"))),
         }
         let json = serde_json::to_string(&inst.settings()).map_err(|e| PluginError::Host(e.to_string()))?;

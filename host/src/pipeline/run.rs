@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::installation::{FailurePolicy, Installation, PluginSettings};
 use crate::event::{now_micros, DeadLetter, Event, Lineage, LineageStep, PluginLog, PluginRun, Raw, StoredEvent};
 use crate::runtime::bindings::types;
-use crate::runtime::PluginFault;
+use crate::runtime::{Blame, PluginFault};
 use crate::store::WriteBatch;
 
 /// One input event with the client's raw input it came from.
@@ -56,6 +56,11 @@ pub struct RunOutput {
     pub dispositions: Vec<Disposition>,
     pub batch: WriteBatch,
     pub disabled: Vec<(String, String, PluginSettings)>,
+    /// Set when the host failed a plugin call (blame: host, e.g. the
+    /// instance pool was exhausted): the run was abandoned there, so
+    /// `dispositions` and `batch` are incomplete and must not be used. The
+    /// pipeline turns this into [`super::PluginError::Unavailable`].
+    pub(super) host_fault: Option<(String, PluginFault)>,
 }
 
 /// Longest rejection code and message passed on to clients.
@@ -340,6 +345,16 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                     }
                 }
                 items = next_items;
+            }
+            Err(fault) if fault.blame() == Blame::Host => {
+                // Not the plugin's doing, so not its failure: no count toward
+                // auto-disabling, no failure policy (a dead letter or a
+                // `plugin_failed` would blame the customer's code). The batch
+                // cannot finish as the chain says, so it is abandoned whole
+                // and the client is asked to retry.
+                tracing::warn!(tenant = %inst.tenant, plugin = %inst.name, %fault, "host could not run plugin");
+                out.host_fault = Some((inst.name.clone(), fault));
+                return out;
             }
             Err(fault) => {
                 tracing::debug!(tenant = %inst.tenant, plugin = %inst.name, %fault, "plugin call failed");

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 use super::bindings::{Plugin, PluginPre};
+use super::compile_worker::{self, CompileJob};
 use super::host::HostState;
 use super::limits::PluginLimits;
 use super::plugin::CompiledPlugin;
@@ -20,6 +22,11 @@ pub const SUPPORTED_CONTRACTS: [&str; 1] = ["0.1.0"];
 
 /// How often the epoch advances; deadlines are rounded up to it.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Address space a compile worker may use. Generous: Cranelift on a 16 MiB
+/// component needs a fraction of it; a component built to exhaust the
+/// compiler stops here instead of at the machine's memory.
+const COMPILE_ADDRESS_SPACE: u64 = 4 << 30;
 
 /// Interface prefixes a plugin may import. WASI is granted only in a form
 /// that reaches nothing: no preopened directories, empty environment, frozen
@@ -48,6 +55,16 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
 }
 
+impl RuntimeConfig {
+    fn codegen(&self) -> CodegenSettings {
+        CodegenSettings {
+            fuel_metering: self.fuel_metering,
+            epoch_interruption: self.epoch_interruption,
+            max_stack_bytes: self.max_stack_bytes,
+        }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
@@ -74,12 +91,57 @@ pub enum UploadError {
     Invalid(String),
     #[error("compilation took longer than {0:?}")]
     CompileTimeout(Duration),
+    /// The compile worker was stopped at its limits (the value, in bytes, is
+    /// its address-space cap).
+    #[error("compilation needed more than the {} MiB of memory it may use", .0 >> 20)]
+    CompileMemory(u64),
     #[error("import `{0}` is not granted: plugins may import only sluice:plugin/log and sandboxed WASI (io, clocks, random, cli, filesystem without directories); no network, no HTTP")]
     ForbiddenImport(String),
     #[error("component does not export a supported contract: expected one of {expected}, found exports [{found}]")]
     MissingExport { expected: String, found: String },
     #[error("component cannot be linked: {0}")]
     Link(String),
+    /// The host could not compile (e.g. the compile worker could not be
+    /// started): not the component's fault, and not to be shown as such.
+    #[error("{0}")]
+    Host(String),
+}
+
+/// The part of the engine's configuration that shapes compiled code. The
+/// server and its compile workers build their engines from these alone (see
+/// [`wasmtime_config`]), so an artifact made by a worker loads in the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CodegenSettings {
+    pub fuel_metering: bool,
+    pub epoch_interruption: bool,
+    pub max_stack_bytes: usize,
+}
+
+/// The wasmtime configuration every engine of this binary compiles with.
+/// The instance allocator is left to the caller: wasmtime documents that it
+/// does not affect compiled code, and a compile worker must not reserve the
+/// pooling allocator's address space. Wasmtime still checks compatibility
+/// when the server deserializes a worker's artifact.
+pub(crate) fn wasmtime_config(codegen: &CodegenSettings) -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .epoch_interruption(codegen.epoch_interruption)
+        .consume_fuel(codegen.fuel_metering)
+        .max_wasm_stack(codegen.max_stack_bytes);
+    wasm
+}
+
+/// A precompiled component, made by this binary's compiler (in this process
+/// or a compile worker) from an upload that passed the format checks. The
+/// only bytes the runtime deserializes at upload, so no caller can hand it
+/// arbitrary ones.
+pub struct Artifact(Vec<u8>);
+
+impl Artifact {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The shared engine, its linker and the epoch ticker that enforces deadlines.
@@ -114,13 +176,8 @@ impl Runtime {
             .max_tables_per_component(4)
             .max_core_instances_per_component(16)
             .max_memory_size(PluginLimits::MAX_MEMORY_BYTES as usize);
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .cranelift_opt_level(OptLevel::Speed)
-            .epoch_interruption(config.epoch_interruption)
-            .consume_fuel(config.fuel_metering)
-            .max_wasm_stack(config.max_stack_bytes)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let mut wasm = wasmtime_config(&config.codegen());
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -145,14 +202,8 @@ impl Runtime {
         &self.config
     }
 
-    /// Validate and compile an uploaded component. Returns the compiled plugin
-    /// and its precompiled form, to be kept on disk.
-    ///
-    /// # Errors
-    ///
-    /// An [`UploadError`] naming the problem: size, format, compile time,
-    /// imports or exports.
-    pub fn compile(&self, bytes: &[u8]) -> Result<(CompiledPlugin, Vec<u8>), UploadError> {
+    /// The checks that need no compiler: size and format.
+    fn check_format(&self, bytes: &[u8]) -> Result<(), UploadError> {
         if bytes.len() > self.config.max_module_bytes {
             return Err(UploadError::TooLarge { size: bytes.len(), limit: self.config.max_module_bytes });
         }
@@ -162,9 +213,66 @@ impl Runtime {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(UploadError::CoreModule);
         }
-        // Compile on a thread of its own so a pathological module cannot hold
-        // the caller past the budget. Cranelift cannot be cancelled, so a
-        // timed-out compilation finishes in the background and is discarded.
+        Ok(())
+    }
+
+    /// Compile an uploaded component in a compile worker (`program
+    /// compile-worker`), killed at the compile timeout. Customers' uploads
+    /// come this way: nothing of the compilation runs in the server, so it
+    /// can neither outlive its timeout nor take the server's memory. Finish
+    /// with [`Runtime::prepare_compiled`].
+    ///
+    /// # Errors
+    ///
+    /// An [`UploadError`] naming the problem: size, format, compile time or
+    /// memory, or the compiler's message; [`UploadError::Host`] when the
+    /// worker cannot be run.
+    pub async fn compile_in_worker(&self, program: &Path, bytes: &[u8]) -> Result<Artifact, UploadError> {
+        self.check_format(bytes)?;
+        // Enough CPU seconds for every core for the whole timeout (CPU time
+        // adds up over threads), so the wall-clock kill always comes first.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let job = CompileJob {
+            codegen: self.config.codegen(),
+            address_space: COMPILE_ADDRESS_SPACE,
+            cpu_seconds: (self.config.compile_timeout.as_secs() + 1) * cores + 1,
+        };
+        let artifact = compile_worker::compile(program, &job, bytes, self.config.compile_timeout).await?;
+        Ok(Artifact(artifact))
+    }
+
+    /// Deserialize the artifact of `bytes` and check its imports and exports:
+    /// the plugin ready to install. Work in proportion to the artifact, no
+    /// compilation; run it on a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// [`UploadError::Invalid`] when wasmtime refuses the artifact (e.g. a
+    /// worker built with another configuration), and the import and export
+    /// checks' errors.
+    pub fn prepare_compiled(&self, bytes: &[u8], artifact: &Artifact) -> Result<CompiledPlugin, UploadError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        // SAFETY: the artifact was produced by this binary's compiler with
+        // this engine's code settings (`Artifact` has no other constructor),
+        // and wasmtime checks that its settings match this engine's.
+        let component = unsafe { Component::deserialize(&self.engine, artifact.as_bytes()) }
+            .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
+        self.prepare(sha256, component)
+    }
+
+    /// Validate and compile a component in this process. Returns the
+    /// compiled plugin and its precompiled form, to be kept on disk. Only for
+    /// components the host trusts to compile in time (the plugins it ships,
+    /// and reloads of accepted uploads): a compilation past the timeout is
+    /// answered but keeps running in the background, since Cranelift cannot
+    /// be cancelled. Uploads go through [`Runtime::compile_in_worker`].
+    ///
+    /// # Errors
+    ///
+    /// An [`UploadError`] naming the problem: size, format, compile time,
+    /// imports or exports.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(CompiledPlugin, Vec<u8>), UploadError> {
+        self.check_format(bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let (engine, owned) = (self.engine.clone(), bytes.to_vec());
         std::thread::Builder::new()
@@ -172,23 +280,20 @@ impl Runtime {
             .spawn(move || {
                 let _ = tx.send(engine.precompile_component(&owned));
             })
-            .map_err(|e| UploadError::Invalid(e.to_string()))?;
+            .map_err(|e| UploadError::Host(format!("cannot start a compile thread: {e}")))?;
         let artifact = match rx.recv_timeout(self.config.compile_timeout) {
-            Ok(Ok(artifact)) => artifact,
+            Ok(Ok(artifact)) => Artifact(artifact),
             Ok(Err(e)) => return Err(UploadError::Invalid(format!("{e:#}"))),
             Err(_) => return Err(UploadError::CompileTimeout(self.config.compile_timeout)),
         };
-        let sha256 = hex::encode(Sha256::digest(bytes));
-        // SAFETY: the artifact was produced just now by this engine.
-        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
-            .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
-        let plugin = self.prepare(sha256, component)?;
-        Ok((plugin, artifact))
+        let plugin = self.prepare_compiled(bytes, &artifact)?;
+        Ok((plugin, artifact.0))
     }
 
-    /// Load a plugin precompiled by [`Runtime::compile`] from disk, falling
-    /// back to compiling its source (`.wasm` beside it) when the artifact is
-    /// missing or was made by another engine version.
+    /// Load a plugin precompiled at upload from disk, falling back to
+    /// compiling its source (`.wasm` beside it, accepted at upload) in this
+    /// process when the artifact is missing or was made by another engine
+    /// version.
     ///
     /// # Errors
     ///
@@ -196,7 +301,7 @@ impl Runtime {
     pub fn load(&self, dir: &Path, sha256: &str) -> anyhow::Result<CompiledPlugin> {
         let artifact = artifact_path(dir, sha256);
         // SAFETY: artifacts in the data directory are written only by
-        // `store_artifacts`, from this engine's own output.
+        // `store_artifacts` and `load`, from this binary's compiler's output.
         if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &artifact) } {
             return Ok(self.prepare(sha256.to_string(), component)?);
         }
@@ -248,7 +353,9 @@ pub fn store_artifacts(dir: &Path, sha256: &str, source: &[u8], artifact: &[u8])
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    // A temporary name of its own: two tenants may store the same
+    // content-addressed plugin at once, each under its own control lock.
+    let tmp = path.with_extension(format!("{:016x}.tmp", rand::random::<u64>()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;

@@ -4,16 +4,19 @@
 //! - `bindings`: the one place that generates host bindings from `wit/`.
 //! - `engine`: the wasmtime engine (Cranelift, pooling allocator, epoch ticker)
 //!   and upload validation.
+//! - `compile_worker`: `sluice compile-worker`, the process an upload is
+//!   compiled in, and the server's side of it (killed at the timeout).
 //! - `limits`: per-call limits and their defaults.
 //! - `host`: per-store state and the host side of the imports.
 //! - `plugin`: a compiled plugin and its reusable instances.
 
 pub mod bindings;
+pub mod compile_worker;
 mod engine;
 mod host;
 mod limits;
 mod plugin;
 
-pub use engine::{store_artifacts, Runtime, RuntimeConfig, UploadError, SUPPORTED_CONTRACTS};
+pub use engine::{store_artifacts, Artifact, Runtime, RuntimeConfig, UploadError, SUPPORTED_CONTRACTS};
 pub use limits::PluginLimits;
-pub use plugin::{CallReport, CompiledPlugin, PluginFault, PluginInstances};
+pub use plugin::{Blame, CallReport, CompiledPlugin, PluginFault, PluginInstances};

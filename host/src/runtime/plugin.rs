@@ -50,11 +50,20 @@ pub enum PluginFault {
     InvalidOutput(String),
     #[error("init failed: {0}")]
     Init(String),
+    /// The host had no room for another instance (the pooling allocator's
+    /// limit of live instances, memories or tables was reached). Transient:
+    /// the same call succeeds once other calls give their instances back.
+    #[error("host out of plugin capacity: {0}")]
+    Capacity(String),
+    /// Any other failure of the host's side of a call (e.g. it could not
+    /// set up an instance), with no trap of the plugin's behind it.
     #[error("host error: {0}")]
     Host(String),
 }
 
-/// Who caused a fault.
+/// Who caused a fault. Policy reads it: only the guest's faults count
+/// toward auto-disabling and follow the installation's failure policy; the
+/// host's are the service's problem, answered with a retryable 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
     Guest,
@@ -73,15 +82,39 @@ impl PluginFault {
             PluginFault::Trap(_) => "trap",
             PluginFault::InvalidOutput(_) => "invalid_output",
             PluginFault::Init(_) => "init_failed",
+            PluginFault::Capacity(_) => "host_capacity",
             PluginFault::Host(_) => "host_error",
         }
     }
 
+    /// Whose fault it was. Listed variant by variant (no wildcard), so a new
+    /// fault cannot be blamed on the guest by default.
     pub fn blame(&self) -> Blame {
         match self {
-            PluginFault::Host(_) => Blame::Host,
-            _ => Blame::Guest,
+            PluginFault::Capacity(_) | PluginFault::Host(_) => Blame::Host,
+            PluginFault::Timeout
+            | PluginFault::OutOfFuel
+            | PluginFault::MemoryLimit
+            | PluginFault::StackOverflow
+            | PluginFault::Panic
+            | PluginFault::Trap(_)
+            | PluginFault::InvalidOutput(_)
+            | PluginFault::Init(_) => Blame::Guest,
         }
+    }
+
+    /// The fault of an instantiation that failed before any plugin code
+    /// ran to completion. A trap (in a start function) or a refused memory
+    /// growth is the plugin's; an exhausted pool is the host's capacity;
+    /// anything else is the host failing to set the instance up.
+    fn of_instantiation(err: wasmtime::Error, state: &HostState) -> PluginFault {
+        if err.downcast_ref::<Trap>().is_some() || state.memory_exceeded {
+            return PluginFault::classify(err, state);
+        }
+        if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return PluginFault::Capacity(format!("{err:#}"));
+        }
+        PluginFault::Host(format!("{err:#}"))
     }
 
     fn classify(err: wasmtime::Error, state: &HostState) -> PluginFault {
@@ -176,14 +209,7 @@ impl PluginInstances {
         let budget = self.arm(&mut store);
         let bindings = match self.plugin.pre.instantiate(&mut store) {
             Ok(bindings) => bindings,
-            Err(e) => {
-                let fault = if e.downcast_ref::<Trap>().is_some() || store.data().memory_exceeded {
-                    PluginFault::classify(e, store.data())
-                } else {
-                    PluginFault::Host(format!("{e:#}"))
-                };
-                return Err(fault);
-            }
+            Err(e) => return Err(PluginFault::of_instantiation(e, store.data())),
         };
         let result = bindings.sluice_plugin_handler().call_init(&mut store, &self.config);
         report.fuel += self.spent(&store, budget);

@@ -52,6 +52,19 @@ impl EventStore {
         .await
     }
 
+    /// Whether tenant `tenant` exists (tokens are issued only for tenants
+    /// that do).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn tenant_exists(&self, tenant: String) -> Result<bool, StoreError> {
+        self.read(move |conn| {
+            Ok(conn.query_row("SELECT count(*) > 0 FROM tenants WHERE id = ?", [tenant], |row| row.get(0))?)
+        })
+        .await
+    }
+
     /// Store a token by its hash.
     ///
     /// # Errors
@@ -96,18 +109,20 @@ impl EventStore {
         .await
     }
 
-    /// A tenant's tokens, newest first, without secrets.
+    /// A tenant's tokens, newest first, without secrets; with `mode`, only
+    /// the tokens of that mode.
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn list_tokens(&self, tenant: String) -> Result<Vec<TokenInfo>, StoreError> {
+    pub async fn list_tokens(&self, tenant: String, mode: Option<String>) -> Result<Vec<TokenInfo>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT left(hash, 16), tenant, name, scopes, coalesce(mode, 'live'), epoch_us(created_at), \
-                 epoch_us(revoked_at) FROM tokens WHERE tenant = ? ORDER BY created_at DESC",
+                 epoch_us(revoked_at) FROM tokens WHERE tenant = ? \
+                 AND (CAST(? AS VARCHAR) IS NULL OR coalesce(mode, 'live') = ?) ORDER BY created_at DESC",
             )?;
-            let rows = stmt.query_map([tenant], |row| {
+            let rows = stmt.query_map(duckdb::params![tenant, mode, mode], |row| {
                 Ok(TokenInfo {
                     id: row.get(0)?,
                     tenant: row.get(1)?,
@@ -123,16 +138,18 @@ impl EventStore {
         .await
     }
 
-    /// Revoke a tenant's token by id. Returns whether one was revoked.
+    /// Revoke a tenant's token by id; with `mode`, only a token of that
+    /// mode. Returns whether one was revoked.
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub async fn revoke_token(&self, tenant: String, id: String) -> Result<bool, StoreError> {
+    pub async fn revoke_token(&self, tenant: String, id: String, mode: Option<String>) -> Result<bool, StoreError> {
         self.write(move |conn| {
             let n = conn.execute(
-                "UPDATE tokens SET revoked_at = now() WHERE tenant = ? AND left(hash, 16) = ? AND revoked_at IS NULL",
-                [tenant, id],
+                "UPDATE tokens SET revoked_at = now() WHERE tenant = ? AND left(hash, 16) = ? AND revoked_at IS NULL \
+                 AND (CAST(? AS VARCHAR) IS NULL OR coalesce(mode, 'live') = ?)",
+                duckdb::params![tenant, id, mode, mode],
             )?;
             Ok(n > 0)
         })

@@ -8,9 +8,11 @@
 
 mod control;
 mod query;
+pub mod query_worker;
 mod read;
 mod retention;
 mod schema;
+mod snapshot;
 mod writer;
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 
 pub use control::{PluginVersion, TokenInfo, TokenRecord};
-pub use query::{QueryError, QueryLimits, QueryResult, QUERY_VIEWS};
+pub use query::{QueryAnswer, QueryError, QueryFormat, QueryLimits, QueryOptions, QUERY_VIEWS};
 pub use read::{EventFilter, EventPage};
 pub use retention::Quotas;
 
@@ -104,6 +106,8 @@ pub struct StoreOptions {
     /// Most write requests waiting for the writer; beyond it writes are
     /// refused with [`StoreError::Overloaded`] instead of growing memory.
     pub queue_depth: usize,
+    /// How analysts' queries run (worker processes).
+    pub query: QueryOptions,
 }
 
 /// A cheap-to-clone handle to the store.
@@ -123,6 +127,22 @@ struct Inner {
     export_dir: PathBuf,
     /// Highest sequence number committed (see `read::list_events`).
     committed: Arc<AtomicI64>,
+    /// Admission, snapshots and workers of analysts' queries.
+    query: query::QueryService,
+    /// Bumped after every commit and control write: a snapshot refreshed at
+    /// the current value needs no refresh.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+/// Refuse a size setting that is not like `512MB`.
+fn check_size(name: &str, value: &str) -> Result<(), StoreError> {
+    let size = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &value[size.len()..];
+    let units = ["", "B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"];
+    if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) || !units.contains(&unit) {
+        return Err(StoreError::Config(format!("{name} {value:?} is not a size like 512MB")));
+    }
+    Ok(())
 }
 
 impl EventStore {
@@ -133,16 +153,11 @@ impl EventStore {
     ///
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path, options: StoreOptions) -> Result<EventStore, StoreError> {
-        let StoreOptions { cursor_key, memory_limit, checkpoint_threshold, queue_depth } = options;
-        for (name, value) in [("memory limit", &memory_limit), ("checkpoint threshold", &checkpoint_threshold)] {
-            let size = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-            let unit = &value[size.len()..];
-            let units = ["", "B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"];
-            if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) || !units.contains(&unit) {
-                return Err(StoreError::Config(format!("{name} {value:?} is not a size like 512MB")));
-            }
-        }
+        let StoreOptions { cursor_key, memory_limit, checkpoint_threshold, queue_depth, query } = options;
+        check_size("memory limit", &memory_limit)?;
+        check_size("checkpoint threshold", &checkpoint_threshold)?;
         let dir = path.parent().unwrap_or(Path::new("."));
+        let query = query::QueryService::new(query, dir)?;
         let export_dir = std::path::absolute(dir.join("exports"))?;
         std::fs::create_dir_all(&export_dir)?;
         // Left-overs of exports interrupted by a crash.
@@ -155,9 +170,10 @@ impl EventStore {
         // last, partly filled row group, so frequent small checkpoints cost
         // more than they save (measured: BENCHMARKS.md). Recovery replays at
         // most this much WAL.
-        // Analysts' SQL runs on this database: from here on it reaches no
-        // file but its own and the export directory, loads no extension, and
-        // no statement can change these settings.
+        // Analysts' SQL never runs here (query workers read snapshots); as
+        // a second wall, this database reaches no file but its own and the
+        // export directory, loads no extension, and no statement can change
+        // these settings.
         let allowed = format!("{}/", export_dir.display()).replace('\'', "''");
         conn.execute_batch(&format!(
             "SET memory_limit = '{}'; \
@@ -182,6 +198,8 @@ impl EventStore {
                 cursor_key,
                 export_dir,
                 committed,
+                query,
+                changes: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -208,7 +226,9 @@ impl EventStore {
             }
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        let committed = wait.await.map_err(|_| StoreError::Closed)?;
+        self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        committed
     }
 
     /// Run a control-plane write (tenants, tokens, plugin settings) on the
@@ -227,7 +247,9 @@ impl EventStore {
             let _ = done.send(f(conn));
         });
         self.inner.writer.send(Command::Run(job)).await.map_err(|_| StoreError::Closed)?;
-        Ok(wait.await.map_err(|_| StoreError::Closed)??)
+        let done = wait.await.map_err(|_| StoreError::Closed);
+        self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        Ok(done??)
     }
 
     /// Run a read on a reader connection, on a blocking thread.
@@ -305,6 +327,11 @@ impl EventStore {
             Ok(found)
         })
         .await
+    }
+
+    /// How many writes have finished (any table): a change detector.
+    pub(crate) fn changes(&self) -> u64 {
+        self.inner.changes.load(Ordering::Acquire)
     }
 
     /// Highest sequence number committed so far.

@@ -1,20 +1,34 @@
-//! Analysts' SQL: one read-only SELECT over the caller's own views.
+//! Analysts' SQL: one read-only SELECT over the caller's own data, run in a
+//! worker process that holds nothing else.
 //!
-//! The text is checked with DuckDB's own parser (`json_serialize_sql`), so
-//! the checker and the executor cannot disagree about what the query is. Only
-//! the views `events`, `dead_letters`, `plugin_runs` and `plugin_logs` may be
-//! named (and the query's own CTEs); table functions, qualified names and
-//! functions that reveal or change state are refused. The query then runs
-//! inside CTEs that shadow those names with the tenant's rows only, under a
-//! time limit (interrupt) and a row cap. The database itself has external
-//! access disabled and its configuration locked (see `EventStore::open`).
+//! Isolation does not rest on the checker. The server keeps, per tenant
+//! space, a snapshot file with only that space's rows (`snapshot.rs`,
+//! brought up to date by server-written SQL before each query), and starts a
+//! `sluice query-worker` process that opens that file read-only, turns off
+//! every file and extension access, locks its configuration, and only then
+//! runs the caller's text, exactly as written. Even a perfect escape from
+//! the checker reaches the caller's own rows and nothing else: no other
+//! tenant's rows, no control tables, no file. The OS bounds the worker's
+//! memory (RLIMIT_AS) as well as DuckDB does, the server kills it at the
+//! deadline, and bounds how many run at once, overall and per tenant.
+//!
+//! The parser check stays as the first line, for clear error messages: the
+//! text is parsed with DuckDB's own parser (`json_serialize_sql`), must be a
+//! single SELECT naming only the views `events`, `dead_letters`,
+//! `plugin_runs` and `plugin_logs` (or its own CTEs, in scope), and calls no
+//! table function or function that reveals state.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use duckdb::types::{TimeUnit, Value as DbValue};
 use duckdb::Connection;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{EventStore, StoreError};
 
@@ -43,44 +57,221 @@ const DENIED_FUNCTIONS: [&str; 16] = [
 ];
 const DENIED_PREFIXES: [&str; 6] = ["read_", "duckdb_", "pragma_", "sqlite_", "parquet_", "glob"];
 
-/// Why a query was refused or failed. Messages never quote stored data.
+/// Why a query was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("the query ran longer than {0:?} and was interrupted")]
+    #[error("the query ran longer than {0:?} and was stopped")]
     Timeout(Duration),
     #[error("{0}")]
     Failed(String),
+    /// The answer would be larger than the byte cap (Parquet only; JSON and
+    /// CSV are cut and marked truncated).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Too many queries running: retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Limits of one query.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct QueryLimits {
     pub timeout: Duration,
+    /// Most rows of a JSON or CSV answer.
     pub max_rows: usize,
+    /// Most bytes of an answer in any format.
+    pub max_bytes: usize,
 }
 
-/// A query's result, with the columns' names and DuckDB types.
+/// The format of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryFormat {
+    Json,
+    Csv,
+    Parquet,
+}
+
+impl QueryFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            QueryFormat::Json => "application/json",
+            QueryFormat::Csv => "text/csv; charset=utf-8",
+            QueryFormat::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+/// A finished answer, already encoded in its format and within the byte cap.
 #[derive(Debug)]
-pub struct QueryResult {
-    pub columns: Vec<(String, String)>,
-    pub rows: Vec<Vec<Value>>,
+pub struct QueryAnswer {
+    pub format: QueryFormat,
+    pub body: Vec<u8>,
+    /// Whether the row or byte cap cut the result.
     pub truncated: bool,
+}
+
+/// How the server runs query workers.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// The program started as `PROGRAM query-worker`.
+    pub worker_program: PathBuf,
+    /// DuckDB `memory_limit` inside a worker, e.g. `1GB`.
+    pub memory_limit: String,
+    /// Most queries running at once, all tenants.
+    pub max_concurrent: usize,
+    /// Most queries running at once for one tenant.
+    pub max_concurrent_per_tenant: usize,
+}
+
+/// What the server hands a worker on its stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerJob {
+    /// The tenant space's snapshot, opened read-only.
+    pub snapshot: PathBuf,
+    /// The worker's own empty directory (spill files, the Parquet answer).
+    pub scratch: PathBuf,
+    pub memory_limit: String,
+    /// Address-space cap of the worker process, in bytes.
+    pub address_space: u64,
+    pub sql: String,
+    pub params: Vec<Value>,
+    pub format: QueryFormat,
+    pub limits: QueryLimits,
+}
+
+/// The first line a worker writes on stdout; the answer's bytes follow.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub(crate) enum WorkerReply {
+    Ok { truncated: bool },
+    Invalid { message: String },
+    Failed { message: String },
+    TooLarge { message: String },
+}
+
+/// Admission and per-space state of the query path.
+pub(crate) struct QueryService {
+    pub options: QueryOptions,
+    /// Parses query text; holds no data (the check never runs the text).
+    parser: parking_lot::Mutex<Connection>,
+    overall: Arc<Semaphore>,
+    tenants: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// One lock per space: refreshing its snapshot excludes the workers
+    /// reading it (DuckDB allows one writer or many read-only openers).
+    snapshots: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::RwLock<Fresh>>>>,
+    pub snapshot_dir: PathBuf,
+    pub scratch_dir: PathBuf,
+}
+
+impl QueryService {
+    pub fn new(options: QueryOptions, data_dir: &std::path::Path) -> Result<QueryService, StoreError> {
+        super::check_size("query memory limit", &options.memory_limit)?;
+        let snapshot_dir = std::path::absolute(data_dir.join("query"))?;
+        let scratch_dir = std::path::absolute(data_dir.join("query-scratch"))?;
+        std::fs::create_dir_all(&snapshot_dir)?;
+        // Left-overs of workers interrupted by a crash.
+        let _ = std::fs::remove_dir_all(&scratch_dir);
+        std::fs::create_dir_all(&scratch_dir)?;
+        Ok(QueryService {
+            overall: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+            options,
+            parser: parking_lot::Mutex::new(Connection::open_in_memory()?),
+            tenants: parking_lot::Mutex::new(HashMap::new()),
+            snapshots: parking_lot::Mutex::new(HashMap::new()),
+            snapshot_dir,
+            scratch_dir,
+        })
+    }
+
+    /// Admit one more query of `space`, or say why not.
+    fn admit(&self, space: &str) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), QueryError> {
+        let tenant = self
+            .tenants
+            .lock()
+            .entry(space.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.options.max_concurrent_per_tenant.max(1))))
+            .clone();
+        let mine = tenant.try_acquire_owned().map_err(|_| {
+            QueryError::Busy(format!(
+                "{} queries of this tenant are already running; retry later",
+                self.options.max_concurrent_per_tenant.max(1)
+            ))
+        })?;
+        let all = self.overall.clone().try_acquire_owned().map_err(|_| {
+            QueryError::Busy("the server is running as many queries as it allows; retry later".into())
+        })?;
+        Ok((mine, all))
+    }
+
+    fn snapshot_lock(&self, space: &str) -> Arc<tokio::sync::RwLock<Fresh>> {
+        self.snapshots.lock().entry(space.to_string()).or_default().clone()
+    }
+
+    /// The snapshot file of a space (the name is the space's hex, so no
+    /// space can name another's file).
+    fn snapshot_path(&self, space: &str) -> PathBuf {
+        self.snapshot_dir.join(format!("{}.duckdb", hex::encode(space)))
+    }
+
+    /// The worker's address-space cap: twice DuckDB's limit plus 1 GiB for
+    /// the binary, thread stacks and what DuckDB does not count (lists,
+    /// strings being built).
+    fn address_space(&self) -> u64 {
+        size_bytes(&self.options.memory_limit).saturating_mul(2).saturating_add(1 << 30)
+    }
+}
+
+/// What a snapshot is known to hold: the views refreshed when the store's
+/// change counter had this value (nothing written since means nothing to
+/// copy).
+#[derive(Debug, Default)]
+pub(crate) struct Fresh {
+    changes: Option<u64>,
+    views: BTreeSet<&'static str>,
+}
+
+impl Fresh {
+    fn covers(&self, changes: u64, views: &BTreeSet<&'static str>) -> bool {
+        self.changes == Some(changes) && views.is_subset(&self.views)
+    }
+}
+
+/// `512MB`, `1GiB`, ... in bytes (the text was checked by `check_size`).
+fn size_bytes(text: &str) -> u64 {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits.parse().unwrap_or(0);
+    let unit = match &text[digits.len()..] {
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => 1,
+    };
+    n.saturating_mul(unit)
 }
 
 fn refuse(msg: impl Into<String>) -> QueryError {
     QueryError::Refused(msg.into())
 }
 
-/// Walk the parse tree and refuse anything outside the allowed surface.
-fn check_node(node: &Value, ctes: &HashSet<String>) -> Result<(), QueryError> {
+/// Walk the parse tree and refuse anything outside the allowed surface;
+/// collect the views the query reads. `scope` holds the CTE names visible
+/// here: a CTE is visible in the body of its query and in the CTEs defined
+/// after it, never in its own body unless it is recursive.
+fn check_node(node: &Value, scope: &[String], views: &mut BTreeSet<&'static str>) -> Result<(), QueryError> {
     match node {
-        Value::Array(items) => items.iter().try_for_each(|n| check_node(n, ctes)),
+        Value::Array(items) => items.iter().try_for_each(|n| check_node(n, scope, views)),
         Value::Object(map) => {
             match map.get("type").and_then(Value::as_str) {
                 Some("TABLE_FUNCTION") => {
@@ -100,11 +291,18 @@ fn check_node(node: &Value, ctes: &HashSet<String>) -> Result<(), QueryError> {
                     if qualified {
                         return Err(refuse(format!("qualified table names are not allowed ({table})")));
                     }
-                    if !QUERY_VIEWS.contains(&table.as_str()) && !ctes.contains(&table) {
-                        return Err(refuse(format!(
-                            "table {table} is not available; query one of {}",
-                            QUERY_VIEWS.join(", ")
-                        )));
+                    if !scope.contains(&table) {
+                        match QUERY_VIEWS.iter().find(|v| **v == table) {
+                            Some(view) => {
+                                views.insert(view);
+                            }
+                            None => {
+                                return Err(refuse(format!(
+                                    "table {table} is not available; query one of {}",
+                                    QUERY_VIEWS.join(", ")
+                                )))
+                            }
+                        }
                     }
                 }
                 _ => {}
@@ -121,33 +319,36 @@ fn check_node(node: &Value, ctes: &HashSet<String>) -> Result<(), QueryError> {
                     return Err(refuse(format!("function {name} is not allowed")));
                 }
             }
-            map.values().try_for_each(|n| check_node(n, ctes))
+            let ctes = map.get("cte_map").and_then(|c| c.get("map")).and_then(Value::as_array);
+            let mut inner: Vec<String> = scope.to_vec();
+            if let Some(entries) = ctes {
+                for entry in entries {
+                    let name = entry.get("key").and_then(Value::as_str).unwrap_or("").to_lowercase();
+                    let body = entry.get("value").unwrap_or(&Value::Null);
+                    let recursive = body
+                        .get("query")
+                        .and_then(|q| q.get("node"))
+                        .and_then(|n| n.get("type"))
+                        .and_then(Value::as_str)
+                        == Some("RECURSIVE_CTE_NODE");
+                    if recursive {
+                        inner.push(name);
+                        check_node(body, &inner, views)?;
+                    } else {
+                        check_node(body, &inner, views)?;
+                        inner.push(name);
+                    }
+                }
+            }
+            map.iter().filter(|(k, _)| k.as_str() != "cte_map").try_for_each(|(_, n)| check_node(n, &inner, views))
         }
         _ => Ok(()),
     }
 }
 
-/// Names the query defines itself (`WITH name AS ...`), anywhere in it.
-fn collect_ctes(node: &Value, out: &mut HashSet<String>) {
-    match node {
-        Value::Array(items) => items.iter().for_each(|n| collect_ctes(n, out)),
-        Value::Object(map) => {
-            if let Some(entries) = map.get("cte_map").and_then(|c| c.get("map")).and_then(Value::as_array) {
-                for entry in entries {
-                    if let Some(key) = entry.get("key").and_then(Value::as_str) {
-                        out.insert(key.to_lowercase());
-                    }
-                }
-            }
-            map.values().for_each(|n| collect_ctes(n, out));
-        }
-        _ => {}
-    }
-}
-
-/// Check `sql` with DuckDB's parser. Returns the text to embed (trailing
-/// semicolons removed).
-fn check(conn: &Connection, sql: &str) -> Result<String, QueryError> {
+/// Check `sql` with DuckDB's parser. Returns the text to run (trailing
+/// semicolons removed) and the views it reads.
+fn check(conn: &Connection, sql: &str) -> Result<(String, BTreeSet<&'static str>), QueryError> {
     let text = sql.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace()).to_string();
     if text.is_empty() {
         return Err(QueryError::Invalid("the query is empty".into()));
@@ -167,239 +368,151 @@ fn check(conn: &Connection, sql: &str) -> Result<String, QueryError> {
     if statements != 1 {
         return Err(refuse(format!("exactly one statement is allowed, found {statements}")));
     }
-    let mut ctes = HashSet::new();
-    collect_ctes(&tree, &mut ctes);
-    check_node(&tree["statements"], &ctes)?;
-    Ok(text)
-}
-
-/// The query inside CTEs that shadow every view with the tenant's rows.
-/// Tenant ids are `[a-z0-9_-]` (checked at creation), so quoting is safe.
-fn wrap(tenant: &str, text: &str, max_rows: usize) -> String {
-    let t = tenant.replace('\'', "''");
-    format!(
-        "WITH events AS (SELECT * EXCLUDE (tenant) FROM main.events WHERE tenant = '{t}'), \
-         dead_letters AS (SELECT * EXCLUDE (tenant) FROM main.dead_letters WHERE tenant = '{t}'), \
-         plugin_runs AS (SELECT * EXCLUDE (tenant) FROM main.plugin_runs WHERE tenant = '{t}'), \
-         plugin_logs AS (SELECT * EXCLUDE (tenant) FROM main.plugin_logs WHERE tenant = '{t}') \
-         SELECT * FROM (\n{text}\n) LIMIT {}",
-        max_rows + 1
-    )
-}
-
-fn to_param(v: &Value) -> DbValue {
-    match v {
-        Value::Null => DbValue::Null,
-        Value::Bool(b) => DbValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => DbValue::BigInt(i),
-            None => DbValue::Double(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => DbValue::Text(s.clone()),
-        other => DbValue::Text(other.to_string()),
-    }
-}
-
-fn micros_text(micros: i64) -> String {
-    super::read::rfc3339(micros)
-}
-
-/// A DuckDB value as JSON. Times as RFC 3339, big integers as strings when
-/// they do not fit a double exactly.
-pub fn to_json(v: DbValue) -> Value {
-    match v {
-        DbValue::Null => Value::Null,
-        DbValue::Boolean(b) => b.into(),
-        DbValue::TinyInt(i) => i.into(),
-        DbValue::SmallInt(i) => i.into(),
-        DbValue::Int(i) => i.into(),
-        DbValue::BigInt(i) => i.into(),
-        DbValue::HugeInt(i) => i64::try_from(i).map_or_else(|_| i.to_string().into(), Value::from),
-        DbValue::UHugeInt(i) => u64::try_from(i).map_or_else(|_| i.to_string().into(), Value::from),
-        DbValue::UTinyInt(i) => i.into(),
-        DbValue::USmallInt(i) => i.into(),
-        DbValue::UInt(i) => i.into(),
-        DbValue::UBigInt(i) => i.into(),
-        DbValue::Float(f) => serde_json::Number::from_f64(f.into()).map_or(Value::Null, Value::Number),
-        DbValue::Double(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-        DbValue::Decimal(d) => {
-            d.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
-        }
-        DbValue::Timestamp(unit, t) => micros_text(unit.to_micros(t)).into(),
-        DbValue::Text(s) | DbValue::Enum(s) => s.into(),
-        DbValue::Blob(b) | DbValue::Geometry(b) => hex::encode(b).into(),
-        DbValue::Date32(days) => {
-            chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163).map_or(Value::Null, |d| d.to_string().into())
-        }
-        DbValue::Time64(unit, t) => {
-            let micros = TimeUnit::to_micros(&unit, t);
-            chrono::NaiveTime::from_num_seconds_from_midnight_opt(
-                (micros / 1_000_000) as u32,
-                ((micros % 1_000_000) * 1000) as u32,
-            )
-            .map_or(Value::Null, |t| t.to_string().into())
-        }
-        DbValue::Interval { months, days, nanos } => json!({"months": months, "days": days, "nanos": nanos}),
-        DbValue::List(items) | DbValue::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
-        DbValue::Struct(fields) => {
-            let map: Map<String, Value> = fields.keys().cloned().zip(fields.values().cloned().map(to_json)).collect();
-            Value::Object(map)
-        }
-        DbValue::Map(entries) => {
-            let map: Map<String, Value> = entries
-                .keys()
-                .map(|k| match to_json(k.clone()) {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                })
-                .zip(entries.values().cloned().map(to_json))
-                .collect();
-            Value::Object(map)
-        }
-        DbValue::Union(inner) => to_json(*inner),
-        other => format!("{other:?}").into(),
-    }
-}
-
-/// Errors of the executor. Parser and binder errors are about the query text
-/// and pass through; errors raised while running (conversions, ranges) can
-/// quote stored values, which may belong to rows the optimizer touched before
-/// the tenant filter, so their detail is withheld.
-fn execution_error(e: duckdb::Error, timeout: Duration) -> QueryError {
-    let message = e.to_string();
-    if message.contains("INTERRUPT") || message.contains("Interrupt") {
-        return QueryError::Timeout(timeout);
-    }
-    for kind in ["Parser Error", "Binder Error"] {
-        if message.contains(kind) {
-            return QueryError::Invalid(message);
-        }
-    }
-    let kind = message.split(':').next().unwrap_or("Error").trim();
-    QueryError::Failed(format!("{kind} while running the query (details withheld: they could quote stored data)"))
-}
-
-/// Arm an interrupt of `conn` after `timeout`; dropping the guard disarms it.
-struct Deadline {
-    done: std::sync::mpsc::Sender<()>,
-}
-
-impl Deadline {
-    fn arm(conn: &Connection, timeout: Duration) -> Deadline {
-        let handle = conn.interrupt_handle();
-        let (done, wait) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
-                handle.interrupt();
-            }
-        });
-        Deadline { done }
-    }
-}
-
-impl Drop for Deadline {
-    fn drop(&mut self) {
-        let _ = self.done.send(());
-    }
+    let mut views = BTreeSet::new();
+    check_node(&tree["statements"], &[], &mut views)?;
+    Ok((text, views))
 }
 
 impl EventStore {
-    /// Check and run an analyst's query for `tenant`.
+    /// Check and run an analyst's query for the tenant space `space`, in a
+    /// worker process that holds only that space's rows.
     ///
     /// # Errors
     ///
     /// [`QueryError::Refused`] naming what is not allowed,
-    /// [`QueryError::Invalid`] for parse and bind errors, timeouts, failures.
+    /// [`QueryError::Invalid`] for parse and bind errors,
+    /// [`QueryError::Busy`] beyond the concurrency limits, timeouts,
+    /// failures, [`QueryError::TooLarge`] for a Parquet answer over the cap.
     pub async fn query(
         &self,
-        tenant: String,
+        space: String,
         sql: String,
         params: Vec<Value>,
+        format: QueryFormat,
         limits: QueryLimits,
-    ) -> Result<QueryResult, QueryError> {
-        let outcome = self
-            .read(move |conn| {
-                let text = match check(conn, &sql) {
-                    Ok(text) => text,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let wrapped = wrap(&tenant, &text, limits.max_rows);
-                let _deadline = Deadline::arm(conn, limits.timeout);
-                Ok(run(conn, &wrapped, &params, limits))
-            })
-            .await?;
-        outcome
-    }
-
-    /// Run the checked query into a Parquet file under the export directory
-    /// and return its path; the caller streams and deletes it.
-    ///
-    /// # Errors
-    ///
-    /// As [`EventStore::query`].
-    pub async fn query_to_parquet(
-        &self,
-        tenant: String,
-        sql: String,
-        params: Vec<Value>,
-        limits: QueryLimits,
-    ) -> Result<std::path::PathBuf, QueryError> {
-        let path = self.export_path("parquet");
-        let target = path.clone();
-        self.read(move |conn| {
-            let text = match check(conn, &sql) {
-                Ok(text) => text,
-                Err(e) => return Ok(Err(e)),
-            };
-            // Parquet is for bulk results: the row cap does not apply, the
-            // time limit does.
-            let wrapped = wrap(&tenant, &text, usize::MAX - 1).replace(&format!(" LIMIT {}", usize::MAX), "");
-            let copy = format!("COPY ({wrapped}) TO '{}' (FORMAT parquet)", target.display());
-            let _deadline = Deadline::arm(conn, limits.timeout);
-            let args: Vec<DbValue> = params.iter().map(to_param).collect();
-            Ok(conn
-                .execute(&copy, duckdb::params_from_iter(args))
-                .map(|_| target)
-                .map_err(|e| execution_error(e, limits.timeout)))
-        })
-        .await?
+    ) -> Result<QueryAnswer, QueryError> {
+        let service = &self.inner.query;
+        let (text, views) = check(&service.parser.lock(), &sql)?;
+        let _permits = service.admit(&space)?;
+        let lock = service.snapshot_lock(&space);
+        let snapshot = service.snapshot_path(&space);
+        let changes = self.changes();
+        // Bring the snapshot up to date with server-written SQL unless
+        // nothing was written since it was; the refresh waits for the
+        // space's running workers (one writer or many read-only openers).
+        let current = lock.clone().read_owned().await;
+        let _reading = if current.covers(changes, &views) {
+            current
+        } else {
+            drop(current);
+            let mut refreshing = lock.write_owned().await;
+            if !refreshing.covers(changes, &views) {
+                let wanted: Vec<&'static str> = views.iter().copied().collect();
+                let (path, space, committed) = (snapshot.clone(), space.clone(), self.committed_seq());
+                self.read(move |conn| super::snapshot::refresh(conn, &path, &space, &wanted, committed)).await?;
+                if refreshing.changes != Some(changes) {
+                    refreshing.views.clear();
+                }
+                refreshing.changes = Some(changes);
+                refreshing.views.extend(views);
+            }
+            refreshing.downgrade()
+        };
+        let scratch = service.scratch_dir.join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir(&scratch).map_err(StoreError::Io)?;
+        let job = WorkerJob {
+            snapshot,
+            scratch: scratch.clone(),
+            memory_limit: service.options.memory_limit.clone(),
+            address_space: service.address_space(),
+            sql: text,
+            params,
+            format,
+            limits,
+        };
+        let answer = run_worker(&service.options.worker_program, &job).await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        answer
     }
 }
 
-fn run(conn: &Connection, wrapped: &str, params: &[Value], limits: QueryLimits) -> Result<QueryResult, QueryError> {
-    let mut stmt = conn.prepare(wrapped).map_err(|e| execution_error(e, limits.timeout))?;
-    let args: Vec<DbValue> = params.iter().map(to_param).collect();
-    let mut rows = stmt.query(duckdb::params_from_iter(args)).map_err(|e| execution_error(e, limits.timeout))?;
-    let mut out = Vec::new();
-    let mut truncated = false;
-    let mut width = 0;
-    while let Some(row) = rows.next().map_err(|e| execution_error(e, limits.timeout))? {
-        if out.len() == limits.max_rows {
-            truncated = true;
-            break;
+/// Start a worker for `job`, wait for its answer until the deadline, kill it
+/// beyond.
+async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryAnswer, QueryError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| QueryError::Failed(format!("{what}: {e}"));
+    let mut child = tokio::process::Command::new(program)
+        .arg("query-worker")
+        .env_clear()
+        .current_dir(&job.scratch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed("cannot start the query worker", &e))?;
+    let input = serde_json::to_vec(job).map_err(|e| failed("cannot encode the job", &e))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    // The worker caps its own answer; reading is capped too, so a worker
+    // gone wrong cannot grow the server.
+    let cap = (job.limits.max_bytes as u64).saturating_add(1 << 20);
+    let exchange = async {
+        stdin.write_all(&input).await?;
+        drop(stdin);
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut stdout = (&mut stdout).take(cap);
+        let mut stderr = (&mut stderr).take(64 << 10);
+        let (read_out, read_err) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        read_out?;
+        read_err?;
+        Ok::<_, std::io::Error>((out, err))
+    };
+    let deadline = tokio::time::Instant::now() + job.limits.timeout;
+    let finished = match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(Ok((out, err))) => match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(Ok(status)) => Some((status, out, err)),
+            Ok(Err(e)) => return Err(failed("the query worker failed", &e)),
+            Err(_) => None,
+        },
+        Ok(Err(e)) => return Err(failed("the query worker failed", &e)),
+        Err(_) => None,
+    };
+    let Some((status, out, err)) = finished else {
+        // Killed and reaped before the snapshot's read lock is released, so
+        // no refresh ever meets a dying reader.
+        let _ = child.kill().await;
+        return Err(QueryError::Timeout(job.limits.timeout));
+    };
+    let newline = out.iter().position(|b| *b == b'\n');
+    let reply = newline.and_then(|n| serde_json::from_slice::<WorkerReply>(&out[..n]).ok());
+    match reply {
+        Some(WorkerReply::Ok { truncated }) if status.success() => {
+            let start = newline.map_or(out.len(), |n| n + 1);
+            Ok(QueryAnswer { format: job.format, body: out[start..].to_vec(), truncated })
         }
-        width = row.as_ref().column_count();
-        let mut values = Vec::with_capacity(width);
-        for i in 0..width {
-            values.push(to_json(row.get::<_, DbValue>(i).map_err(|e| execution_error(e, limits.timeout))?));
+        Some(WorkerReply::Invalid { message }) => Err(QueryError::Invalid(message)),
+        Some(WorkerReply::Failed { message }) => Err(QueryError::Failed(message)),
+        Some(WorkerReply::TooLarge { message }) => Err(QueryError::TooLarge(message)),
+        _ => {
+            // No answer: the OS or the allocator stopped the worker, which
+            // within our limits means memory.
+            let detail = String::from_utf8_lossy(&err);
+            tracing::warn!(status = %status, stderr = %detail.trim(), "query worker ended without an answer");
+            Err(QueryError::Failed(format!(
+                "the query ran out of memory (limit {}) and was stopped",
+                job.memory_limit
+            )))
         }
-        out.push(values);
     }
-    let stmt = rows.as_ref().ok_or_else(|| QueryError::Failed("no statement".into()))?;
-    let columns = (0..stmt.column_count().max(width))
-        .map(|i| {
-            let name = stmt.column_name(i).map(|s| s.to_string()).unwrap_or_default();
-            (name, format!("{:?}", stmt.column_type(i)))
-        })
-        .collect();
-    Ok(QueryResult { columns, rows: out, truncated })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn checked(sql: &str) -> Result<String, QueryError> {
+    fn checked(sql: &str) -> Result<(String, BTreeSet<&'static str>), QueryError> {
         let conn = Connection::open_in_memory().unwrap();
         check(&conn, sql)
     }
@@ -411,8 +524,35 @@ mod tests {
             "WITH recent AS (SELECT * FROM events) SELECT * FROM recent r JOIN dead_letters d ON r.id = d.id;",
             "SELECT json_extract(event_payload, '$.a') FROM events WHERE created_at > now() - INTERVAL 1 DAY",
             "SELECT 1 -- trailing comment",
+            "WITH a AS (SELECT 1 AS x), b AS (SELECT * FROM a) SELECT * FROM b",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+            "WITH events AS (SELECT 1 AS x) SELECT * FROM events",
         ] {
             assert!(checked(sql).is_ok(), "{sql}: {:?}", checked(sql).err());
+        }
+    }
+
+    #[test]
+    fn the_views_read_are_collected() {
+        let (_, views) = checked("WITH e AS (SELECT * FROM events) SELECT * FROM e, plugin_logs").unwrap();
+        assert_eq!(views.into_iter().collect::<Vec<_>>(), ["events", "plugin_logs"]);
+        let (_, views) = checked("WITH events AS (SELECT * FROM events) SELECT * FROM events").unwrap();
+        assert_eq!(views.into_iter().collect::<Vec<_>>(), ["events"]);
+    }
+
+    #[test]
+    fn cte_names_do_not_leak_out_of_their_scope() {
+        for sql in [
+            "WITH tokens AS (SELECT * FROM tokens) SELECT * FROM tokens",
+            "SELECT t.* FROM (WITH tokens AS (SELECT 1) SELECT 1) x, tokens t",
+            "SELECT * FROM events WHERE id IN (WITH tenants AS (SELECT 1) SELECT 1) UNION ALL SELECT * FROM tenants",
+            "WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+            "SELECT * FROM events, LATERAL (WITH plugins AS (SELECT 1) SELECT 1) l, plugins",
+        ] {
+            match checked(sql) {
+                Err(QueryError::Refused(msg)) => assert!(msg.contains("is not available"), "{sql}: {msg}"),
+                other => panic!("{sql}: expected a refusal, got {other:?}"),
+            }
         }
     }
 
@@ -440,5 +580,12 @@ mod tests {
                 other => panic!("{sql}: expected a refusal, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn sizes_are_read_in_bytes() {
+        assert_eq!(size_bytes("1GB"), 1_000_000_000);
+        assert_eq!(size_bytes("256MiB"), 256 << 20);
+        assert_eq!(size_bytes("1000"), 1000);
     }
 }

@@ -3,15 +3,20 @@
 
 mod analytics;
 mod auditlogs;
+mod blame;
 mod cli;
+mod compile_isolation;
 mod escapes;
 mod hostile;
+mod http_limits;
 mod iam;
 mod ingest;
 mod lifecycle;
 mod logs;
 mod openapi;
 mod plugins;
+mod query_isolation;
 mod retries;
 mod session_audit;
 mod tenancy;
+mod tokens_mode;

@@ -1,0 +1,187 @@
+//! `sluice compile-worker`: one uploaded component compiled in a process of
+//! its own, so a compilation that outlives its timeout can be stopped.
+//!
+//! Cranelift cannot be interrupted, and a component built to be slow to
+//! compile (one function with tens of thousands of live values) keeps a core
+//! busy for as long as it likes: on a thread of the server it would outlive
+//! its request. In a child process the server kills it at the timeout (see
+//! [`compile`]), and the kernel bounds what it takes meanwhile: address space
+//! (RLIMIT_AS), CPU seconds (RLIMIT_CPU, for when the server dies before it
+//! can kill), no core dump, and a lower priority than ingest.
+//!
+//! The exchange: the server writes one JSON line, a [`CompileJob`], then the
+//! component's bytes, and closes stdin. The worker answers with the
+//! precompiled artifact on stdout and status 0, or with the compiler's
+//! message on stderr and status [`INVALID`] when the component is invalid.
+//! A worker killed by a signal ran out of what it may use, which within these
+//! limits means memory (a failed allocation aborts).
+
+use std::io::{BufRead, Read, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::engine::{wasmtime_config, CodegenSettings, UploadError};
+
+/// Exit status of a worker whose component the compiler refused. Not 1:
+/// that is what `main` returning an error exits with (a host fault).
+const INVALID: i32 = 3;
+
+/// How many times its component's size an artifact may be (plus 16 MiB):
+/// compiled code with fuel and epoch checks is a few times the wasm it
+/// comes from, data segments are copied as they are.
+const ARTIFACT_GROWTH: u64 = 32;
+
+/// What the worker needs besides the component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CompileJob {
+    /// The settings that shape compiled code, the same as the server's.
+    pub codegen: CodegenSettings,
+    /// Address-space cap of the worker, in bytes.
+    pub address_space: u64,
+    /// CPU seconds the worker may use, all threads together: a backstop
+    /// beyond the wall-clock timeout the server enforces.
+    pub cpu_seconds: u64,
+}
+
+/// Compile the component on stdin and write its artifact on stdout.
+///
+/// # Errors
+///
+/// When the job cannot be read, the limits cannot be set or the artifact
+/// cannot be written (exit status 1).
+pub fn main() -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
+    (&mut stdin).take(64 << 10).read_until(b'\n', &mut line).context("cannot read the job")?;
+    let job: CompileJob = serde_json::from_slice(&line).context("cannot read the job")?;
+    confine(&job).context("cannot set the worker's limits")?;
+    let mut component = Vec::new();
+    stdin.read_to_end(&mut component).context("cannot read the component")?;
+    let engine = wasmtime::Engine::new(&wasmtime_config(&job.codegen))?;
+    match engine.precompile_component(&component) {
+        Ok(artifact) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&artifact)?;
+            out.flush()?;
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            std::process::exit(INVALID);
+        }
+    }
+}
+
+/// Cap this process's address space and CPU time, turn off core dumps and
+/// lower its priority, before the component is read.
+fn confine(job: &CompileJob) -> std::io::Result<()> {
+    let limit = |resource, soft: u64, hard: u64| {
+        let value = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: setrlimit takes plain values and affects only this process.
+        match unsafe { libc::setrlimit(resource, &value) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    limit(libc::RLIMIT_AS, job.address_space, job.address_space)?;
+    // SIGXCPU at the soft limit, SIGKILL a second later.
+    limit(libc::RLIMIT_CPU, job.cpu_seconds, job.cpu_seconds + 1)?;
+    // A worker that aborts at its memory cap would otherwise dump gigabytes.
+    limit(libc::RLIMIT_CORE, 0, 0)?;
+    // SAFETY: as above. Compiling yields the CPU to ingest and plugins.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    Ok(())
+}
+
+/// Start a worker (`program compile-worker`) for `component`, wait for its
+/// artifact until `timeout`, and kill it beyond. The answer is the artifact
+/// exactly as the worker wrote it; the caller validates it by deserializing.
+///
+/// # Errors
+///
+/// [`UploadError::CompileTimeout`] at the timeout (the worker is killed and
+/// reaped first), [`UploadError::Invalid`] with the compiler's message,
+/// [`UploadError::CompileMemory`] when the worker was stopped at its limits,
+/// [`UploadError::Host`] when it could not be run.
+pub(crate) async fn compile(
+    program: &Path,
+    job: &CompileJob,
+    component: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, UploadError> {
+    let host = |what: &str, e: &dyn std::fmt::Display| UploadError::Host(format!("{what}: {e}"));
+    let mut child = tokio::process::Command::new(program)
+        .arg("compile-worker")
+        .env_clear()
+        // glibc reserves 64 MiB of address space per malloc arena (up to
+        // eight per core), and RLIMIT_AS counts it: two arenas leave the cap
+        // to the compiler on any machine.
+        .env("MALLOC_ARENA_MAX", "2")
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A request dropped mid-compile (the client went away) ends its worker.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| host("cannot start the compile worker", &e))?;
+    let mut header = serde_json::to_vec(job).map_err(|e| host("cannot encode the job", &e))?;
+    header.push(b'\n');
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(UploadError::Host("the compile worker has no pipes".into()));
+    };
+    // Artifacts are a few times their component; reading is capped so a
+    // worker gone wrong cannot grow the server.
+    let cap = (component.len() as u64).saturating_mul(ARTIFACT_GROWTH).saturating_add(16 << 20);
+    let feed = async move {
+        stdin.write_all(&header).await?;
+        stdin.write_all(component).await
+        // `stdin` is dropped here: end of input for the worker.
+    };
+    let read_out = async move {
+        let mut out = Vec::new();
+        (&mut stdout).take(cap + 1).read_to_end(&mut out).await.map(|_| out)
+        // `stdout` is dropped here, so a worker writing past the cap fails
+        // its write instead of blocking until the timeout.
+    };
+    let read_err = async {
+        let mut err = Vec::new();
+        (&mut stderr).take(64 << 10).read_to_end(&mut err).await.map(|_| err)
+    };
+    let exchange = async {
+        let (fed, out, err) = tokio::join!(feed, read_out, read_err);
+        (fed, out, err, child.wait().await)
+    };
+    let finished = tokio::time::timeout(timeout, exchange).await;
+    let Ok((fed, out, err, status)) = finished else {
+        // Killed and reaped before answering: no compilation outlives the
+        // request that asked for it.
+        let _ = child.kill().await;
+        return Err(UploadError::CompileTimeout(timeout));
+    };
+    let status = status.map_err(|e| host("the compile worker failed", &e))?;
+    let out = out.map_err(|e| host("cannot read the compile worker", &e))?;
+    let err = err.unwrap_or_default();
+    let message = String::from_utf8_lossy(&err).trim().to_string();
+    if out.len() as u64 > cap {
+        return Err(UploadError::Invalid(format!("the compiled component is larger than {cap} bytes")));
+    }
+    match status.code() {
+        // A write that failed while the worker still succeeded means the
+        // worker compiled something other than what was sent.
+        Some(0) => fed.map(|_| out).map_err(|e| host("cannot write to the compile worker", &e)),
+        Some(INVALID) => Err(UploadError::Invalid(message)),
+        Some(code) => Err(UploadError::Host(format!("the compile worker exited with status {code}: {message}"))),
+        None => {
+            tracing::warn!(status = %status, stderr = %message, "compile worker stopped by a signal");
+            Err(UploadError::CompileMemory(job.address_space))
+        }
+    }
+}

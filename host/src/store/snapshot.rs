@@ -1,0 +1,170 @@
+//! Per-space snapshot files: the only data a query worker can open.
+//!
+//! Each tenant space has one DuckDB file under `data/query/` holding copies
+//! of its rows of the query views (without the `tenant` column). The server
+//! brings it up to date before each query with SQL of its own, moving rows as
+//! Arrow batches from a reader of the main database into the snapshot; the
+//! caller's text never runs in a database that holds anything else.
+//!
+//! `events` and `dead_letters` are append-only by `seq` and copied
+//! incrementally; a count check finds rows removed since (retention, replayed
+//! dead letters), and the table is then copied again whole. `plugin_runs`
+//! and `plugin_logs` have no sequence: they are copied whole when their
+//! count or time range changed.
+
+use std::path::Path;
+
+use duckdb::{params, Connection};
+
+use super::StoreError;
+
+/// A view's columns in the main database, without `tenant`: `(name, type)`.
+fn columns(main: &Connection, table: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = main.prepare(&format!("DESCRIBE SELECT * EXCLUDE (tenant) FROM main.{table}"))?;
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+    Ok(rows.collect::<duckdb::Result<_>>()?)
+}
+
+/// Create `table` in the snapshot with `columns`, replacing a table of
+/// another shape (a migration added a column). Returns whether it is new.
+fn ensure_table(snap: &Connection, table: &str, columns: &[(String, String)]) -> Result<bool, StoreError> {
+    let exists: i64 = snap.query_row(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
+        [table],
+        |row| row.get(0),
+    )?;
+    if exists > 0 {
+        let mut stmt = snap.prepare(&format!("DESCRIBE {table}"))?;
+        let have: Vec<(String, String)> = stmt
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+            .collect::<duckdb::Result<_>>()?;
+        if have == columns {
+            return Ok(false);
+        }
+        snap.execute_batch(&format!("DROP TABLE {table}"))?;
+    }
+    let list: Vec<String> = columns.iter().map(|(name, ty)| format!("\"{}\" {ty}", name.replace('"', "\"\""))).collect();
+    snap.execute_batch(&format!("CREATE TABLE {table} ({})", list.join(", ")))?;
+    Ok(true)
+}
+
+/// Append the rows of `sql` (run on the main database) to the snapshot's
+/// `table`, batch by batch.
+fn copy(main: &Connection, snap: &Connection, table: &str, sql: &str, args: &[&dyn duckdb::ToSql]) -> Result<(), StoreError> {
+    let mut stmt = main.prepare(sql)?;
+    let mut appender = snap.appender(table)?;
+    for batch in stmt.query_arrow(args)? {
+        if batch.num_rows() > 0 {
+            appender.append_record_batch(batch)?;
+        }
+    }
+    appender.flush()?;
+    Ok(())
+}
+
+/// Bring the snapshot of `views` for `space` up to sequence `committed`.
+fn refresh_views(
+    main: &Connection,
+    snap: &Connection,
+    space: &str,
+    views: &[&str],
+    committed: i64,
+) -> Result<(), StoreError> {
+    for &table in views {
+        let columns = columns(main, table)?;
+        ensure_table(snap, table, &columns)?;
+        match table {
+            "events" | "dead_letters" => {
+                let (have_max, have_count): (i64, i64) =
+                    snap.query_row(&format!("SELECT coalesce(max(seq), 0), count(*) FROM {table}"), [], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?;
+                let main_count: i64 = main.query_row(
+                    &format!("SELECT count(*) FROM main.{table} WHERE tenant = ? AND seq <= ?"),
+                    params![space, have_max],
+                    |row| row.get(0),
+                )?;
+                let after = if main_count == have_count {
+                    have_max
+                } else {
+                    snap.execute_batch(&format!("DELETE FROM {table}"))?;
+                    0
+                };
+                if committed > after {
+                    copy(
+                        main,
+                        snap,
+                        table,
+                        &format!(
+                            "SELECT * EXCLUDE (tenant) FROM main.{table} WHERE tenant = ? AND seq > ? AND seq <= ? ORDER BY seq"
+                        ),
+                        &[&space, &after, &committed],
+                    )?;
+                }
+            }
+            "plugin_runs" | "plugin_logs" => {
+                let at = if table == "plugin_runs" { "started_at" } else { "logged_at" };
+                let shape = format!("count(*)::VARCHAR || '/' || coalesce(min({at})::VARCHAR, '') || '/' || coalesce(max({at})::VARCHAR, '')");
+                let have: String = snap.query_row(&format!("SELECT {shape} FROM {table}"), [], |row| row.get(0))?;
+                let now: String = main.query_row(
+                    &format!("SELECT {shape} FROM main.{table} WHERE tenant = ?"),
+                    [space],
+                    |row| row.get(0),
+                )?;
+                if have != now {
+                    snap.execute_batch(&format!("DELETE FROM {table}"))?;
+                    copy(
+                        main,
+                        snap,
+                        table,
+                        &format!("SELECT * EXCLUDE (tenant) FROM main.{table} WHERE tenant = ?"),
+                        &[&space],
+                    )?;
+                }
+            }
+            other => return Err(StoreError::Config(format!("{other} is not a query view"))),
+        }
+    }
+    Ok(())
+}
+
+/// Bring the snapshot file at `path` of tenant space `space` up to date for
+/// `views`, reading the main database through `main`. The snapshot changes
+/// in one transaction and is checkpointed, so a worker opening it read-only
+/// finds a consistent file with no log to replay.
+///
+/// # Errors
+///
+/// Database and I/O errors; the snapshot is then left as it was.
+pub(super) fn refresh(
+    main: &Connection,
+    path: &Path,
+    space: &str,
+    views: &[&str],
+    committed: i64,
+) -> Result<(), StoreError> {
+    if views.is_empty() {
+        // The query reads no view (`SELECT 1`): an empty file will do.
+        if !path.exists() {
+            Connection::open(path)?.execute_batch("CHECKPOINT")?;
+        }
+        return Ok(());
+    }
+    let snap = Connection::open(path)?;
+    // The copy streams batches; it needs little memory and one thread, and
+    // must not compete with ingest for more.
+    snap.execute_batch("SET memory_limit = '512MB'; SET threads = 1; BEGIN TRANSACTION")?;
+    main.execute_batch("BEGIN TRANSACTION")?;
+    let done = refresh_views(main, &snap, space, views, committed);
+    let _ = main.execute_batch("COMMIT");
+    match done {
+        Ok(()) => {
+            snap.execute_batch("COMMIT; CHECKPOINT")?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = snap.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
