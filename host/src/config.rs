@@ -84,6 +84,10 @@ pub struct Settings {
     /// Most analyst queries running at once for one tenant; beyond it 429.
     #[arg(long, env = "SLUICE_QUERY_TENANT_CONCURRENCY", default_value_t = 2)]
     pub query_tenant_concurrency: usize,
+    /// How often snapshots of spaces queried in the last hour are brought
+    /// up to date in the background, in seconds (0: only at query time).
+    #[arg(long, env = "SLUICE_QUERY_REFRESH_SECS", default_value_t = 5)]
+    pub query_refresh_secs: u64,
     /// A client must send a request's headers within this, in seconds.
     #[arg(long, env = "SLUICE_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub http_header_timeout_secs: u64,
@@ -122,6 +126,7 @@ impl Settings {
             query_memory_limit: "1GB".into(),
             query_concurrency: 4,
             query_tenant_concurrency: 2,
+            query_refresh_secs: 5,
             http_header_timeout_secs: 10,
             http_body_timeout_secs: 30,
             max_connections: 1024,

@@ -115,11 +115,20 @@ impl Application {
             self.state.store.clone(),
             Duration::from_secs(self.state.settings.retention_interval_secs.max(1)),
         ));
+        let refresh = (self.state.settings.query_refresh_secs > 0).then(|| {
+            tokio::spawn(snapshot_job(
+                self.state.store.clone(),
+                Duration::from_secs(self.state.settings.query_refresh_secs),
+            ))
+        });
         // Our own accept loop rather than `axum::serve`: it adds header and
         // body deadlines and the connection cap (see `http`).
         let limits = crate::http::HttpLimits::from_settings(&self.state.settings);
         let served = crate::http::serve(self.listener, router(self.state), limits, shutdown_signal()).await;
         retention.abort();
+        if let Some(refresh) = refresh {
+            refresh.abort();
+        }
         served
     }
 }
@@ -134,6 +143,19 @@ async fn retention_job(store: crate::store::EventStore, interval: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "retention removed expired rows"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+    }
+}
+
+/// Keep recently queried spaces' snapshots current, every `interval`, so a
+/// query after heavy ingest finds little to copy.
+async fn snapshot_job(store: crate::store::EventStore, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = store.refresh_query_snapshots().await {
+            tracing::warn!(error = %e, "query snapshot refresh failed");
         }
     }
 }

@@ -165,7 +165,7 @@ pub(crate) struct QueryService {
     tenants: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
     /// One lock per space: refreshing its snapshot excludes the workers
     /// reading it (DuckDB allows one writer or many read-only openers).
-    snapshots: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::RwLock<Fresh>>>>,
+    snapshots: parking_lot::Mutex<HashMap<String, Space>>,
     pub snapshot_dir: PathBuf,
     pub scratch_dir: PathBuf,
 }
@@ -210,8 +210,14 @@ impl QueryService {
         Ok((mine, all))
     }
 
+    /// The space's snapshot lock; marks the space as queried now.
     fn snapshot_lock(&self, space: &str) -> Arc<tokio::sync::RwLock<Fresh>> {
-        self.snapshots.lock().entry(space.to_string()).or_default().clone()
+        let mut spaces = self.snapshots.lock();
+        let entry = spaces
+            .entry(space.to_string())
+            .or_insert_with(|| Space { lock: Arc::default(), queried: std::time::Instant::now() });
+        entry.queried = std::time::Instant::now();
+        entry.lock.clone()
     }
 
     /// The snapshot file of a space (the name is the space's hex, so no
@@ -227,6 +233,16 @@ impl QueryService {
         size_bytes(&self.options.memory_limit).saturating_mul(2).saturating_add(1 << 30)
     }
 }
+
+/// A space whose snapshot exists: its lock, and when it was last queried
+/// (the background refresh keeps only recently queried spaces current).
+struct Space {
+    lock: Arc<tokio::sync::RwLock<Fresh>>,
+    queried: std::time::Instant,
+}
+
+/// Spaces queried within this long are kept current in the background.
+const KEEP_FRESH: Duration = Duration::from_secs(3600);
 
 /// What a snapshot is known to hold: the views refreshed when the store's
 /// change counter had this value (nothing written since means nothing to
@@ -383,6 +399,62 @@ impl EventStore {
     /// [`QueryError::Invalid`] for parse and bind errors,
     /// [`QueryError::Busy`] beyond the concurrency limits, timeouts,
     /// failures, [`QueryError::TooLarge`] for a Parquet answer over the cap.
+    /// Refresh the space's snapshot (its lock held for writing in `fresh`)
+    /// unless it already holds `views` as of `changes`.
+    async fn bring_up_to_date(
+        &self,
+        space: &str,
+        fresh: &mut Fresh,
+        changes: u64,
+        views: &BTreeSet<&'static str>,
+    ) -> Result<(), StoreError> {
+        if fresh.covers(changes, views) {
+            return Ok(());
+        }
+        let wanted: Vec<&'static str> = views.iter().copied().collect();
+        let path = self.inner.query.snapshot_path(space);
+        let (space, committed) = (space.to_string(), self.committed_seq());
+        self.read(move |conn| super::snapshot::refresh(conn, &path, &space, &wanted, committed)).await?;
+        if fresh.changes != Some(changes) {
+            fresh.views.clear();
+        }
+        fresh.changes = Some(changes);
+        fresh.views.extend(views);
+        Ok(())
+    }
+
+    /// Bring the snapshots of recently queried spaces up to date, so the
+    /// next query after heavy ingest does not pay the whole catch-up. A
+    /// space whose snapshot is being read is skipped (its next query
+    /// refreshes it). Returns how many were refreshed.
+    ///
+    /// # Errors
+    ///
+    /// The first refresh that failed.
+    pub async fn refresh_query_snapshots(&self) -> Result<usize, StoreError> {
+        let recent: Vec<(String, Arc<tokio::sync::RwLock<Fresh>>)> = self
+            .inner
+            .query
+            .snapshots
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.queried.elapsed() < KEEP_FRESH)
+            .map(|(space, s)| (space.clone(), s.lock.clone()))
+            .collect();
+        let mut refreshed = 0;
+        for (space, lock) in recent {
+            let changes = self.changes();
+            let Ok(mut fresh) = lock.try_write_owned() else { continue };
+            let views = fresh.views.clone();
+            if views.is_empty() || fresh.covers(changes, &views) {
+                continue;
+            }
+            self.bring_up_to_date(&space, &mut fresh, changes, &views).await?;
+            refreshed += 1;
+        }
+        Ok(refreshed)
+    }
+
     pub async fn query(
         &self,
         space: String,
@@ -406,16 +478,7 @@ impl EventStore {
         } else {
             drop(current);
             let mut refreshing = lock.write_owned().await;
-            if !refreshing.covers(changes, &views) {
-                let wanted: Vec<&'static str> = views.iter().copied().collect();
-                let (path, space, committed) = (snapshot.clone(), space.clone(), self.committed_seq());
-                self.read(move |conn| super::snapshot::refresh(conn, &path, &space, &wanted, committed)).await?;
-                if refreshing.changes != Some(changes) {
-                    refreshing.views.clear();
-                }
-                refreshing.changes = Some(changes);
-                refreshing.views.extend(views);
-            }
+            self.bring_up_to_date(&space, &mut refreshing, changes, &views).await?;
             refreshing.downgrade()
         };
         let scratch = service.scratch_dir.join(uuid::Uuid::new_v4().to_string());

@@ -436,3 +436,23 @@ async fn the_snapshot_follows_new_rows_and_deletions() {
     let (_, body) = app.post(ADMIN_TOKEN, "/v1/query", &sql).await;
     assert_eq!(count(&body), json!([["new", 2], ["newer", 1]]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recently_queried_snapshots_are_kept_current_in_the_background() {
+    let sql = json!({"sql": "SELECT count(*) FROM events"});
+    // Without the background job, a write leaves the snapshot behind until a
+    // refresh (here called by hand) or the next query.
+    let manual = spawn_app_with(|s| s.query_refresh_secs = 0).await;
+    manual.post(ADMIN_TOKEN, "/v1/query", &sql).await;
+    manual.post_events(ADMIN_TOKEN, &json!({"event_type": "x"})).await;
+    assert_eq!(manual.store.refresh_query_snapshots().await.unwrap(), 1);
+    assert_eq!(manual.store.refresh_query_snapshots().await.unwrap(), 0);
+    assert_eq!(manual.post(ADMIN_TOKEN, "/v1/query", &sql).await.1["rows"], json!([[1]]));
+    // With it, the snapshot is current again within an interval or two.
+    let app = spawn_app_with(|s| s.query_refresh_secs = 1).await;
+    app.post(ADMIN_TOKEN, "/v1/query", &sql).await;
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "x"})).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(app.store.refresh_query_snapshots().await.unwrap(), 0, "the background job refreshed it");
+    assert_eq!(app.post(ADMIN_TOKEN, "/v1/query", &sql).await.1["rows"], json!([[1]]));
+}
