@@ -25,7 +25,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::engine::{wasmtime_config, CodegenSettings, UploadError};
+use super::codegen::{wasmtime_config, CodegenSettings, UploadError};
 
 /// Exit status of a worker whose component the compiler refused. Not 1:
 /// that is what `main` returning an error exits with (a host fault).

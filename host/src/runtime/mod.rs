@@ -4,6 +4,8 @@
 //! - `bindings`: the one place that generates host bindings from `wit/`.
 //! - `engine`: the wasmtime engine (Cranelift, pooling allocator, epoch ticker)
 //!   and upload validation.
+//! - `codegen`: what the server's engine and the compile worker share: the
+//!   code-shaping settings, the epoch tick, upload errors.
 //! - `compile_worker`: `sluice compile-worker`, the process an upload is
 //!   compiled in, and the server's side of it (killed at the timeout).
 //! - `limits`: per-call limits and their defaults.
@@ -11,12 +13,14 @@
 //! - `plugin`: a compiled plugin and its reusable instances.
 
 pub mod bindings;
+mod codegen;
 pub mod compile_worker;
 mod engine;
 mod host;
 mod limits;
 mod plugin;
 
-pub use engine::{store_artifacts, Artifact, Runtime, RuntimeConfig, UploadError, SUPPORTED_CONTRACTS};
+pub use codegen::UploadError;
+pub use engine::{store_artifacts, Artifact, Runtime, RuntimeConfig, SUPPORTED_CONTRACTS};
 pub use limits::PluginLimits;
 pub use plugin::{Blame, CallReport, CompiledPlugin, PluginFault, PluginInstances};

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{types, Plugin, PluginPre};
-use super::engine::EPOCH_TICK;
+use super::codegen::EPOCH_TICK;
 use super::host::{HostState, LogRecord};
 use super::limits::PluginLimits;
 
