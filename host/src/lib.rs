@@ -12,6 +12,8 @@
 //! - [`runtime`]: the wasmtime sandbox; compiling, limits, calls, faults.
 //! - [`store`]: DuckDB behind one narrow interface; group-committing writer,
 //!   listing, control-plane tables.
+//! - [`sandbox`]: what the kernel enforces on the query and compile workers
+//!   (rlimits, priority, Landlock).
 //! - [`metrics`]: Prometheus counters and histograms, rendered at `/metrics`.
 //! - [`cli`]: the command-line client of a running server.
 //! - [`config`] and [`startup`]: settings and the `Application` that ties the
@@ -26,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
+pub mod sandbox;
 pub mod shipped;
 pub mod startup;
 pub mod store;

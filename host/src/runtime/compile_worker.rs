@@ -7,7 +7,8 @@
 //! its request. In a child process the server kills it at the timeout (see
 //! [`compile`]), and the kernel bounds what it takes meanwhile: address space
 //! (RLIMIT_AS), CPU seconds (RLIMIT_CPU, for when the server dies before it
-//! can kill), no core dump, and a lower priority than ingest.
+//! can kill), no core dump, a lower priority than ingest, and no file or
+//! network access at all (Landlock, see `sandbox`).
 //!
 //! The exchange: the server writes one JSON line, a [`CompileJob`], then the
 //! component's bytes, and closes stdin. The worker answers with the
@@ -59,7 +60,11 @@ pub fn main() -> anyhow::Result<()> {
     let mut line = Vec::new();
     (&mut stdin).take(64 << 10).read_until(b'\n', &mut line).context("cannot read the job")?;
     let job: CompileJob = serde_json::from_slice(&line).context("cannot read the job")?;
-    confine(&job).context("cannot set the worker's limits")?;
+    crate::sandbox::limit_resources(job.address_space, Some(job.cpu_seconds))
+        .context("cannot set the worker's limits")?;
+    // Compiling needs no file and no network: from here on there are none
+    // (stdin and stdout are open already).
+    crate::sandbox::confine_files(None).map_err(anyhow::Error::msg).context("cannot confine the worker")?;
     let mut component = Vec::new();
     stdin.read_to_end(&mut component).context("cannot read the component")?;
     let engine = wasmtime::Engine::new(&wasmtime_config(&job.codegen))?;
@@ -75,27 +80,6 @@ pub fn main() -> anyhow::Result<()> {
             std::process::exit(INVALID);
         }
     }
-}
-
-/// Cap this process's address space and CPU time, turn off core dumps and
-/// lower its priority, before the component is read.
-fn confine(job: &CompileJob) -> std::io::Result<()> {
-    let limit = |resource, soft: u64, hard: u64| {
-        let value = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-        // SAFETY: setrlimit takes plain values and affects only this process.
-        match unsafe { libc::setrlimit(resource, &value) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    };
-    limit(libc::RLIMIT_AS, job.address_space, job.address_space)?;
-    // SIGXCPU at the soft limit, SIGKILL a second later.
-    limit(libc::RLIMIT_CPU, job.cpu_seconds, job.cpu_seconds + 1)?;
-    // A worker that aborts at its memory cap would otherwise dump gigabytes.
-    limit(libc::RLIMIT_CORE, 0, 0)?;
-    // SAFETY: as above. Compiling yields the CPU to ingest and plugins.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-    Ok(())
 }
 
 /// Start a worker (`program compile-worker`) for `component`, wait for its

@@ -150,7 +150,9 @@ pub(crate) struct WorkerJob {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub(crate) enum WorkerReply {
-    Ok { truncated: bool },
+    /// `confined`: whether the kernel enforces the worker's file and network
+    /// confinement (Landlock); false on kernels without it.
+    Ok { truncated: bool, confined: bool },
     Invalid { message: String },
     Failed { message: String },
     TooLarge { message: String },
@@ -499,6 +501,9 @@ impl EventStore {
     }
 }
 
+/// Whether the missing kernel confinement was logged already (once).
+static UNCONFINED_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Start a worker for `job`, wait for its answer until the deadline, kill it
 /// beyond.
 async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryAnswer, QueryError> {
@@ -551,7 +556,10 @@ async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryA
     let newline = out.iter().position(|b| *b == b'\n');
     let reply = newline.and_then(|n| serde_json::from_slice::<WorkerReply>(&out[..n]).ok());
     match reply {
-        Some(WorkerReply::Ok { truncated }) if status.success() => {
+        Some(WorkerReply::Ok { truncated, confined }) if status.success() => {
+            if !confined && !UNCONFINED_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!("this kernel does not enforce Landlock: query workers run without file confinement by the kernel (DuckDB's own lockdown and the OS limits still apply)");
+            }
             let start = newline.map_or(out.len(), |n| n + 1);
             Ok(QueryAnswer { format: job.format, body: out[start..].to_vec(), truncated })
         }

@@ -3,10 +3,11 @@
 //! The server starts it per query (see `query.rs`) and writes a
 //! [`WorkerJob`] on its stdin. Before the caller's text arrives at DuckDB the
 //! worker caps its own address space (RLIMIT_AS: DuckDB's `memory_limit`
-//! does not cover list and string values), lowers its CPU priority below
-//! ingest, opens the tenant space's snapshot read-only, turns off file and
-//! extension access except its own empty scratch directory, and locks the
-//! configuration. It then runs the text exactly as written and answers on
+//! does not cover list and string values) and CPU time, lowers its CPU
+//! priority below ingest, opens the tenant space's snapshot read-only, turns
+//! off file and extension access except its own empty scratch directory,
+//! locks the configuration, and has the kernel hold it to that scratch
+//! directory and no network (Landlock, see `sandbox`). It then runs the text exactly as written and answers on
 //! stdout: one [`WorkerReply`] line, then the encoded answer, never more
 //! than the byte cap.
 //!
@@ -30,9 +31,12 @@ pub fn main() -> anyhow::Result<()> {
     let mut input = Vec::new();
     std::io::stdin().take(16 << 20).read_to_end(&mut input)?;
     let job: WorkerJob = serde_json::from_slice(&input)?;
-    confine(job.address_space)?;
+    // A backstop of CPU seconds beyond the server's wall-clock kill, for
+    // when the server dies first: every thread busy for the whole deadline.
+    let cpu = job.limits.timeout.as_secs().saturating_add(1).saturating_mul(THREADS as u64);
+    crate::sandbox::limit_resources(job.address_space, Some(cpu))?;
     let (reply, body) = match answer(&job) {
-        Ok((truncated, body)) => (WorkerReply::Ok { truncated }, body),
+        Ok((truncated, confined, body)) => (WorkerReply::Ok { truncated, confined }, body),
         Err(reply) => (reply, Vec::new()),
     };
     let mut out = std::io::stdout().lock();
@@ -43,20 +47,9 @@ pub fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cap the address space and lower the priority of this process.
-fn confine(address_space: u64) -> std::io::Result<()> {
-    let limit = libc::rlimit { rlim_cur: address_space, rlim_max: address_space };
-    // SAFETY: setrlimit and setpriority take plain values and affect only
-    // this process.
-    unsafe {
-        if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Queries yield the CPU to ingest and plugins (nice 10).
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
-    Ok(())
-}
+/// DuckDB threads of a worker: at most this many, so one query takes at
+/// most this many cores (and at nice 10).
+const THREADS: usize = 4;
 
 fn failed(e: duckdb::Error) -> WorkerReply {
     let message = e.to_string();
@@ -68,14 +61,15 @@ fn failed(e: duckdb::Error) -> WorkerReply {
 }
 
 /// Open the snapshot and lock everything down before any caller text runs.
-fn open(job: &WorkerJob) -> Result<Connection, WorkerReply> {
+/// Returns the connection and whether the kernel confines the process too.
+fn open(job: &WorkerJob) -> Result<(Connection, bool), WorkerReply> {
     let config = Config::default()
         .access_mode(AccessMode::ReadOnly)
         .and_then(|c| c.enable_autoload_extension(false))
         .map_err(failed)?;
     let conn = Connection::open_with_flags(&job.snapshot, config).map_err(failed)?;
     let scratch = format!("{}/", job.scratch.display()).replace('\'', "''");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(THREADS);
     conn.execute_batch(&format!(
         "SET memory_limit = '{memory}'; \
          SET threads = {threads}; \
@@ -89,15 +83,26 @@ fn open(job: &WorkerJob) -> Result<Connection, WorkerReply> {
         memory = job.memory_limit.replace('\'', "''"),
     ))
     .map_err(failed)?;
-    Ok(conn)
+    // Below DuckDB's own settings, the kernel's: from here on this process
+    // opens nothing but files in its scratch directory and reaches no
+    // network. The snapshot stays readable because it is open already.
+    let sandbox = |message: String| WorkerReply::Failed { message: format!("cannot confine the query worker: {message}") };
+    let confined = crate::sandbox::confine_files(Some(&job.scratch)).map_err(sandbox)?;
+    // Check it: a confined worker must not be able to open the snapshot
+    // again (it lies outside the scratch directory).
+    if confined && std::fs::File::open(&job.snapshot).is_ok() {
+        return Err(sandbox("the snapshot is still openable after confinement".into()));
+    }
+    Ok((conn, confined))
 }
 
-/// Run the job: whether the answer was cut, and its bytes.
-fn answer(job: &WorkerJob) -> Result<(bool, Vec<u8>), WorkerReply> {
-    let conn = open(job)?;
+/// Run the job: whether the answer was cut, whether the kernel confined the
+/// worker, and the answer's bytes.
+fn answer(job: &WorkerJob) -> Result<(bool, bool, Vec<u8>), WorkerReply> {
+    let (conn, confined) = open(job)?;
     let args: Vec<DbValue> = job.params.iter().map(to_param).collect();
     if job.format == QueryFormat::Parquet {
-        return parquet(&conn, job, args).map(|body| (false, body));
+        return parquet(&conn, job, args).map(|body| (false, confined, body));
     }
     let mut stmt = conn.prepare(&job.sql).map_err(failed)?;
     let mut rows = stmt.query(duckdb::params_from_iter(args)).map_err(failed)?;
@@ -154,7 +159,7 @@ fn answer(job: &WorkerJob) -> Result<(bool, Vec<u8>), WorkerReply> {
             )
         }
     };
-    Ok((truncated, body.into_bytes()))
+    Ok((truncated, confined, body.into_bytes()))
 }
 
 /// A Parquet answer: written by DuckDB into the scratch directory, then

@@ -333,6 +333,14 @@ async fn a_long_function_call_is_killed_at_the_deadline_and_concurrency_is_bound
     assert_eq!(status, 200, "{body}");
 }
 
+/// The Landlock ABI the kernel offers (0: none).
+fn landlock_abi() -> i64 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    // only reports the ABI version.
+    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    abi.max(0)
+}
+
 /// The worker alone, as if the parser check were escaped: the text runs in a
 /// database that holds only the snapshot it was given, reaches no file, and
 /// cannot change its settings.
@@ -371,6 +379,12 @@ fn a_worker_reaches_nothing_beyond_its_snapshot_even_without_the_checker() {
     let (head, body) = run("SELECT event_type FROM events");
     assert!(head.contains("\"ok\""), "{head}");
     assert!(body.contains("mine"), "{body}");
+    // Where the kernel has Landlock (this project's machines do), the worker
+    // is confined by it too, and checked itself: it cannot open its own
+    // snapshot again, let alone another file.
+    if landlock_abi() > 0 {
+        assert!(head.contains("\"confined\":true"), "{head}");
+    }
     let (o, s) = (other.display(), secret.display());
     for sql in [
         format!("SELECT * FROM read_csv('{s}')"),

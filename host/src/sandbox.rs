@@ -1,0 +1,68 @@
+//! Confinement of the worker processes (`sluice query-worker`,
+//! `sluice compile-worker`): limits the kernel enforces on them whatever the
+//! code inside them does, so a bug in DuckDB or Cranelift that a tenant
+//! triggers stays inside a process that can reach nothing.
+//!
+//! Each worker calls these on itself, first thing (resources) and once its
+//! inputs are open (files and network).
+
+use std::path::Path;
+
+/// Cap this process's address space (and, when given, its CPU seconds), turn
+/// off core dumps, and lower its priority below ingest (nice 10).
+///
+/// # Errors
+///
+/// When the kernel refuses a limit.
+pub fn limit_resources(address_space: u64, cpu_seconds: Option<u64>) -> std::io::Result<()> {
+    let limit = |resource, soft: u64, hard: u64| {
+        let value = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: setrlimit takes plain values and affects only this process.
+        match unsafe { libc::setrlimit(resource, &value) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    limit(libc::RLIMIT_AS, address_space, address_space)?;
+    if let Some(seconds) = cpu_seconds {
+        // SIGXCPU at the soft limit, SIGKILL a second later: a backstop for
+        // when the server dies before it can kill at the deadline.
+        limit(libc::RLIMIT_CPU, seconds, seconds + 1)?;
+    }
+    // A worker that aborts at its memory cap would otherwise dump gigabytes.
+    limit(libc::RLIMIT_CORE, 0, 0)?;
+    // SAFETY: as above; affects only this process.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    Ok(())
+}
+
+/// From now on this process opens no file except below `writable` (nothing
+/// at all when `None`), binds and connects no TCP port, and can neither
+/// signal processes nor reach abstract UNIX sockets outside itself
+/// (Landlock). Files already open stay usable, which is why workers call this
+/// after opening their inputs. Returns whether the kernel enforces all of it:
+/// `false` on a kernel without Landlock, where the workers still run under
+/// their other limits.
+///
+/// # Errors
+///
+/// When the rules cannot be built (e.g. `writable` cannot be opened).
+pub fn confine_files(writable: Option<&Path>) -> Result<bool, String> {
+    use landlock::{
+        Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+        Scope, ABI,
+    };
+    let abi = ABI::V6;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
+        .and_then(|r| r.scope(Scope::from_all(abi)))
+        .and_then(|r| r.create())
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = writable {
+        let fd = PathFd::new(dir).map_err(|e| e.to_string())?;
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_all(abi))).map_err(|e| e.to_string())?;
+    }
+    let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
+    Ok(status.ruleset == RulesetStatus::FullyEnforced)
+}
