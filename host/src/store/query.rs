@@ -192,12 +192,15 @@ impl QueryService {
         })
     }
 
-    /// Admit one more query of `space`, or say why not.
+    /// Admit one more query of `space`, or say why not. The per-tenant bound
+    /// counts the tenant's live and test spaces together (`acme:test` is
+    /// `acme`), so one tenant cannot take every slot through both.
     fn admit(&self, space: &str) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), QueryError> {
+        let owner = space.split(':').next().unwrap_or(space);
         let tenant = self
             .tenants
             .lock()
-            .entry(space.to_string())
+            .entry(owner.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.options.max_concurrent_per_tenant.max(1))))
             .clone();
         let mine = tenant.try_acquire_owned().map_err(|_| {

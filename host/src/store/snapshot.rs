@@ -48,14 +48,64 @@ fn ensure_table(snap: &Connection, table: &str, columns: &[(String, String)]) ->
     Ok(true)
 }
 
-/// Append the rows of `sql` (run on the main database) to the snapshot's
-/// `table`, batch by batch.
-fn copy(main: &Connection, snap: &Connection, table: &str, sql: &str, args: &[&dyn duckdb::ToSql]) -> Result<(), StoreError> {
-    let mut stmt = main.prepare(sql)?;
+/// Rows copied per step. DuckDB materializes each step's result, so this
+/// bounds the server's memory during a catch-up: events are at most ~1 MiB
+/// of payload and raw input, typically a few KiB.
+const CHUNK: usize = 2048;
+
+/// Append to the snapshot's `table` the rows of the main database's `table`
+/// for `space` with `key` in `(after, upto]`, in key order, at most
+/// [`CHUNK`] rows per step. `key` is `seq` or `rowid` (selected first and
+/// dropped from what is appended). Each step reads a window of keys: it
+/// grows while the space's rows are sparse (other tenants' rows between
+/// them) and falls back when a step fills, so a catch-up reads each row of
+/// the table about once.
+fn copy(
+    main: &Connection,
+    snap: &Connection,
+    table: &str,
+    key: &str,
+    space: &str,
+    mut after: i64,
+    upto: i64,
+) -> Result<(), StoreError> {
+    let (select, skip) = if key == "rowid" { ("rowid, *", true) } else { ("*", false) };
+    let sql = format!(
+        "SELECT {select} EXCLUDE (tenant) FROM main.{table} WHERE tenant = ? AND {key} > ? AND {key} <= ? \
+         ORDER BY {key} LIMIT {CHUNK}"
+    );
+    let mut stmt = main.prepare(&sql)?;
     let mut appender = snap.appender(table)?;
-    for batch in stmt.query_arrow(args)? {
-        if batch.num_rows() > 0 {
+    let mut window = CHUNK as i64;
+    while after < upto {
+        let end = after.saturating_add(window).min(upto);
+        let batches: Vec<_> = stmt.query_arrow(duckdb::params![space, after, end])?.collect();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mut last = after;
+        for batch in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let keys = if skip { Some(batch.column(0)) } else { batch.column_by_name(key) };
+            last = keys
+                .and_then(|c| c.as_any().downcast_ref::<duckdb::arrow::array::Int64Array>())
+                .map(|c| c.value(c.len() - 1))
+                .ok_or_else(|| StoreError::Encode(format!("no {key} column in the copy of {table}")))?;
+            let batch = if skip {
+                let rest: Vec<usize> = (1..batch.num_columns()).collect();
+                batch.project(&rest).map_err(|e| StoreError::Encode(e.to_string()))?
+            } else {
+                batch
+            };
             appender.append_record_batch(batch)?;
+        }
+        if rows == CHUNK {
+            // The window held more: continue after the last row copied.
+            after = last;
+            window = (window / 2).max(CHUNK as i64);
+        } else {
+            after = end;
+            window = window.saturating_mul(2).min(1 << 24);
         }
     }
     appender.flush()?;
@@ -91,15 +141,7 @@ fn refresh_views(
                     0
                 };
                 if committed > after {
-                    copy(
-                        main,
-                        snap,
-                        table,
-                        &format!(
-                            "SELECT * EXCLUDE (tenant) FROM main.{table} WHERE tenant = ? AND seq > ? AND seq <= ? ORDER BY seq"
-                        ),
-                        &[&space, &after, &committed],
-                    )?;
+                    copy(main, snap, table, "seq", space, after, committed)?;
                 }
             }
             "plugin_runs" | "plugin_logs" => {
@@ -113,13 +155,12 @@ fn refresh_views(
                 )?;
                 if have != now {
                     snap.execute_batch(&format!("DELETE FROM {table}"))?;
-                    copy(
-                        main,
-                        snap,
-                        table,
-                        &format!("SELECT * EXCLUDE (tenant) FROM main.{table} WHERE tenant = ?"),
-                        &[&space],
+                    let last: i64 = main.query_row(
+                        &format!("SELECT coalesce(max(rowid), -1) FROM main.{table}"),
+                        [],
+                        |row| row.get(0),
                     )?;
+                    copy(main, snap, table, "rowid", space, -1, last)?;
                 }
             }
             other => return Err(StoreError::Config(format!("{other} is not a query view"))),
