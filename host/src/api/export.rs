@@ -2,7 +2,6 @@
 //! caller's events, oldest first.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -13,7 +12,7 @@ use futures_util::{stream, StreamExt};
 
 use super::{require, ApiError, AppState};
 use crate::auth::Principal;
-use crate::store::EventFilter;
+use crate::store::{EventFilter, ExportFile};
 
 /// Rows fetched per step of an NDJSON export.
 const PAGE: usize = 2_000;
@@ -42,12 +41,13 @@ const STALLED_READER: Duration = Duration::from_secs(30);
 /// reading for [`STALLED_READER`], the task gives up and closes the file, so
 /// an unread download cannot pin a deleted file's disk space.
 pub(crate) async fn stream_file(
-    path: PathBuf,
+    export: ExportFile,
     content_type: &'static str,
     filename: &str,
 ) -> Result<Response, ApiError> {
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let _ = tokio::fs::remove_file(&path).await;
+    let file = tokio::fs::File::open(export.path()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    // The open handle keeps the data readable; the name goes now.
+    drop(export);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
         let mut chunks = tokio_util::io::ReaderStream::new(file);

@@ -141,6 +141,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded => ApiError::Unavailable("the store is overloaded; retry later".into()),
+            StoreError::Busy(message) => ApiError::TooManyRequests(message),
             StoreError::BadCursor => {
                 ApiError::field(vec!["query".into(), "cursor".into()], "Invalid cursor", "value_error")
             }

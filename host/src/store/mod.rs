@@ -31,6 +31,23 @@ pub use query::{QueryAnswer, QueryError, QueryFormat, QueryLimits, QueryOptions,
 pub use read::{EventFilter, EventPage};
 pub use retention::Quotas;
 
+/// A file being written or read under the export directory; dropping the
+/// guard removes it, so an export whose client left never stays on disk.
+#[derive(Debug)]
+pub struct ExportFile(PathBuf);
+
+impl ExportFile {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ExportFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Everything one request writes; committed together or not at all.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
@@ -85,6 +102,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("cannot encode rows: {0}")]
     Encode(String),
+    /// The caller has as much analyst work running as it may (429).
+    #[error("{0}")]
+    Busy(String),
 }
 
 type Job = Box<dyn FnOnce(&Connection) + Send>;
@@ -287,9 +307,9 @@ impl EventStore {
         f(&conn)
     }
 
-    /// A fresh file name in the export directory.
-    pub(crate) fn export_path(&self, extension: &str) -> PathBuf {
-        self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4()))
+    /// A fresh file in the export directory, removed when the guard drops.
+    pub(crate) fn export_file(&self, extension: &str) -> ExportFile {
+        ExportFile(self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4())))
     }
 
     /// The results remembered under these idempotency keys, by key.

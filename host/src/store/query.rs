@@ -195,7 +195,7 @@ impl QueryService {
     /// Admit one more query of `space`, or say why not. The per-tenant bound
     /// counts the tenant's live and test spaces together (`acme:test` is
     /// `acme`), so one tenant cannot take every slot through both.
-    fn admit(&self, space: &str) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), QueryError> {
+    pub(super) fn admit(&self, space: &str) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), QueryError> {
         let owner = space.split(':').next().unwrap_or(space);
         let tenant = self
             .tenants
@@ -205,12 +205,12 @@ impl QueryService {
             .clone();
         let mine = tenant.try_acquire_owned().map_err(|_| {
             QueryError::Busy(format!(
-                "{} queries of this tenant are already running; retry later",
+                "{} queries or exports of this tenant are already running; retry later",
                 self.options.max_concurrent_per_tenant.max(1)
             ))
         })?;
         let all = self.overall.clone().try_acquire_owned().map_err(|_| {
-            QueryError::Busy("the server is running as many queries as it allows; retry later".into())
+            QueryError::Busy("the server is running as many queries and exports as it allows; retry later".into())
         })?;
         Ok((mine, all))
     }

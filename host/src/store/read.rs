@@ -1,6 +1,8 @@
 //! Reads: the event listing with its keyset cursor, single events, dead
 //! letters and plugin logs. Every query is scoped to one tenant.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use duckdb::types::Value as DbValue;
 use duckdb::{params_from_iter, Row};
@@ -8,7 +10,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
-use super::{EventStore, StoreError};
+use super::{EventStore, ExportFile, StoreError};
 
 /// Filters of `GET /v1/audit/events`. `None` means "any".
 #[derive(Debug, Clone, Default)]
@@ -234,24 +236,41 @@ impl EventStore {
         .await
     }
 
-    /// Export a tenant's events in `[from, to)` into a Parquet file under the
-    /// export directory and return its path.
+    /// Export a tenant space's events in `[from, to)` into a Parquet file
+    /// under the export directory. An export takes one of the space's
+    /// analyst slots (shared with queries) while DuckDB writes the file, runs
+    /// in insertion order without a sort (so its memory does not grow with
+    /// the export), and is interrupted when the caller stops waiting; the
+    /// file is removed when the returned guard drops.
     ///
     /// # Errors
     ///
-    /// Database errors.
-    pub async fn export_parquet(&self, tenant: String, filter: EventFilter) -> Result<std::path::PathBuf, StoreError> {
-        let path = self.export_path("parquet");
-        let target = path.clone();
-        self.read(move |conn| {
-            let mut sql = "SELECT * EXCLUDE (tenant) FROM events WHERE tenant = ?".to_string();
-            let mut args = vec![DbValue::Text(tenant)];
-            filter.conditions(&mut sql, &mut args);
-            let copy = format!("COPY ({sql} ORDER BY seq) TO '{}' (FORMAT parquet)", target.display());
-            conn.execute(&copy, params_from_iter(args))?;
-            Ok(target)
-        })
-        .await
+    /// [`StoreError::Busy`] beyond the analyst slots, database errors.
+    pub async fn export_parquet(&self, space: String, filter: EventFilter) -> Result<ExportFile, StoreError> {
+        let _permits = self.inner.query.admit(&space).map_err(|e| StoreError::Busy(e.to_string()))?;
+        let file = self.export_file("parquet");
+        let cancel = Interrupter::default();
+        let running = cancel.clone();
+        let mut guard = InterruptOnDrop(Some(cancel));
+        let done = self
+            .read(move |conn| {
+                let mut sql = "SELECT * EXCLUDE (tenant) FROM events WHERE tenant = ?".to_string();
+                let mut args = vec![DbValue::Text(space)];
+                filter.conditions(&mut sql, &mut args);
+                // Rows are appended in `seq` order by the one writer and
+                // DuckDB preserves insertion order: no ORDER BY, no sort.
+                let copy = format!("COPY ({sql}) TO '{}' (FORMAT parquet)", file.path().display());
+                if !running.arm(conn) {
+                    return Err(StoreError::Closed);
+                }
+                let copied = conn.execute(&copy, params_from_iter(args));
+                running.disarm();
+                copied?;
+                Ok(file)
+            })
+            .await;
+        guard.0 = None;
+        done
     }
 
     /// The tenant's last `n` stored events (newest first), each with the raw
@@ -396,5 +415,49 @@ mod tests {
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
         assert!(matches!(decode_cursor(&key, "acme", &filter, &forged), Err(StoreError::BadCursor)));
         assert!(matches!(decode_cursor(&key, "acme", &filter, "!!"), Err(StoreError::BadCursor)));
+    }
+}
+
+/// The interrupt handle of a connection running a long statement, shared
+/// with the async side that may give up on it.
+#[derive(Clone, Default)]
+struct Interrupter(Arc<parking_lot::Mutex<InterruptState>>);
+
+#[derive(Default)]
+struct InterruptState {
+    handle: Option<Arc<duckdb::InterruptHandle>>,
+    cancelled: bool,
+}
+
+impl Interrupter {
+    /// Register `conn` as running; false if the caller gave up already.
+    fn arm(&self, conn: &duckdb::Connection) -> bool {
+        let mut state = self.0.lock();
+        state.handle = Some(conn.interrupt_handle());
+        !state.cancelled
+    }
+
+    fn disarm(&self) {
+        self.0.lock().handle = None;
+    }
+
+    fn cancel(&self) {
+        let mut state = self.0.lock();
+        state.cancelled = true;
+        if let Some(handle) = state.handle.take() {
+            handle.interrupt();
+        }
+    }
+}
+
+/// Interrupts the statement when dropped before it finished (the request
+/// was cancelled: its client went away).
+struct InterruptOnDrop(Option<Interrupter>);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancel();
+        }
     }
 }

@@ -505,3 +505,64 @@ async fn a_catch_up_larger_than_one_step_copies_every_row_once() {
     let (_, body) = app.post(&a, "/v1/query", &sql).await;
     assert_eq!(body["rows"][0][0], 7510);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_share_the_analyst_slots_and_leave_no_file_when_the_client_leaves() {
+    let app = spawn_app_with(|s| {
+        s.query_timeout_secs = 3;
+        s.query_tenant_concurrency = 1;
+    })
+    .await;
+    let pad = "p".repeat(2000);
+    for _ in 0..4 {
+        let batch: Vec<Value> =
+            (0..5000).map(|i| json!({"event_type": "bulk", "task_id": i, "event_payload": {"pad": pad}})).collect();
+        let (status, _) = app.post_events(ADMIN_TOKEN, &Value::Array(batch)).await;
+        assert_eq!(status, 200);
+    }
+    // Clients that give up at once: their exports are interrupted and their
+    // files removed (finding F2 of the second attack pass: they stayed).
+    for _ in 0..3 {
+        let _ = app
+            .client
+            .get(app.url("/v1/export?format=parquet"))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_millis(20))
+            .send()
+            .await;
+    }
+    let exports = app.data_dir.join("exports");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&exports).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "export files left behind: {:?}", std::fs::read_dir(&exports).unwrap().collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A whole export still works, oldest first.
+    let r = app.client.get(app.url("/v1/export?format=parquet")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r.bytes().await.unwrap()).unwrap();
+    let conn = duckdb::Connection::open_in_memory().unwrap();
+    let (n, ordered): (i64, bool) = conn
+        .query_row(
+            &format!("SELECT count(*), bool_and(seq > prev) FROM (SELECT seq, lag(seq, 1, 0) OVER () AS prev FROM read_parquet('{}'))", file.path().display()),
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((n, ordered), (20_000, true), "every row, in insertion order");
+    // While the tenant's one analyst slot runs a query, its export waits its
+    // turn with 429 + Retry-After.
+    let slow = {
+        let (client, url) = (app.client.clone(), app.url("/v1/query"));
+        tokio::spawn(async move {
+            let sql = "SELECT levenshtein(repeat('a', 100000), repeat('b', 100000))";
+            client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"sql": sql})).send().await.unwrap().status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = app.client.get(app.url("/v1/export?format=parquet")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(slow.await.unwrap(), 422);
+}
