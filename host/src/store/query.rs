@@ -395,15 +395,6 @@ fn check(conn: &Connection, sql: &str) -> Result<(String, BTreeSet<&'static str>
 }
 
 impl EventStore {
-    /// Check and run an analyst's query for the tenant space `space`, in a
-    /// worker process that holds only that space's rows.
-    ///
-    /// # Errors
-    ///
-    /// [`QueryError::Refused`] naming what is not allowed,
-    /// [`QueryError::Invalid`] for parse and bind errors,
-    /// [`QueryError::Busy`] beyond the concurrency limits, timeouts,
-    /// failures, [`QueryError::TooLarge`] for a Parquet answer over the cap.
     /// Refresh the space's snapshot (its lock held for writing in `fresh`)
     /// unless it already holds `views` as of `changes`.
     async fn bring_up_to_date(
@@ -460,6 +451,15 @@ impl EventStore {
         Ok(refreshed)
     }
 
+    /// Check and run an analyst's query for the tenant space `space`, in a
+    /// worker process that holds only that space's rows.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Refused`] naming what is not allowed,
+    /// [`QueryError::Invalid`] for parse and bind errors,
+    /// [`QueryError::Busy`] beyond the concurrency limits, timeouts,
+    /// failures, [`QueryError::TooLarge`] for a Parquet answer over the cap.
     pub async fn query(
         &self,
         space: String,
@@ -486,11 +486,10 @@ impl EventStore {
             self.bring_up_to_date(&space, &mut refreshing, changes, &views).await?;
             refreshing.downgrade()
         };
-        let scratch = service.scratch_dir.join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&scratch).map_err(StoreError::Io)?;
+        let scratch = Scratch::create(&service.scratch_dir)?;
         let job = WorkerJob {
             snapshot,
-            scratch: scratch.clone(),
+            scratch: scratch.0.clone(),
             memory_limit: service.options.memory_limit.clone(),
             address_space: service.address_space(),
             sql: text,
@@ -498,9 +497,25 @@ impl EventStore {
             format,
             limits,
         };
-        let answer = run_worker(&service.options.worker_program, &job).await;
-        let _ = tokio::fs::remove_dir_all(&scratch).await;
-        answer
+        run_worker(&service.options.worker_program, &job).await
+    }
+}
+
+/// A worker's own directory, removed when the query ends however it ends
+/// (also when its client goes away and the request is dropped).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create(parent: &std::path::Path) -> Result<Scratch, StoreError> {
+        let dir = parent.join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -169,6 +169,23 @@ fn refresh_views(
     Ok(())
 }
 
+/// Open the snapshot to write it. A worker killed because its client went
+/// away may hold it read-only for a moment longer (the kill is not awaited
+/// then), so a lock conflict is retried briefly.
+fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    let mut tries = 0;
+    loop {
+        match Connection::open(path) {
+            Ok(conn) => return Ok(conn),
+            Err(e) if tries < 40 && e.to_string().contains("lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Bring the snapshot file at `path` of tenant space `space` up to date for
 /// `views`, reading the main database through `main`. The snapshot changes
 /// in one transaction and is checkpointed, so a worker opening it read-only
@@ -191,7 +208,7 @@ pub(super) fn refresh(
         }
         return Ok(());
     }
-    let snap = Connection::open(path)?;
+    let snap = open_for_writing(path)?;
     // The copy streams batches; it needs little memory and one thread, and
     // must not compete with ingest for more.
     snap.execute_batch("SET memory_limit = '512MB'; SET threads = 1; BEGIN TRANSACTION")?;

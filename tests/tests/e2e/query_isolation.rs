@@ -566,3 +566,28 @@ async fn exports_share_the_analyst_slots_and_leave_no_file_when_the_client_leave
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(slow.await.unwrap(), 422);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_whose_client_leaves_stops_its_worker_and_leaves_nothing() {
+    let app = spawn_app_with(|s| s.query_timeout_secs = 30).await;
+    let slow = json!({"sql": "SELECT levenshtein(repeat('a', 100000), repeat('b', 100000))"});
+    let gone = app
+        .client
+        .post(app.url("/v1/query"))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_millis(700))
+        .json(&slow)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    let scratch = app.data_dir.join("query-scratch");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers(&app) > 0 || std::fs::read_dir(&scratch).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "a worker or its scratch directory outlived the request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The snapshot is usable at once by the next query.
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "after"})).await;
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+    assert_eq!((status, body["rows"].clone()), (200, json!([[1]])), "{body}");
+}
