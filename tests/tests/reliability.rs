@@ -118,8 +118,11 @@ async fn runaway_plugin_is_cut_at_its_deadline_and_isolated() {
     let shown = app.plugin(ADMIN_TOKEN, "hostile-loop").await;
     assert_eq!(shown["state"], "auto-disabled", "{shown}");
     assert!(shown["disabled_reason"].as_str().unwrap_or("").contains("deadline"), "{shown}");
+    // It is not called any more, but still fails closed (policy reject).
     let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "spin"})).await;
-    assert_eq!((status, body["stored"].clone()), (200, json!(1)), "a disabled plugin is skipped: {body}");
+    assert_eq!(status, 502, "{body}");
+    let message = body["results"][0]["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("auto-disabled"), "an auto-disabled reject plugin refuses: {body}");
 }
 
 /// Item 2: fifty concurrent memory and recursion bombs each end in a typed

@@ -321,7 +321,7 @@ pub async fn create(
             (i, Input { event, raw: texts[i].as_str().into() })
         })
         .unzip();
-    let mut output = match run_whole(&state, &principal.tenant, inputs).await {
+    let mut output = match run_whole(&state, &principal, inputs).await {
         Ok(output) => output,
         Err(e) => return from_api(e),
     };

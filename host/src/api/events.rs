@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::idempotency::{self, Begin, Ticket};
 use super::openapi::{ApiErrors, IngestReport};
-use super::{parse_json, require, ApiError, AppState, FieldError};
+use super::{parse_json, require, run_mode, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::pipeline::{Disposition, Input, RunOutput};
@@ -337,16 +337,20 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) 
     })
 }
 
-/// Run inputs through the tenant's chain, for families whose request is
-/// one unit: when any event is rejected, no event or dead letter of the
-/// request is kept in the batch (plugin logs and runs still are). The
+/// Run the caller's inputs through its tenant's chain, for families whose
+/// request is one unit: when any event is rejected, no event or dead letter
+/// of the request is kept in the batch (plugin logs and runs still are). The
 /// caller commits the batch with [`commit_whole`].
 ///
 /// # Errors
 ///
 /// Plugin host errors (500).
-pub(crate) async fn run_whole(state: &AppState, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, ApiError> {
-    let mut output = state.pipeline.run(tenant, inputs).await?;
+pub(crate) async fn run_whole(
+    state: &AppState,
+    principal: &Principal,
+    inputs: Vec<Input>,
+) -> Result<RunOutput, ApiError> {
+    let mut output = state.pipeline.run(&principal.tenant, inputs, run_mode(principal)).await?;
     if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
         output.batch.events.clear();
         output.batch.dead_letters.clear();
@@ -441,8 +445,11 @@ pub(crate) async fn ingest_with(
     let event_ids = idempotency::event_ids(state, &space, inputs.iter().map(|i| &*i.raw)).await?;
     let fresh: Vec<Input> =
         inputs.into_iter().enumerate().filter(|(i, _)| !event_ids.replayed.contains_key(i)).map(|(_, x)| x).collect();
-    let mut output =
-        if fresh.is_empty() { RunOutput::default() } else { state.pipeline.run(&principal.tenant, fresh).await? };
+    let mut output = if fresh.is_empty() {
+        RunOutput::default()
+    } else {
+        state.pipeline.run(&principal.tenant, fresh, run_mode(principal)).await?
+    };
     // Every input's result, in request order: retried ones as remembered.
     let mut fresh_results = std::mem::take(&mut output.dispositions).into_iter();
     let total = fresh_results.len() + event_ids.replayed.len();

@@ -279,7 +279,7 @@ pub async fn create(
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
-    let output = match run_whole(&state, &principal.tenant, vec![input]).await {
+    let output = match run_whole(&state, &principal, vec![input]).await {
         Ok(output) => output,
         Err(e) => return store_error(e),
     };

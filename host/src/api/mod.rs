@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -36,9 +36,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, Principal};
+use crate::auth::{Auth, Principal, ADMIN_SCOPE};
 use crate::config::Settings;
-use crate::pipeline::{Pipeline, PluginError};
+use crate::pipeline::{Mode, Pipeline, PluginError};
 use crate::store::{EventStore, StoreError};
 
 /// Shared state of every handler.
@@ -173,27 +173,77 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-        let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        let secret = bearer.or(key).map(str::trim).filter(|s| !s.is_empty()).ok_or(ApiError::Unauthorized)?;
+        let secret = credential(&parts.headers).ok_or(ApiError::Unauthorized)?;
         state.auth.authenticate(secret).await?.ok_or(ApiError::Unauthorized)
     }
 }
 
-/// Refuse the call unless the caller holds `scope`.
+/// The one token a request presents, or `None`. Ambiguous credentials are
+/// refused rather than one of them picked silently: two `Authorization` or
+/// two `X-API-Key` headers, or both headers when they do not carry the same
+/// bearer token (a proxy or client library adding its own header would
+/// otherwise decide who the caller is).
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    // `Some(None)`: present but unusable (not UTF-8, not a bearer token).
+    let only = |name: &str| -> Result<Option<Option<&str>>, ()> {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next().map(|v| v.to_str().ok().map(str::trim));
+        if values.next().is_some() {
+            return Err(());
+        }
+        Ok(first)
+    };
+    let authorization = only(header::AUTHORIZATION.as_str()).ok()?;
+    let key = only("x-api-key").ok()?;
+    let bearer = authorization
+        .map(|v| v.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim));
+    let secret = match (bearer, key) {
+        (Some(bearer), Some(key)) if bearer == key => bearer,
+        (Some(_), Some(_)) => None,
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => None,
+    };
+    secret.filter(|s| !s.is_empty())
+}
+
+/// Scopes that guard nothing but writes to what a tenant's live and test
+/// spaces share: its plugin chain (`plugins:write`: upload, PATCH, DELETE,
+/// rollback) and its settings and tenants (`admin`: retention, quotas,
+/// tenant creation). A test-mode token may hold them (to read, and to mint
+/// test tokens that hold them) but never use them: test traffic must not
+/// change live behaviour.
+const SHARED_WRITE_SCOPES: [&str; 2] = ["plugins:write", ADMIN_SCOPE];
+
+/// Refuse the call unless the caller holds `scope`, and, for a scope that
+/// writes what the live space shares ([`SHARED_WRITE_SCOPES`]), unless the
+/// caller is live. Checked here, once, so no handler can forget it.
 ///
 /// # Errors
 ///
-/// [`ApiError::Forbidden`] naming the missing scope.
+/// [`ApiError::Forbidden`] naming the missing scope, or saying that a
+/// test-mode token cannot change the live configuration.
 pub fn require(principal: &Principal, scope: &str) -> Result<(), ApiError> {
-    if principal.has(scope) {
-        Ok(())
+    if !principal.has(scope) {
+        return Err(ApiError::Forbidden(format!("missing scope: {scope}")));
+    }
+    if principal.is_test() && SHARED_WRITE_SCOPES.contains(&scope) {
+        return Err(ApiError::Forbidden(
+            "a test-mode token cannot change what the live space shares (plugins, retention, quotas, tenants); \
+             use a live token"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// How the caller's events run through the tenant's chain: a test space's
+/// exactly as live ones, except that plugin faults there never count toward
+/// a plugin's health (so test traffic cannot auto-disable a live plugin).
+pub fn run_mode(principal: &Principal) -> Mode {
+    if principal.is_test() {
+        Mode::Test
     } else {
-        Err(ApiError::Forbidden(format!("missing scope: {scope}")))
+        Mode::Live
     }
 }
 

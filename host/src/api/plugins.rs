@@ -312,7 +312,7 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
         inputs.push(crate::pipeline::Input { event, raw: crate::event::raw_of(&raw) });
         replayed.push(id);
     }
-    let mut output = state.pipeline.run(&principal.tenant, inputs).await?;
+    let mut output = state.pipeline.run(&principal.tenant, inputs, super::run_mode(&principal)).await?;
     let mut batch = std::mem::take(&mut output.batch);
     batch.replayed = replayed.clone();
     state.store.commit(batch).await?;

@@ -456,7 +456,7 @@ pub async fn create(
     let raw = crate::event::raw_of(&raw);
     let inputs =
         to_events(&principal.space(), object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
-    let output = match run_whole(&state, &principal.tenant, inputs).await {
+    let output = match run_whole(&state, &principal, inputs).await {
         Ok(output) => output,
         Err(e) => return shaped(e),
     };

@@ -1,7 +1,9 @@
 //! Tokens: `POST /v1/tokens` (the secret is shown once), `GET /v1/tokens`,
 //! `DELETE /v1/tokens/{id}`. Tokens are stored only as hashes. A test-mode
 //! caller manages only test-mode tokens of its own tenant, so a test token
-//! can never become a live one.
+//! can never become a live one. As a token grants only scopes it holds, it
+//! sees and revokes only tokens whose scopes it holds (an admin token: all
+//! of its tenant's); any other token is a 404 to it, as if it did not exist.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -11,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT, SCOPES};
-use crate::store::TokenRecord;
+use crate::store::{TokenInfo, TokenRecord};
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -102,17 +104,28 @@ pub async fn create(
     ))
 }
 
-/// The tenant's tokens, without secrets (a test-mode caller sees only the
-/// test-mode ones).
+/// The tenant's tokens the caller may manage: of its mode when it is a
+/// test-mode caller, and holding no scope the caller lacks.
+async fn managed(state: &AppState, principal: &Principal) -> Result<Vec<TokenInfo>, ApiError> {
+    let mode = principal.managed_mode().map(str::to_string);
+    let mut tokens = state.store.list_tokens(principal.tenant.clone(), mode).await?;
+    tokens.retain(|t| t.scopes.iter().all(|s| principal.has(s)));
+    Ok(tokens)
+}
+
+/// The tenant's tokens the caller may manage, without secrets (a test-mode
+/// caller sees only test-mode ones; nobody sees a token with a scope it
+/// lacks).
 #[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
 pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "tokens:write")?;
-    let mode = principal.managed_mode().map(str::to_string);
-    Ok(Json(json!({ "items": state.store.list_tokens(principal.tenant, mode).await? })))
+    Ok(Json(json!({ "items": managed(&state, &principal).await? })))
 }
 
-/// Revoke a token; effective immediately. To a test-mode caller a live
-/// token does not exist (404), as in its listing.
+/// Revoke a token; effective immediately. A token the caller may not
+/// manage (a live one to a test-mode caller, one with a scope the caller
+/// lacks) does not exist to it (404), as in its listing: a narrow token
+/// cannot revoke its tenant's admin token.
 #[utoipa::path(
     delete,
     path = "/v1/tokens/{id}",
@@ -126,7 +139,10 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&principal, "tokens:write")?;
-    if state.auth.revoke(&principal.tenant, &id, principal.managed_mode()).await? {
+    // A token's scopes are fixed when it is issued, so checking first and
+    // revoking after is not a race.
+    let manageable = managed(&state, &principal).await?.iter().any(|t| t.id == id && t.revoked_at.is_none());
+    if manageable && state.auth.revoke(&principal.tenant, &id, principal.managed_mode()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("Token not found".into()))

@@ -96,6 +96,21 @@ impl PluginSettings {
     }
 }
 
+/// What a batch does with an installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Enabled and healthy: it runs.
+    Active,
+    /// Disabled by the customer (`enabled: false`): skipped, as if it were
+    /// not installed.
+    Disabled,
+    /// Disabled by the host after repeated failures (the reason). It does not
+    /// run, but its failure policy still applies to the events in its scope:
+    /// a fail-closed plugin (`reject`) stays closed until the customer turns
+    /// it back on, instead of letting the events it guards pass unprocessed.
+    AutoDisabled(String),
+}
+
 /// One installed plugin of one tenant.
 pub struct Installation {
     pub tenant: String,
@@ -140,8 +155,17 @@ impl Installation {
     /// Whether the plugin runs now: enabled by the customer and not disabled
     /// by the host.
     pub fn is_active(&self) -> bool {
+        self.standing() == Standing::Active
+    }
+
+    /// What a batch does with this installation now.
+    pub fn standing(&self) -> Standing {
         let s = self.settings.lock();
-        s.enabled && s.disabled_reason.is_none()
+        match &s.disabled_reason {
+            _ if !s.enabled => Standing::Disabled,
+            Some(reason) => Standing::AutoDisabled(reason.clone()),
+            None => Standing::Active,
+        }
     }
 
     /// Whether the event is in this installation's scope.
@@ -172,14 +196,12 @@ impl Installation {
 
     /// A JSON view for the API.
     pub fn view(&self) -> Value {
-        let s = self.settings();
-        let state = if s.disabled_reason.is_some() {
-            "auto-disabled"
-        } else if s.enabled {
-            "enabled"
-        } else {
-            "disabled"
+        let state = match self.standing() {
+            Standing::Active => "enabled",
+            Standing::Disabled => "disabled",
+            Standing::AutoDisabled(_) => "auto-disabled",
         };
+        let s = self.settings();
         serde_json::json!({
             "name": self.name,
             "version": s.version,

@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
-pub use installation::{FailurePolicy, Installation, PluginSettings};
+pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
 
 use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
@@ -246,17 +246,20 @@ impl Pipeline {
         self.tenants.read().get(tenant).map(|t| t.chain.clone()).unwrap_or_else(|| Arc::new([]))
     }
 
-    /// Run events through the tenant's current chain on a blocking thread,
-    /// and persist any plugin the run disabled.
+    /// Run events to be stored through the tenant's current chain on a
+    /// blocking thread, and persist any plugin the run disabled. `mode` is
+    /// [`Mode::Live`] for the tenant's own events, [`Mode::Test`] for its
+    /// test space's (whose faults never count toward plugin health).
     ///
     /// # Errors
     ///
     /// [`PluginError::Unavailable`] when the host failed a plugin call
     /// (nothing of the run is to be stored), [`PluginError::Host`] when the
     /// blocking pool is gone (shutdown).
-    pub async fn run(&self, tenant: &str, inputs: Vec<Input>) -> Result<RunOutput, PluginError> {
+    pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
+        debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let chain = self.chain(tenant);
-        let output = self.run_on(chain, inputs, Mode::Live).await?;
+        let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
         // Persisted even when the run was abandoned later: an earlier plugin
         // of the chain may have been disabled by its own (guest) fault.
@@ -270,8 +273,9 @@ impl Pipeline {
     }
 
     /// Run `inputs` through one plugin (`Some(name)`, even when disabled) or
-    /// the tenant's whole chain, without touching plugin health. The output
-    /// is for the caller to show; nothing is stored.
+    /// the tenant's whole chain (as live events run through it, auto-disabled
+    /// plugins applying their failure policy), without touching plugin
+    /// health. The output is for the caller to show; nothing is stored.
     ///
     /// # Errors
     ///
@@ -283,11 +287,11 @@ impl Pipeline {
         plugin: Option<&str>,
         inputs: Vec<Input>,
     ) -> Result<RunOutput, PluginError> {
-        let chain: Arc<[Arc<Installation>]> = match plugin {
-            Some(name) => Arc::new([self.installation(tenant, name)?]),
-            None => self.chain(tenant).iter().filter(|i| i.is_active()).cloned().collect(),
+        let (chain, mode): (Arc<[Arc<Installation>]>, _) = match plugin {
+            Some(name) => (Arc::new([self.installation(tenant, name)?]), Mode::Dry),
+            None => (self.chain(tenant), Mode::Test),
         };
-        self.run_on(chain, inputs, Mode::Dry).await?.completed()
+        self.run_on(chain, inputs, mode).await?.completed()
     }
 
     async fn run_on(
@@ -296,13 +300,14 @@ impl Pipeline {
         inputs: Vec<Input>,
         mode: Mode,
     ) -> Result<RunOutput, PluginError> {
-        // Nothing to sandbox (no plugin, or none that would see these
-        // events): stay on this thread instead of a blocking one.
+        // Nothing to sandbox (no plugin that runs would see these events):
+        // stay on this thread instead of a blocking one. The chain is still
+        // walked, for auto-disabled plugins' failure policies.
         let idle = chain
             .iter()
-            .all(|i| (mode == Mode::Live && !i.is_active()) || !inputs.iter().any(|input| i.matches(&input.event)));
+            .all(|i| (mode != Mode::Dry && !i.is_active()) || !inputs.iter().any(|input| i.matches(&input.event)));
         if idle {
-            return Ok(run::run_chain(&[], inputs, mode));
+            return Ok(run::run_chain(&chain, inputs, mode));
         }
         let _permit = self.workers.acquire().await.map_err(|e| PluginError::Host(e.to_string()))?;
         tokio::task::spawn_blocking(move || run::run_chain(&chain, inputs, mode))

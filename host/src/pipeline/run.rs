@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::installation::{FailurePolicy, Installation, PluginSettings};
+use super::installation::{FailurePolicy, Installation, PluginSettings, Standing};
 use crate::event::{now_micros, DeadLetter, Event, Lineage, LineageStep, PluginLog, PluginRun, Raw, StoredEvent};
 use crate::runtime::bindings::types;
 use crate::runtime::{Blame, PluginFault};
@@ -190,12 +190,84 @@ fn check_output(inst: &Installation, input: &types::Event, outcome: &types::Outc
     Ok(())
 }
 
-/// Whether a run counts: live runs track plugin health (consecutive
-/// failures, automatic disabling); dry runs leave no trace.
+/// How a run treats the chain, and whether it counts toward plugin health
+/// (consecutive failures, automatic disabling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// The tenant's live events: customer-disabled plugins are skipped,
+    /// auto-disabled ones apply their failure policy, and every call counts
+    /// toward plugin health.
     Live,
+    /// A test space's events (and dry runs of the whole chain): run exactly
+    /// as live ones, but faults are only reported, never counted, so test
+    /// traffic cannot disable (or keep alive) a plugin of the live chain.
+    Test,
+    /// Every plugin given runs as it is, even a disabled one, and health is
+    /// untouched: a dry run of one plugin, a shadow run.
     Dry,
+}
+
+/// A plugin that could not process its events (it faulted, or the host
+/// disabled it), for its failure policy to settle.
+struct Failure<'a> {
+    plugin: &'a str,
+    version: u32,
+    /// For the client, under `reject` (`plugin_failed`).
+    message: String,
+    /// For the dead letter, under `dead-letter`.
+    reason: String,
+}
+
+impl Failure<'_> {
+    /// Settle the `affected` inputs (those not settled already) as `policy`
+    /// says: `skip` leaves them to continue down the chain, `reject` refuses
+    /// them, `dead-letter` quarantines their untransformed originals.
+    fn apply(
+        &self,
+        policy: FailurePolicy,
+        affected: HashSet<usize>,
+        finals: &mut [Option<Disposition>],
+        dead_letters: &mut Vec<DeadLetter>,
+        originals: &[Event],
+        raws: &[Raw],
+    ) {
+        match policy {
+            FailurePolicy::Skip => {}
+            FailurePolicy::Reject => {
+                for input in affected {
+                    finals[input].get_or_insert(Disposition::Rejected {
+                        error: Rejection {
+                            code: "plugin_failed".into(),
+                            message: self.message.clone(),
+                            field: None,
+                            plugin: self.plugin.to_string(),
+                        },
+                    });
+                }
+            }
+            FailurePolicy::DeadLetter => {
+                for input in affected {
+                    if finals[input].is_some() {
+                        continue;
+                    }
+                    let original = &originals[input];
+                    dead_letters.push(DeadLetter {
+                        id: original.id.clone(),
+                        tenant: original.tenant.clone(),
+                        family: original.family.clone(),
+                        received_at: original.received_at,
+                        plugin: self.plugin.to_string(),
+                        plugin_version: self.version,
+                        reason: self.reason.clone(),
+                        event: original.clone(),
+                        raw: raws[input].clone(),
+                    });
+                    finals[input] =
+                        Some(Disposition::DeadLettered { reason: self.reason.clone(), plugin: self.plugin.to_string() });
+                }
+            }
+        }
+    }
 }
 
 /// Run `inputs` through `chain` (already ordered, already filtered to this
@@ -225,7 +297,8 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
     }
 
     for (inst, &policy) in chain.iter().zip(&policies) {
-        if mode == Mode::Live && !inst.is_active() {
+        let standing = if mode == Mode::Dry { Standing::Active } else { inst.standing() };
+        if standing == Standing::Disabled {
             continue;
         }
         let in_scope: Vec<usize> = (0..items.len()).filter(|&i| inst.matches(&items[i].event)).collect();
@@ -233,6 +306,23 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             continue;
         }
         let version = inst.version();
+        if let Standing::AutoDisabled(reason) = standing {
+            // Not called, but not skipped either: its events meet its failure
+            // policy, as they would if it had failed on them.
+            let failure = Failure {
+                plugin: &inst.name,
+                version,
+                message: format!(
+                    "plugin {} is auto-disabled ({reason}); a PATCH with enabled: true turns it back on",
+                    inst.name
+                ),
+                reason: format!("auto_disabled: {reason}"),
+            };
+            let affected: HashSet<usize> = in_scope.iter().map(|&i| items[i].input).collect();
+            failure.apply(policy, affected, &mut finals, &mut out.batch.dead_letters, &originals, &raws);
+            items.retain(|item| finals[item.input].is_none());
+            continue;
+        }
         let wit_events: Vec<types::Event> =
             in_scope.iter().map(|&i| to_wit(std::mem::take(&mut items[i].event))).collect();
         let (result, report) = inst.instances.process(&wit_events);
@@ -368,42 +458,13 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                     }
                 }
                 let affected: HashSet<usize> = in_scope.iter().map(|&i| items[i].input).collect();
-                match policy {
-                    FailurePolicy::Skip => {}
-                    FailurePolicy::Reject => {
-                        for input in affected {
-                            finals[input].get_or_insert(Disposition::Rejected {
-                                error: Rejection {
-                                    code: "plugin_failed".into(),
-                                    message: format!("plugin {} failed: {fault}", inst.name),
-                                    field: None,
-                                    plugin: inst.name.clone(),
-                                },
-                            });
-                        }
-                    }
-                    FailurePolicy::DeadLetter => {
-                        for input in affected {
-                            if finals[input].is_some() {
-                                continue;
-                            }
-                            let original = &originals[input];
-                            let reason = format!("{}: {fault}", fault.reason());
-                            out.batch.dead_letters.push(DeadLetter {
-                                id: original.id.clone(),
-                                tenant: original.tenant.clone(),
-                                family: original.family.clone(),
-                                received_at: original.received_at,
-                                plugin: inst.name.clone(),
-                                plugin_version: version,
-                                reason: reason.clone(),
-                                event: original.clone(),
-                                raw: raws[input].clone(),
-                            });
-                            finals[input] = Some(Disposition::DeadLettered { reason, plugin: inst.name.clone() });
-                        }
-                    }
-                }
+                let failure = Failure {
+                    plugin: &inst.name,
+                    version,
+                    message: format!("plugin {} failed: {fault}", inst.name),
+                    reason: format!("{}: {fault}", fault.reason()),
+                };
+                failure.apply(policy, affected, &mut finals, &mut out.batch.dead_letters, &originals, &raws);
             }
         }
         items.retain(|item| finals[item.input].is_none());

@@ -529,6 +529,9 @@ async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryA
     let mut child = tokio::process::Command::new(program)
         .arg("query-worker")
         .env_clear()
+        // glibc reserves 64 MiB of address space per malloc arena and
+        // RLIMIT_AS counts it: two arenas leave the cap to DuckDB.
+        .env("MALLOC_ARENA_MAX", "2")
         .current_dir(&job.scratch)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -103,8 +103,14 @@ async fn a_panicking_plugin_is_disabled_after_repeated_failures() {
     let (_, plugin) = app.get(ADMIN_TOKEN, "/v1/plugins/hostile-panic").await;
     assert_eq!(plugin["state"], "auto-disabled", "{plugin}");
     assert!(plugin["disabled_reason"].as_str().unwrap().contains("3 consecutive failures; last: panic"));
-    let (status, _) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "after"})).await;
-    assert_eq!(status, 200, "a disabled plugin no longer runs");
+    // It no longer runs, but it fails closed (policy reject): its events
+    // are refused, saying why, instead of passing unprocessed.
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "after"})).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("auto-disabled") && message.contains("3 consecutive failures"), "{body}");
+    assert_eq!(app.plugin(ADMIN_TOKEN, "hostile-panic").await["consecutive_failures"], 3, "it was not called");
+    assert!(app.all_events(ADMIN_TOKEN, "").await.is_empty());
     // Re-enabling clears the reason.
     let (_, plugin) = app.patch(ADMIN_TOKEN, "/v1/plugins/hostile-panic", &json!({"enabled": true})).await;
     assert_eq!(plugin["state"], "enabled");

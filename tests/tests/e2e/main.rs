@@ -19,4 +19,5 @@ mod query_isolation;
 mod retries;
 mod session_audit;
 mod tenancy;
+mod test_mode_boundary;
 mod tokens_mode;
