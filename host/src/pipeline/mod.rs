@@ -7,6 +7,7 @@
 
 mod installation;
 mod run;
+mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde_json::Value;
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
@@ -175,8 +176,9 @@ pub struct Pipeline {
     /// cannot fill the machine with compile workers.
     compiling: Arc<parking_lot::Mutex<HashSet<String>>>,
     /// Bounds how many batches run plugins at once, so plugin work cannot
-    /// starve the machine; further batches wait their turn.
-    workers: Semaphore,
+    /// starve the machine, and how many one tenant runs (see `workers.rs`);
+    /// further batches wait their turn.
+    workers: workers::Workers,
 }
 
 fn check_name(name: &str) -> Result<(), PluginError> {
@@ -194,7 +196,8 @@ fn check_name(name: &str) -> Result<(), PluginError> {
 
 impl Pipeline {
     /// Load every installed plugin from the store and the artifact directory;
-    /// at most `workers` batches (0: two per core) run plugins at once.
+    /// at most `workers` batches (0: two per core) run plugins at once, at
+    /// most half of them (at least one) of one tenant.
     ///
     /// # Errors
     ///
@@ -237,7 +240,7 @@ impl Pipeline {
             tenants: RwLock::new(tenants),
             control: Default::default(),
             compiling: Default::default(),
-            workers: Semaphore::new(workers),
+            workers: workers::Workers::new(workers),
         })
     }
 
@@ -309,7 +312,8 @@ impl Pipeline {
         if idle {
             return Ok(run::run_chain(&chain, inputs, mode));
         }
-        let _permit = self.workers.acquire().await.map_err(|e| PluginError::Host(e.to_string()))?;
+        let tenant = chain.first().map_or("", |i| i.tenant.as_str());
+        let _permit = self.workers.acquire(tenant).await.map_err(|e| PluginError::Host(e.to_string()))?;
         tokio::task::spawn_blocking(move || run::run_chain(&chain, inputs, mode))
             .await
             .map_err(|e| PluginError::Host(e.to_string()))

@@ -225,23 +225,62 @@ async fn hostile_uploads_get_a_clear_4xx_in_bounded_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_workers_bound_how_many_batches_run_plugins_at_once() {
-    // One plugin thread: two requests into a plugin that spins to its
-    // deadline run one after the other; with two, side by side.
-    for (workers, serialized) in [(1, true), (2, false)] {
+    // Two requests into a plugin that spins to its deadline: with one plugin
+    // worker they run one after the other; with two, two tenants' run side
+    // by side, but one tenant's still one after the other (a tenant may hold
+    // half of the workers).
+    for (workers, same_tenant, serialized) in [(1, false, true), (2, false, false), (2, true, true)] {
         let app = spawn_app_with(|s| s.plugin_workers = workers).await;
         // A deadline long enough that scheduling noise of a busy machine
         // (other tests run beside this one) cannot blur 1x from 2x.
         let settings = json!({"limits": {"deadline_ms": 1000}, "max_consecutive_failures": 100});
-        hostile(&app, ADMIN_TOKEN, "hostile-loop", settings).await;
+        let other = if same_tenant { ADMIN_TOKEN.to_string() } else { app.create_tenant("other").await };
+        hostile(&app, ADMIN_TOKEN, "hostile-loop", settings.clone()).await;
+        if !same_tenant {
+            hostile(&app, &other, "hostile-loop", settings).await;
+        }
         let spin = json!({"event_type": "spin"});
         let started = Instant::now();
-        let (a, b) = tokio::join!(app.post_events(ADMIN_TOKEN, &spin), app.post_events(ADMIN_TOKEN, &spin));
+        let (a, b) = tokio::join!(app.post_events(ADMIN_TOKEN, &spin), app.post_events(&other, &spin));
         let elapsed = started.elapsed();
         assert_eq!((a.0, b.0), (502, 502));
+        let case = format!("{workers} worker(s), same tenant: {same_tenant}: both done after {elapsed:?}");
         if serialized {
-            assert!(elapsed >= Duration::from_millis(2000), "{workers} worker: both done after {elapsed:?}");
+            assert!(elapsed >= Duration::from_millis(2000), "{case}");
         } else {
-            assert!(elapsed < Duration::from_millis(1700), "{workers} workers: both done after {elapsed:?}");
+            assert!(elapsed < Duration::from_millis(1700), "{case}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_with_a_backlog_of_slow_plugin_calls_leaves_workers_to_the_others() {
+    // The attack pass's F1: eight parallel requests into a plugin spinning
+    // to its deadline took every plugin worker, and another tenant's
+    // session-audit event (which runs the shipped customer-prefix) waited
+    // for them all: 22 s.
+    let app = spawn_app_with(|s| s.plugin_workers = 4).await;
+    let quiet = app.create_tenant("quiet").await;
+    let settings = json!({"limits": {"deadline_ms": 2000}, "max_consecutive_failures": 1000, "failure_policy": "skip"});
+    hostile(&app, ADMIN_TOKEN, "hostile-loop", settings).await;
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/v1/events"));
+            tokio::spawn(async move {
+                client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"event_type": "spin"})).send().await.map(|r| r.status())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) =
+            app.post(&quiet, "/session/v1/audit", &json!({"event_name": "player_joined", "session_id": "s-1"})).await;
+        assert!(status == 200 || status == 201, "{body}");
+        // Waiting for a worker would take until a 2 s deadline.
+        assert!(started.elapsed() < Duration::from_millis(1000), "the quiet tenant waited {:?}", started.elapsed());
+    }
+    for task in flood {
+        task.await.unwrap().unwrap();
     }
 }

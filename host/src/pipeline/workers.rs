@@ -1,0 +1,55 @@
+//! The plugin workers, shared fairly between tenants.
+//!
+//! At most `total` batches run plugins at once (each holds one blocking
+//! thread and one instance of each plugin it calls). A tenant may hold at
+//! most half of them (at least one), and its further batches wait behind its
+//! own gate, not in the shared queue: a tenant with a deep backlog of slow
+//! plugin calls leaves the other half to everyone else, and each other
+//! tenant's batch waits behind at most its share of anyone's, not behind the
+//! whole backlog. A tenant's live and test spaces share one gate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+
+pub(super) struct Workers {
+    all: Arc<Semaphore>,
+    share: usize,
+    tenants: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A running batch's hold on a worker: the tenant's and the shared permit.
+pub(super) struct Permit {
+    _tenant: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
+impl Workers {
+    pub fn new(total: usize) -> Workers {
+        let total = total.max(1);
+        Workers {
+            all: Arc::new(Semaphore::new(total)),
+            share: (total / 2).max(1),
+            tenants: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Wait for a worker for a batch of `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// Only when the semaphores are closed (never, today).
+    pub async fn acquire(&self, tenant: &str) -> Result<Permit, AcquireError> {
+        let owner = tenant.split(':').next().unwrap_or(tenant);
+        let gate = self
+            .tenants
+            .lock()
+            .entry(owner.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
+            .clone();
+        let mine = gate.acquire_owned().await?;
+        let all = self.all.clone().acquire_owned().await?;
+        Ok(Permit { _tenant: mine, _all: all })
+    }
+}
