@@ -66,6 +66,10 @@ pub struct Settings {
     /// Meter fuel on every plugin call (needed for fuel budgets and reports).
     #[arg(long, env = "SLUICE_FUEL_METERING", default_value_t = true, action = clap::ArgAction::Set)]
     pub fuel_metering: bool,
+    /// Most events one ingest request may store after its plugins ran
+    /// (fan-out included); beyond it the request is refused whole with 413.
+    #[arg(long, env = "SLUICE_MAX_STORED_EVENTS", default_value_t = 20_000)]
+    pub max_stored_events: usize,
     /// Program started for query and compile workers (`sluice query-worker`,
     /// `sluice compile-worker`); default: this executable.
     #[arg(long, env = "SLUICE_WORKER_PROGRAM")]
@@ -121,6 +125,7 @@ impl Settings {
             query_max_rows: 10_000,
             retention_interval_secs: 300,
             fuel_metering: true,
+            max_stored_events: 20_000,
             worker_program: None,
             query_max_bytes: 64 << 20,
             query_memory_limit: "1GB".into(),

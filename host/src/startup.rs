@@ -68,7 +68,8 @@ impl Application {
             epoch_interruption: true,
             max_instances: settings.max_plugin_instances,
         })?);
-        let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir(), settings.plugin_workers)?;
+        let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir(), settings.plugin_workers)?
+            .with_max_stored_events(settings.max_stored_events);
         let auth = Arc::new(Auth::new(store.clone()));
         crate::metrics::handle();
         let first_start = !store.has_tokens()?;

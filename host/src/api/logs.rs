@@ -312,6 +312,7 @@ pub async fn create(
 fn store_error(e: ApiError) -> Response {
     match e {
         ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        ApiError::PayloadTooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
         e => {
             tracing::error!(error = %e, "log ingest failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")

@@ -163,6 +163,7 @@ impl From<PluginError> for ApiError {
             // The host's fault, not the plugin's: retryable, in every
             // family's own 503 dialect (each maps `Unavailable`).
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+            e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
             PluginError::Host(m) => ApiError::Internal(m),
         }
     }

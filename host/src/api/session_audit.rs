@@ -73,11 +73,13 @@ fn family_error(status: StatusCode, auth_success: bool, code: &str, desc: impl I
 }
 
 /// A failure of shared code: a 503 (the host could not run a plugin, or the
-/// store is overloaded; both retryable) in this family's shape, anything
-/// else as it is.
+/// store is overloaded; both retryable) or a 413 (the plugins' output is
+/// more than one request may store) in this family's shape, anything else
+/// as it is.
 fn shaped(e: ApiError) -> Result<Response, ApiError> {
     match e {
         ApiError::Unavailable(m) => Ok(family_error(StatusCode::SERVICE_UNAVAILABLE, true, "unavailable", m)),
+        ApiError::PayloadTooLarge(m) => Ok(family_error(StatusCode::PAYLOAD_TOO_LARGE, true, "payload_too_large", m)),
         other => Err(other),
     }
 }

@@ -40,6 +40,9 @@ pub enum PluginError {
     /// kept and the plugin's health is untouched; a retry may succeed.
     #[error("the host could not run plugin {plugin} ({fault}); retry later")]
     Unavailable { plugin: String, fault: PluginFault },
+    /// The plugins' output would store more events than one request may.
+    #[error("the plugins' output would store {stored} events; one request may store at most {limit} (SLUICE_MAX_STORED_EVENTS)")]
+    TooManyEvents { stored: usize, limit: usize },
     #[error("{0}")]
     Host(String),
 }
@@ -179,6 +182,8 @@ pub struct Pipeline {
     /// starve the machine, and how many one tenant runs (see `workers.rs`);
     /// further batches wait their turn.
     workers: workers::Workers,
+    /// Most events one live run may store (fan-out included).
+    max_stored: usize,
 }
 
 fn check_name(name: &str) -> Result<(), PluginError> {
@@ -241,7 +246,15 @@ impl Pipeline {
             control: Default::default(),
             compiling: Default::default(),
             workers: workers::Workers::new(workers),
+            max_stored: usize::MAX,
         })
+    }
+
+    /// Refuse live runs whose output would store more than `limit` events
+    /// (a tenant's fan-out cannot turn one request into millions of rows).
+    pub fn with_max_stored_events(mut self, limit: usize) -> Pipeline {
+        self.max_stored = limit.max(1);
+        self
     }
 
     /// The chain a new batch of `tenant` runs through.
@@ -272,7 +285,12 @@ impl Pipeline {
                 tracing::error!(%tenant, %name, error = %e, "cannot persist disabled plugin");
             }
         }
-        output.completed()
+        let output = output.completed()?;
+        let stored = output.batch.events.len();
+        if stored > self.max_stored {
+            return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
+        }
+        Ok(output)
     }
 
     /// Run `inputs` through one plugin (`Some(name)`, even when disabled) or

@@ -12,6 +12,7 @@ mod http_limits;
 mod iam;
 mod ingest;
 mod lifecycle;
+mod limits;
 mod logs;
 mod openapi;
 mod plugins;
