@@ -66,6 +66,13 @@ pub struct Settings {
     /// Meter fuel on every plugin call (needed for fuel budgets and reports).
     #[arg(long, env = "SLUICE_FUEL_METERING", default_value_t = true, action = clap::ArgAction::Set)]
     pub fuel_metering: bool,
+    /// Events per second a tenant may ingest, sustained (live and test
+    /// together; fan-out counts), unless `PUT /v1/quotas` sets its own.
+    #[arg(long, env = "SLUICE_TENANT_EVENTS_PER_SEC", default_value_t = 50_000)]
+    pub tenant_events_per_sec: u64,
+    /// Events a tenant may ingest at once before its rate applies.
+    #[arg(long, env = "SLUICE_TENANT_EVENTS_BURST", default_value_t = 100_000)]
+    pub tenant_events_burst: u64,
     /// Most events one ingest request may store after its plugins ran
     /// (fan-out included); beyond it the request is refused whole with 413.
     #[arg(long, env = "SLUICE_MAX_STORED_EVENTS", default_value_t = 20_000)]
@@ -125,6 +132,8 @@ impl Settings {
             query_max_rows: 10_000,
             retention_interval_secs: 300,
             fuel_metering: true,
+            tenant_events_per_sec: 50_000,
+            tenant_events_burst: 100_000,
             max_stored_events: 20_000,
             worker_program: None,
             query_max_bytes: 64 << 20,

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::api::{router, AppState};
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Rate};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::{EventStore, QueryOptions, StoreOptions};
 
@@ -69,7 +69,14 @@ impl Application {
             max_instances: settings.max_plugin_instances,
         })?);
         let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir(), settings.plugin_workers)?
-            .with_max_stored_events(settings.max_stored_events);
+            .with_max_stored_events(settings.max_stored_events)
+            .with_default_rate(Rate {
+                per_second: settings.tenant_events_per_sec.max(1) as f64,
+                burst: settings.tenant_events_burst.max(1) as f64,
+            });
+        for (tenant, per_second, burst) in store.load_rates()? {
+            pipeline.set_rate(&tenant, per_second, burst);
+        }
         let auth = Arc::new(Auth::new(store.clone()));
         crate::metrics::handle();
         let first_start = !store.has_tokens()?;

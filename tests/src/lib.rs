@@ -137,7 +137,11 @@ async fn start(data_dir: &Path, adjust: impl FnOnce(&mut sluice::Settings)) -> T
     let server = tokio::spawn(async move {
         let _ = app.run_until_stopped().await;
     });
-    TestApp { base, client: reqwest::Client::new(), data_dir: data_dir.to_path_buf(), store, _dir: None, server }
+    // The server closes a keep-alive connection idle for its header timeout
+    // (10 s); a pooled connection must be dropped before that, or a request
+    // racing the close fails. Real clients: the README says the same.
+    let client = reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(5)).build().expect("client");
+    TestApp { base, client, data_dir: data_dir.to_path_buf(), store, _dir: None, server }
 }
 
 impl TestApp {

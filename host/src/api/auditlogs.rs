@@ -60,6 +60,11 @@ fn from_api(e: ApiError) -> Response {
             r
         }
         ApiError::PayloadTooLarge(m) => rpc_error(StatusCode::PAYLOAD_TOO_LARGE, m, &[]),
+        ApiError::TooManyRequests(m) => {
+            let mut r = rpc_error(StatusCode::TOO_MANY_REQUESTS, m, &[]);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         other => {
             tracing::error!(error = %other, "auditlogs request failed");
             rpc_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", &[])

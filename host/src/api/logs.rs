@@ -313,6 +313,11 @@ fn store_error(e: ApiError) -> Response {
     match e {
         ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
         ApiError::PayloadTooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
+        ApiError::TooManyRequests(m) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         e => {
             tracing::error!(error = %e, "log ingest failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
@@ -363,9 +368,10 @@ pub async fn list(
     }
 }
 
-/// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N}` (null:
-/// unlimited), for the caller's tenant; `GET /v1/quotas` shows them with
-/// their use.
+/// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N,
+/// "events_per_second": N, "events_burst": N}` (null: unlimited, for the
+/// rate: the server's default), for the caller's tenant; `GET /v1/quotas`
+/// shows them with their use and the rate in force.
 /// Set the tenant's quotas (admin); `null` means unlimited.
 #[utoipa::path(
     put,
@@ -386,7 +392,13 @@ pub async fn put_quotas(
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 0", "value_error"));
         }
     }
-    state.store.set_quotas(principal.tenant, quotas).await?;
+    for (name, value) in [("events_per_second", quotas.events_per_second), ("events_burst", quotas.events_burst)] {
+        if value.is_some_and(|v| v < 1) {
+            return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 1", "value_error"));
+        }
+    }
+    state.store.set_quotas(principal.tenant.clone(), quotas).await?;
+    state.pipeline.set_rate(&principal.tenant, quotas.events_per_second, quotas.events_burst);
     Ok(Json(serde_json::to_value(quotas).unwrap_or(Value::Null)))
 }
 
@@ -400,8 +412,11 @@ pub async fn put_quotas(
 pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
     let (quotas, today, bytes) = state.store.quota_usage(principal.tenant.clone(), principal.space()).await?;
+    let rate = state.pipeline.rate(&principal.tenant);
     Ok(Json(json!({
         "events_per_day": {"limit": quotas.events_per_day, "used": today},
         "storage_bytes": {"limit": quotas.storage_bytes, "used": bytes},
+        // The rate in force: the tenant's own, or the server's default.
+        "events_per_second": {"limit": rate.per_second, "burst": rate.burst},
     })))
 }

@@ -164,6 +164,7 @@ impl From<PluginError> for ApiError {
             // family's own 503 dialect (each maps `Unavailable`).
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            e @ PluginError::RateLimited { .. } => ApiError::TooManyRequests(e.to_string()),
             PluginError::Host(m) => ApiError::Internal(m),
         }
     }

@@ -66,7 +66,7 @@ fn family_error(status: StatusCode, auth_success: bool, code: &str, desc: impl I
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
@@ -80,6 +80,7 @@ fn shaped(e: ApiError) -> Result<Response, ApiError> {
     match e {
         ApiError::Unavailable(m) => Ok(family_error(StatusCode::SERVICE_UNAVAILABLE, true, "unavailable", m)),
         ApiError::PayloadTooLarge(m) => Ok(family_error(StatusCode::PAYLOAD_TOO_LARGE, true, "payload_too_large", m)),
+        ApiError::TooManyRequests(m) => Ok(family_error(StatusCode::TOO_MANY_REQUESTS, true, "rate_limited", m)),
         other => Err(other),
     }
 }

@@ -5,6 +5,7 @@
 //! change: a batch keeps the chain it started with, new batches take the new
 //! one, so a change is atomic and no event is processed twice or dropped.
 
+mod admission;
 mod installation;
 mod run;
 mod workers;
@@ -17,6 +18,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use admission::Rate;
 pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
 
@@ -40,6 +42,10 @@ pub enum PluginError {
     /// kept and the plugin's health is untouched; a retry may succeed.
     #[error("the host could not run plugin {plugin} ({fault}); retry later")]
     Unavailable { plugin: String, fault: PluginFault },
+    /// The tenant sends (or its plugins store) events faster than its rate:
+    /// retry after the given time.
+    #[error("this tenant is over its ingest rate of {per_second} events/s (burst {burst}); retry in {retry_after:?}")]
+    RateLimited { per_second: f64, burst: f64, retry_after: std::time::Duration },
     /// The plugins' output would store more events than one request may.
     #[error("the plugins' output would store {stored} events; one request may store at most {limit} (SLUICE_MAX_STORED_EVENTS)")]
     TooManyEvents { stored: usize, limit: usize },
@@ -184,6 +190,8 @@ pub struct Pipeline {
     workers: workers::Workers,
     /// Most events one live run may store (fan-out included).
     max_stored: usize,
+    /// Each tenant's ingest rate (see `admission.rs`).
+    rates: admission::Rates,
 }
 
 fn check_name(name: &str) -> Result<(), PluginError> {
@@ -247,7 +255,33 @@ impl Pipeline {
             compiling: Default::default(),
             workers: workers::Workers::new(workers),
             max_stored: usize::MAX,
+            rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
         })
+    }
+
+    /// Hold tenants to `default` events per second unless [`Pipeline::set_rate`]
+    /// gave them their own.
+    pub fn with_default_rate(mut self, default: Rate) -> Pipeline {
+        self.rates = admission::Rates::new(default);
+        self
+    }
+
+    /// Set a tenant's ingest rate; what is `None` keeps the default (both
+    /// `None`: the default rate).
+    pub fn set_rate(&self, tenant: &str, per_second: Option<i64>, burst: Option<i64>) {
+        let rate = (per_second.is_some() || burst.is_some()).then(|| {
+            let default = self.rates.default();
+            Rate {
+                per_second: per_second.map_or(default.per_second, |v| v as f64),
+                burst: burst.map_or(default.burst, |v| v as f64),
+            }
+        });
+        self.rates.set(tenant, rate);
+    }
+
+    /// The ingest rate a tenant is held to.
+    pub fn rate(&self, tenant: &str) -> Rate {
+        self.rates.of(tenant)
     }
 
     /// Refuse live runs whose output would store more than `limit` events
@@ -274,6 +308,11 @@ impl Pipeline {
     /// blocking pool is gone (shutdown).
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
+        let received = inputs.len();
+        self.rates.admit(tenant, received).map_err(|retry_after| {
+            let rate = self.rates.of(tenant);
+            PluginError::RateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
+        })?;
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
@@ -290,6 +329,7 @@ impl Pipeline {
         if stored > self.max_stored {
             return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
         }
+        self.rates.charge(tenant, stored.saturating_sub(received));
         Ok(output)
     }
 

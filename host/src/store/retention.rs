@@ -9,6 +9,14 @@ use super::{EventStore, StoreError};
 pub struct Quotas {
     pub events_per_day: Option<i64>,
     pub storage_bytes: Option<i64>,
+    /// Sustained ingest rate in events per second (`None`: the server's
+    /// default, `SLUICE_TENANT_EVENTS_PER_SEC`).
+    #[serde(default)]
+    pub events_per_second: Option<i64>,
+    /// Events at once before the rate applies (`None`: the server's
+    /// default, `SLUICE_TENANT_EVENTS_BURST`).
+    #[serde(default)]
+    pub events_burst: Option<i64>,
 }
 
 /// Most rows one deletion job removes.
@@ -61,12 +69,36 @@ impl EventStore {
     pub async fn set_quotas(&self, tenant: String, quotas: Quotas) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
-                "UPDATE tenants SET quota_events_per_day = ?, quota_storage_bytes = ? WHERE id = ?",
-                duckdb::params![quotas.events_per_day, quotas.storage_bytes, tenant],
+                "UPDATE tenants SET quota_events_per_day = ?, quota_storage_bytes = ?, \
+                 quota_events_per_second = ?, quota_events_burst = ? WHERE id = ?",
+                duckdb::params![
+                    quotas.events_per_day,
+                    quotas.storage_bytes,
+                    quotas.events_per_second,
+                    quotas.events_burst,
+                    tenant
+                ],
             )?;
             Ok(())
         })
         .await
+    }
+
+    /// Every tenant's own ingest rate: `(tenant, events per second, burst)`,
+    /// for tenants that set either.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub fn load_rates(&self) -> Result<Vec<(String, Option<i64>, Option<i64>)>, StoreError> {
+        self.read_blocking(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, quota_events_per_second, quota_events_burst FROM tenants \
+                 WHERE quota_events_per_second IS NOT NULL OR quota_events_burst IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            Ok(rows.collect::<duckdb::Result<_>>()?)
+        })
     }
 
     /// A tenant's quotas and what one of its spaces (the tenant itself, or
@@ -79,9 +111,17 @@ impl EventStore {
     pub async fn quota_usage(&self, tenant: String, space: String) -> Result<(Quotas, i64, i64), StoreError> {
         self.read(move |conn| {
             let quotas = conn.query_row(
-                "SELECT quota_events_per_day, quota_storage_bytes FROM tenants WHERE id = ?",
+                "SELECT quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst \
+                 FROM tenants WHERE id = ?",
                 [&tenant],
-                |row| Ok(Quotas { events_per_day: row.get(0)?, storage_bytes: row.get(1)? }),
+                |row| {
+                    Ok(Quotas {
+                        events_per_day: row.get(0)?,
+                        storage_bytes: row.get(1)?,
+                        events_per_second: row.get(2)?,
+                        events_burst: row.get(3)?,
+                    })
+                },
             )?;
             if quotas.events_per_day.is_none() && quotas.storage_bytes.is_none() {
                 return Ok((quotas, 0, 0));

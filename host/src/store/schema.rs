@@ -139,6 +139,13 @@ const MIGRATIONS: &[(i32, &str)] = &[
         );
         ",
     ),
+    (
+        6,
+        "
+        ALTER TABLE tenants ADD COLUMN quota_events_per_second BIGINT;
+        ALTER TABLE tenants ADD COLUMN quota_events_burst BIGINT;
+        ",
+    ),
 ];
 
 /// Bring the database up to the newest schema.

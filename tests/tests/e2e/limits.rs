@@ -44,3 +44,45 @@ async fn a_fan_out_beyond_the_stored_events_bound_is_refused_whole_in_each_famil
     let plugin = app.plugin(ADMIN_TOKEN, "fan").await;
     assert_eq!(plugin["state"], "enabled", "{plugin}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others_carry_on() {
+    let app = spawn_app_with(|_| {}).await;
+    let noisy = app.create_tenant("noisy").await;
+    let quiet = app.create_tenant("quiet").await;
+    // One event per second after a burst of 5, for the noisy tenant only.
+    let (status, body) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 1, "events_burst": 5})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, shown) = app.get(&noisy, "/v1/quotas").await;
+    assert_eq!(shown["events_per_second"], json!({"limit": 1.0, "burst": 5.0}), "{shown}");
+    // A request larger than the burst is admitted on a full bucket, and
+    // leaves a debt of 45 s (so the checks below cannot race the refill).
+    let batch: Vec<Value> = (0..50).map(|_| json!({"event_type": "burst"})).collect();
+    let (status, body) = app.post_events(&noisy, &Value::Array(batch)).await;
+    assert_eq!(status, 200, "on a full bucket: {body}");
+    for (_, path, field, body) in families() {
+        let path = path.replace("default", "noisy");
+        let r = app.client.post(app.url(&path)).bearer_auth(&noisy).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 429, "{path}");
+        assert!(r.headers().contains_key("retry-after"), "{path}");
+        let answer: Value = r.json().await.unwrap();
+        assert!(!answer[field].is_null(), "{path}: {answer}");
+        assert!(answer.to_string().contains("ingest rate"), "{path}: {answer}");
+        // Another tenant is not held to it.
+        let quiet_path = path.replace("noisy", "quiet");
+        let (status, answer) = app.post(&quiet, &quiet_path, &body).await;
+        assert!((200..300).contains(&status), "{quiet_path}: {status} {answer}");
+    }
+    // The test space shares its tenant's rate.
+    let (_, token) = app.post(&noisy, "/v1/tokens", &json!({"name": "t", "scopes": ["events:write"], "mode": "test"})).await;
+    let (status, _) = app.post_events(token["token"].as_str().unwrap(), &json!({"event_type": "x"})).await;
+    assert_eq!(status, 429);
+    // A higher rate takes effect at once: the debt is paid within moments.
+    let (status, _) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 100000, "events_burst": 100000})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (status, body) = app.post_events(&noisy, &json!({"event_type": "later"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 0})).await;
+    assert_eq!(status, 422);
+}

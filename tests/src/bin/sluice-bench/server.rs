@@ -38,6 +38,12 @@ fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child> {
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SLUICE_ADMIN_TOKEN", ADMIN)
         .env("SLUICE_MAX_BATCH_EVENTS", "10000")
+        // The harness measures what one tenant can push through the server:
+        // the per-tenant rate and fan-out bounds (defaults 50,000 events/s
+        // and 20,000 per request) would cap the figures themselves.
+        .env("SLUICE_TENANT_EVENTS_PER_SEC", "100000000")
+        .env("SLUICE_TENANT_EVENTS_BURST", "100000000")
+        .env("SLUICE_MAX_STORED_EVENTS", "10000000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
