@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::event::PluginRun;
@@ -56,6 +56,9 @@ pub fn plugin_run(run: &PluginRun) {
         counter!("sluice_plugin_traps_total", &with_reason).increment(1);
     }
     histogram!("sluice_plugin_call_seconds", &labels).record(run.elapsed_us as f64 / 1e6);
+    // Plugin time per tenant, all its plugins together.
+    let tenant = run.tenant.split(':').next().unwrap_or(&run.tenant).to_string();
+    counter!("sluice_tenant_plugin_microseconds_total", "tenant" => tenant).increment(run.elapsed_us.max(0) as u64);
     histogram!("sluice_plugin_fuel", &labels).record(run.fuel as f64);
 }
 
@@ -78,6 +81,20 @@ pub fn commit(requests: usize, rows: usize, took: Duration, ok: bool) {
     counter!("sluice_store_rows_total").increment(rows as u64);
     histogram!("sluice_store_commit_requests").record(requests as f64);
     histogram!("sluice_store_commit_seconds").record(took.as_secs_f64());
+}
+
+/// Record a request of `tenant` refused by one of its limits: `rate`
+/// (ingest rate), `stored_events` (fan-out bound), `analyst_slots`
+/// (queries and exports), `compile_slot` (one upload at a time). With the
+/// per-tenant plugin time and workers below, an operator sees who is noisy.
+pub fn throttled(tenant: &str, reason: &'static str) {
+    let tenant = tenant.split(':').next().unwrap_or(tenant).to_string();
+    counter!("sluice_tenant_throttled_total", "tenant" => tenant, "reason" => reason).increment(1);
+}
+
+/// How many plugin workers `tenant` holds now.
+pub fn plugin_workers(tenant: &str, held: usize) {
+    gauge!("sluice_tenant_plugin_workers", "tenant" => tenant.to_string()).set(held as f64);
 }
 
 /// Record a write refused because the queue was full.

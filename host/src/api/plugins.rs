@@ -62,6 +62,7 @@ pub async fn upload(
     // before the body is read: a tenant cannot occupy the machine with
     // compilations.
     let slot = state.pipeline.compile_slot(&principal.tenant).ok_or_else(|| {
+        crate::metrics::throttled(&principal.tenant, "compile_slot");
         ApiError::TooManyRequests("another plugin upload of this tenant is in progress; retry when it answers".into())
     })?;
     let content_type =

@@ -310,6 +310,7 @@ impl Pipeline {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
         self.rates.admit(tenant, received).map_err(|retry_after| {
+            crate::metrics::throttled(tenant, "rate");
             let rate = self.rates.of(tenant);
             PluginError::RateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
         })?;
@@ -327,6 +328,7 @@ impl Pipeline {
         let output = output.completed()?;
         let stored = output.batch.events.len();
         if stored > self.max_stored {
+            crate::metrics::throttled(tenant, "stored_events");
             return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
         }
         self.rates.charge(tenant, stored.saturating_sub(received));

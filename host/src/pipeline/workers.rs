@@ -21,8 +21,19 @@ pub(super) struct Workers {
 
 /// A running batch's hold on a worker: the tenant's and the shared permit.
 pub(super) struct Permit {
-    _tenant: OwnedSemaphorePermit,
+    tenant: String,
+    gate: Arc<Semaphore>,
+    share: usize,
+    _mine: OwnedSemaphorePermit,
     _all: OwnedSemaphorePermit,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // `_mine` is released after this body: count it as released already.
+        let held = self.share - self.gate.available_permits() - 1;
+        crate::metrics::plugin_workers(&self.tenant, held);
+    }
 }
 
 impl Workers {
@@ -48,8 +59,9 @@ impl Workers {
             .entry(owner.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
             .clone();
-        let mine = gate.acquire_owned().await?;
+        let mine = gate.clone().acquire_owned().await?;
         let all = self.all.clone().acquire_owned().await?;
-        Ok(Permit { _tenant: mine, _all: all })
+        crate::metrics::plugin_workers(owner, self.share - gate.available_permits());
+        Ok(Permit { tenant: owner.to_string(), gate, share: self.share, _mine: mine, _all: all })
     }
 }

@@ -204,12 +204,14 @@ impl QueryService {
             .or_insert_with(|| Arc::new(Semaphore::new(self.options.max_concurrent_per_tenant.max(1))))
             .clone();
         let mine = tenant.try_acquire_owned().map_err(|_| {
+            crate::metrics::throttled(owner, "analyst_slots");
             QueryError::Busy(format!(
                 "{} queries or exports of this tenant are already running; retry later",
                 self.options.max_concurrent_per_tenant.max(1)
             ))
         })?;
         let all = self.overall.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::throttled(owner, "analyst_slots");
             QueryError::Busy("the server is running as many queries and exports as it allows; retry later".into())
         })?;
         Ok((mine, all))

@@ -77,6 +77,16 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
     let (_, token) = app.post(&noisy, "/v1/tokens", &json!({"name": "t", "scopes": ["events:write"], "mode": "test"})).await;
     let (status, _) = app.post_events(token["token"].as_str().unwrap(), &json!({"event_type": "x"})).await;
     assert_eq!(status, 429);
+    // The operator sees who is throttled, and why.
+    let r = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let metrics = r.text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_tenant_throttled_total") && l.contains("tenant=\"noisy\"") && l.contains("reason=\"rate\""))
+        .unwrap_or_else(|| panic!("no throttling metric for noisy:\n{metrics}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 6.0, "{line}");
+    assert!(!metrics.contains("tenant=\"quiet\",reason") && !metrics.contains("reason=\"rate\",tenant=\"quiet\""), "quiet was never throttled");
     // A higher rate takes effect at once: the debt is paid within moments.
     let (status, _) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 100000, "events_burst": 100000})).await;
     assert_eq!(status, 200);
