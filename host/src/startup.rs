@@ -74,8 +74,8 @@ impl Application {
                 per_second: settings.tenant_events_per_sec.max(1) as f64,
                 burst: settings.tenant_events_burst.max(1) as f64,
             });
-        for (tenant, per_second, burst) in store.load_rates()? {
-            pipeline.set_rate(&tenant, per_second, burst);
+        for (tenant, quotas) in store.load_quotas()? {
+            pipeline.set_quotas(&tenant, quotas);
         }
         let auth = Arc::new(Auth::new(store.clone()));
         crate::metrics::handle();

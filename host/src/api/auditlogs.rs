@@ -60,6 +60,7 @@ fn from_api(e: ApiError) -> Response {
             r
         }
         ApiError::PayloadTooLarge(m) => rpc_error(StatusCode::PAYLOAD_TOO_LARGE, m, &[]),
+        e @ ApiError::QuotaExceeded { .. } => rpc_error(StatusCode::TOO_MANY_REQUESTS, e.to_string(), &[]),
         ApiError::TooManyRequests(m) => {
             let mut r = rpc_error(StatusCode::TOO_MANY_REQUESTS, m, &[]);
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

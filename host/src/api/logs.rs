@@ -313,6 +313,16 @@ fn store_error(e: ApiError) -> Response {
     match e {
         ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
         ApiError::PayloadTooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
+        ApiError::QuotaExceeded { metric, used, limit } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": {
+                "code": "quota_exceeded",
+                "message": format!("tier quota exceeded for {metric}"),
+                "metric": metric,
+                "quotas": [{"metric": metric, "used": used, "limit": limit, "cumulative": metric == "storage_bytes"}],
+            }})),
+        )
+            .into_response(),
         ApiError::TooManyRequests(m) => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -398,7 +408,7 @@ pub async fn put_quotas(
         }
     }
     state.store.set_quotas(principal.tenant.clone(), quotas).await?;
-    state.pipeline.set_rate(&principal.tenant, quotas.events_per_second, quotas.events_burst);
+    state.pipeline.set_quotas(&principal.tenant, quotas);
     Ok(Json(serde_json::to_value(quotas).unwrap_or(Value::Null)))
 }
 

@@ -92,6 +92,10 @@ pub enum ApiError {
     /// The caller has too much running already (429 with `Retry-After`).
     #[error("{0}")]
     TooManyRequests(String),
+    /// The space has used up a quota (429, no `Retry-After`: it lasts until
+    /// midnight UTC or until data is removed).
+    #[error("quota exceeded for {metric}: {used} used of {limit}")]
+    QuotaExceeded { metric: &'static str, used: i64, limit: i64 },
     #[error("{0}")]
     BadGateway(String),
     #[error("internal error: {0}")]
@@ -116,6 +120,7 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(m)),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, json!(m)),
+            e @ ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, json!(e.to_string())),
             ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, json!(m)),
             ApiError::Internal(m) => {
                 // Logged once here; the client gets no internals.
@@ -165,6 +170,7 @@ impl From<PluginError> for ApiError {
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
             e @ PluginError::RateLimited { .. } => ApiError::TooManyRequests(e.to_string()),
+            PluginError::QuotaExceeded { metric, used, limit } => ApiError::QuotaExceeded { metric, used, limit },
             PluginError::Host(m) => ApiError::Internal(m),
         }
     }

@@ -81,6 +81,12 @@ fn shaped(e: ApiError) -> Result<Response, ApiError> {
         ApiError::Unavailable(m) => Ok(family_error(StatusCode::SERVICE_UNAVAILABLE, true, "unavailable", m)),
         ApiError::PayloadTooLarge(m) => Ok(family_error(StatusCode::PAYLOAD_TOO_LARGE, true, "payload_too_large", m)),
         ApiError::TooManyRequests(m) => Ok(family_error(StatusCode::TOO_MANY_REQUESTS, true, "rate_limited", m)),
+        e @ ApiError::QuotaExceeded { .. } => {
+            let mut response = family_error(StatusCode::TOO_MANY_REQUESTS, true, "quota_exceeded", e.to_string());
+            // A quota lasts until midnight or until data goes: no retry soon.
+            response.headers_mut().remove(header::RETRY_AFTER);
+            Ok(response)
+        }
         other => Err(other),
     }
 }

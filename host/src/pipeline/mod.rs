@@ -23,7 +23,7 @@ pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
 
 use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
-use crate::store::{EventStore, PluginVersion, StoreError};
+use crate::store::{EventStore, PluginVersion, Quotas, StoreError};
 
 /// Why a control-plane change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,10 @@ pub enum PluginError {
     /// retry after the given time.
     #[error("this tenant is over its ingest rate of {per_second} events/s (burst {burst}); retry in {retry_after:?}")]
     RateLimited { per_second: f64, burst: f64, retry_after: std::time::Duration },
+    /// The space has used up one of its tenant's quotas (`events_per_day`,
+    /// `storage_bytes`).
+    #[error("quota exceeded for {metric}: {used} used of {limit}")]
+    QuotaExceeded { metric: &'static str, used: i64, limit: i64 },
     /// The plugins' output would store more events than one request may.
     #[error("the plugins' output would store {stored} events; one request may store at most {limit} (SLUICE_MAX_STORED_EVENTS)")]
     TooManyEvents { stored: usize, limit: usize },
@@ -192,6 +196,9 @@ pub struct Pipeline {
     max_stored: usize,
     /// Each tenant's ingest rate (see `admission.rs`).
     rates: admission::Rates,
+    /// Tenants' quotas, as last set (`PUT /v1/quotas`), for the tenants
+    /// that set any.
+    quotas: parking_lot::Mutex<HashMap<String, Quotas>>,
 }
 
 fn check_name(name: &str) -> Result<(), PluginError> {
@@ -256,6 +263,7 @@ impl Pipeline {
             workers: workers::Workers::new(workers),
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
+            quotas: Default::default(),
         })
     }
 
@@ -266,9 +274,32 @@ impl Pipeline {
         self
     }
 
+    /// Hold a tenant to `quotas` (its rate, and its daily and storage quotas
+    /// on every family).
+    pub fn set_quotas(&self, tenant: &str, quotas: Quotas) {
+        self.set_rate(tenant, quotas.events_per_second, quotas.events_burst);
+        self.quotas.lock().insert(tenant.to_string(), quotas);
+    }
+
+    /// Refuse a run of `space` that has used up a quota of `tenant`.
+    async fn check_quotas(&self, tenant: &str, space: String) -> Result<(), PluginError> {
+        let quotas = self.quotas.lock().get(tenant).copied();
+        let Some(quotas) = quotas.filter(|q| q.events_per_day.is_some() || q.storage_bytes.is_some()) else {
+            return Ok(());
+        };
+        let (today, bytes) = self.store.space_usage(space).await?;
+        for (metric, used, limit) in [("events_per_day", today, quotas.events_per_day), ("storage_bytes", bytes, quotas.storage_bytes)] {
+            if let Some(limit) = limit.filter(|limit| used >= *limit) {
+                crate::metrics::throttled(tenant, "quota");
+                return Err(PluginError::QuotaExceeded { metric, used, limit });
+            }
+        }
+        Ok(())
+    }
+
     /// Set a tenant's ingest rate; what is `None` keeps the default (both
     /// `None`: the default rate).
-    pub fn set_rate(&self, tenant: &str, per_second: Option<i64>, burst: Option<i64>) {
+    fn set_rate(&self, tenant: &str, per_second: Option<i64>, burst: Option<i64>) {
         let rate = (per_second.is_some() || burst.is_some()).then(|| {
             let default = self.rates.default();
             Rate {
@@ -309,6 +340,11 @@ impl Pipeline {
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
+        let space = match mode {
+            Mode::Test => format!("{tenant}{}", crate::auth::TEST_SPACE_SUFFIX),
+            _ => tenant.to_string(),
+        };
+        self.check_quotas(tenant, space).await?;
         self.rates.admit(tenant, received).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "rate");
             let rate = self.rates.of(tenant);

@@ -152,6 +152,20 @@ struct Inner {
     /// Bumped after every commit and control write: a snapshot refreshed at
     /// the current value needs no refresh.
     changes: std::sync::atomic::AtomicU64,
+    /// What each space uses of its quotas, by space (see
+    /// `EventStore::space_usage`).
+    usage: Mutex<HashMap<String, Usage>>,
+}
+
+/// A space's quota use as of its last commit.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// The day counted (its midnight UTC, in microseconds).
+    midnight: i64,
+    /// Events received since then.
+    today: i64,
+    /// Bytes of payloads and raw inputs stored.
+    bytes: i64,
 }
 
 /// Refuse a size setting that is not like `512MB`.
@@ -220,6 +234,7 @@ impl EventStore {
                 committed,
                 query,
                 changes: std::sync::atomic::AtomicU64::new(0),
+                usage: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -238,6 +253,19 @@ impl EventStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // What the batch adds to its spaces' quota use, counted before the
+        // writer takes it and applied once it is committed.
+        let mut added: Vec<(String, i64, i64)> = Vec::new();
+        for stored in &batch.events {
+            let bytes = (stored.event.payload.len() + stored.raw.len()) as i64;
+            match added.iter_mut().find(|(space, _, _)| *space == stored.event.tenant) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += bytes;
+                }
+                None => added.push((stored.event.tenant.clone(), 1, bytes)),
+            }
+        }
         let (done, wait) = oneshot::channel();
         self.inner.writer.try_send(Command::Write { batch, done }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
@@ -248,6 +276,16 @@ impl EventStore {
         })?;
         let committed = wait.await.map_err(|_| StoreError::Closed)?;
         self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        if committed.is_ok() && !added.is_empty() {
+            let midnight = retention::midnight_micros();
+            let mut usage = self.inner.usage.lock();
+            for (space, events, bytes) in added {
+                if let Some(u) = usage.get_mut(&space).filter(|u| u.midnight == midnight) {
+                    u.today += events;
+                    u.bytes += bytes;
+                }
+            }
+        }
         committed
     }
 

@@ -19,6 +19,23 @@ pub struct Quotas {
     pub events_burst: Option<i64>,
 }
 
+/// The quota columns of `tenants`, in the order [`quotas_at`] reads them.
+const QUOTA_COLUMNS: &str = "quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst";
+
+fn quotas_at(row: &duckdb::Row<'_>, first: usize) -> duckdb::Result<Quotas> {
+    Ok(Quotas {
+        events_per_day: row.get(first)?,
+        storage_bytes: row.get(first + 1)?,
+        events_per_second: row.get(first + 2)?,
+        events_burst: row.get(first + 3)?,
+    })
+}
+
+/// Midnight UTC today, in microseconds since the epoch.
+pub(super) fn midnight_micros() -> i64 {
+    chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros())
+}
+
 /// Most rows one deletion job removes.
 const BATCH: usize = 10_000;
 
@@ -84,19 +101,19 @@ impl EventStore {
         .await
     }
 
-    /// Every tenant's own ingest rate: `(tenant, events per second, burst)`,
-    /// for tenants that set either.
+    /// Every tenant's quotas, for tenants that set any.
     ///
     /// # Errors
     ///
     /// Database errors.
-    pub fn load_rates(&self) -> Result<Vec<(String, Option<i64>, Option<i64>)>, StoreError> {
+    pub fn load_quotas(&self) -> Result<Vec<(String, Quotas)>, StoreError> {
         self.read_blocking(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, quota_events_per_second, quota_events_burst FROM tenants \
-                 WHERE quota_events_per_second IS NOT NULL OR quota_events_burst IS NOT NULL",
-            )?;
-            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id, {QUOTA_COLUMNS} FROM tenants WHERE quota_events_per_day IS NOT NULL \
+                 OR quota_storage_bytes IS NOT NULL OR quota_events_per_second IS NOT NULL \
+                 OR quota_events_burst IS NOT NULL"
+            ))?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, quotas_at(row, 1)?)))?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
         })
     }
@@ -109,35 +126,51 @@ impl EventStore {
     ///
     /// Database errors.
     pub async fn quota_usage(&self, tenant: String, space: String) -> Result<(Quotas, i64, i64), StoreError> {
-        self.read(move |conn| {
-            let quotas = conn.query_row(
-                "SELECT quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst \
-                 FROM tenants WHERE id = ?",
-                [&tenant],
-                |row| {
-                    Ok(Quotas {
-                        events_per_day: row.get(0)?,
-                        storage_bytes: row.get(1)?,
-                        events_per_second: row.get(2)?,
-                        events_burst: row.get(3)?,
-                    })
-                },
-            )?;
-            if quotas.events_per_day.is_none() && quotas.storage_bytes.is_none() {
-                return Ok((quotas, 0, 0));
-            }
-            let midnight =
-                chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros());
-            let (today, bytes): (i64, i64) = conn.query_row(
-                "SELECT count(*) FILTER (WHERE received_at >= make_timestamp(?)), \
-                 coalesce(sum(strlen(coalesce(event_payload, '')) + strlen(raw)), 0)::BIGINT \
-                 FROM events WHERE tenant = ?",
-                duckdb::params![midnight, space],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
-            Ok((quotas, today, bytes))
-        })
-        .await
+        let quotas = self
+            .read(move |conn| {
+                Ok(conn.query_row(&format!("SELECT {QUOTA_COLUMNS} FROM tenants WHERE id = ?"), [&tenant], |row| {
+                    quotas_at(row, 0)
+                })?)
+            })
+            .await?;
+        if quotas.events_per_day.is_none() && quotas.storage_bytes.is_none() {
+            return Ok((quotas, 0, 0));
+        }
+        let (today, bytes) = self.space_usage(space).await?;
+        Ok((quotas, today, bytes))
+    }
+
+    /// What a space uses of its tenant's quotas: events received since
+    /// midnight UTC and bytes stored. Counted once from the table, then kept
+    /// up to date by each commit (so a check costs no scan); recounted after
+    /// a retention sweep removed rows, and at midnight.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn space_usage(&self, space: String) -> Result<(i64, i64), StoreError> {
+        let midnight = midnight_micros();
+        if let Some(u) = self.inner.usage.lock().get(&space).filter(|u| u.midnight == midnight) {
+            return Ok((u.today, u.bytes));
+        }
+        let key = space.clone();
+        let (today, bytes): (i64, i64) = self
+            .read(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT count(*) FILTER (WHERE received_at >= make_timestamp(?)), \
+                     coalesce(sum(strlen(coalesce(event_payload, '')) + strlen(raw)), 0)::BIGINT \
+                     FROM events WHERE tenant = ?",
+                    duckdb::params![midnight, key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?)
+            })
+            .await?;
+        let mut usage = self.inner.usage.lock();
+        let entry = usage.entry(space).or_insert(super::Usage { midnight, today, bytes });
+        if entry.midnight != midnight {
+            *entry = super::Usage { midnight, today, bytes };
+        }
+        Ok((entry.today, entry.bytes))
     }
 
     /// Delete every row older than its tenant's retention period (test
@@ -166,6 +199,10 @@ impl EventStore {
                     break;
                 }
             }
+        }
+        if total > 0 {
+            // Rows went: what spaces use is counted again when next asked.
+            self.inner.usage.lock().clear();
         }
         Ok(total)
     }

@@ -96,3 +96,36 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
     let (status, _) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 0})).await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daily_and_storage_quotas_hold_on_every_family_in_its_shape() {
+    let app = spawn_app_with(|_| {}).await;
+    let quiet = app.create_tenant("quiet").await;
+    for (i, (family, path, field, body)) in families().into_iter().enumerate() {
+        for (metric, quota) in [("events_per_day", json!({"events_per_day": 2})), ("storage_bytes", json!({"storage_bytes": 1}))] {
+            let tenant = format!("q{i}-{}", metric.replace('_', "-"));
+            let token = app.create_tenant(&tenant).await;
+            let (status, answer) = app.put(&token, "/v1/quotas", &quota).await;
+            assert_eq!(status, 200, "{answer}");
+            let path = path.replace("default", &tenant);
+            let uses = if metric == "events_per_day" { 2 } else { 1 };
+            for _ in 0..uses {
+                let (status, answer) = app.post(&token, &path, &body).await;
+                assert!((200..300).contains(&status), "{family} {metric}: within the quota: {status} {answer}");
+            }
+            let (status, answer) = app.post(&token, &path, &body).await;
+            assert_eq!(status, 429, "{family} {metric}: {answer}");
+            assert!(!answer[field].is_null(), "{family} {metric}: {answer}");
+            assert!(answer.to_string().contains(metric), "{family} {metric}: {answer}");
+            if family == "logs" {
+                assert_eq!(answer["error"]["code"], "quota_exceeded", "{answer}");
+                assert_eq!(answer["error"]["metric"], metric, "{answer}");
+            }
+            // Nothing more was stored, and another tenant is not held to it.
+            let (_, count) = app.post(&token, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+            assert_eq!(count["rows"][0][0], uses, "{family} {metric}");
+            let (status, answer) = app.post(&quiet, &path.replace(&tenant, "quiet"), &body).await;
+            assert!((200..300).contains(&status), "{family}: {status} {answer}");
+        }
+    }
+}
