@@ -155,6 +155,43 @@ struct Inner {
     /// What each space uses of its quotas, by space (see
     /// `EventStore::space_usage`).
     usage: Mutex<HashMap<String, Usage>>,
+    /// Write requests waiting for the writer, by tenant: one tenant may
+    /// hold at most a quarter of the queue, so its backlog cannot leave
+    /// everyone else a full queue (503).
+    waiting: Arc<Mutex<HashMap<String, usize>>>,
+    tenant_queue_depth: usize,
+}
+
+/// A write request's place in its tenant's share of the queue.
+struct Waiting {
+    tenant: String,
+    waiting: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut waiting = self.waiting.lock();
+        if let Some(n) = waiting.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                waiting.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// The tenant a batch writes for (its first row's space, test spaces
+/// counting as their tenant).
+fn batch_tenant(batch: &WriteBatch) -> Option<String> {
+    let space = batch
+        .events
+        .first()
+        .map(|e| &e.event.tenant)
+        .or_else(|| batch.dead_letters.first().map(|d| &d.tenant))
+        .or_else(|| batch.runs.first().map(|r| &r.tenant))
+        .or_else(|| batch.logs.first().map(|l| &l.tenant))
+        .or_else(|| batch.idempotency.first().map(|i| &i.tenant))?;
+    Some(space.split(':').next().unwrap_or(space).to_string())
 }
 
 /// A space's quota use as of its last commit.
@@ -235,6 +272,8 @@ impl EventStore {
                 query,
                 changes: std::sync::atomic::AtomicU64::new(0),
                 usage: Mutex::new(HashMap::new()),
+                waiting: Arc::new(Mutex::new(HashMap::new())),
+                tenant_queue_depth: (queue_depth / 4).max(1),
             }),
         })
     }
@@ -248,11 +287,17 @@ impl EventStore {
     /// # Errors
     ///
     /// [`StoreError::Overloaded`] when the queue is full (nothing written),
-    /// or the database error that rolled the batch back.
+    /// [`StoreError::Busy`] when the batch's tenant holds its share of the
+    /// queue (a quarter) already, or the database error that rolled the batch
+    /// back.
     pub async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
+        let _place = match batch_tenant(&batch) {
+            Some(tenant) => Some(self.take_place(tenant)?),
+            None => None,
+        };
         // What the batch adds to its spaces' quota use, counted before the
         // writer takes it and applied once it is committed.
         let mut added: Vec<(String, i64, i64)> = Vec::new();
@@ -287,6 +332,22 @@ impl EventStore {
             }
         }
         committed
+    }
+
+    /// A place in the tenant's share of the write queue, or
+    /// [`StoreError::Busy`] when its share is taken.
+    fn take_place(&self, tenant: String) -> Result<Waiting, StoreError> {
+        let mut waiting = self.inner.waiting.lock();
+        let n = waiting.entry(tenant.clone()).or_insert(0);
+        if *n >= self.inner.tenant_queue_depth {
+            crate::metrics::throttled(&tenant, "write_queue");
+            return Err(StoreError::Busy(format!(
+                "{} writes of this tenant are waiting for the store; retry later",
+                self.inner.tenant_queue_depth
+            )));
+        }
+        *n += 1;
+        Ok(Waiting { tenant, waiting: self.inner.waiting.clone() })
     }
 
     /// Run a control-plane write (tenants, tokens, plugin settings) on the

@@ -129,3 +129,41 @@ async fn daily_and_storage_quotas_hold_on_every_family_in_its_shape() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_holds_at_most_a_quarter_of_the_write_queue() {
+    // A queue of 8: a tenant may have 2 writes waiting; beyond, its own
+    // requests get 429 while another tenant's are still taken.
+    let app = spawn_app_with(|s| s.write_queue_depth = 8).await;
+    let noisy = app.create_tenant("noisy").await;
+    let quiet = app.create_tenant("quiet").await;
+    let batch: Vec<Value> = (0..2000).map(|i| json!({"event_type": "bulk", "task_id": i})).collect();
+    let flood: Vec<_> = (0..24)
+        .map(|_| {
+            let (client, url, token, body) = (app.client.clone(), app.url("/v1/events"), noisy.clone(), Value::Array(batch.clone()));
+            tokio::spawn(async move {
+                let r = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.headers().contains_key("retry-after"))
+            })
+        })
+        .collect();
+    let mut quiet_statuses = Vec::new();
+    for _ in 0..10 {
+        quiet_statuses.push(app.post_events(&quiet, &json!({"event_type": "single"})).await.0);
+    }
+    let mut noisy_statuses = Vec::new();
+    for task in flood {
+        let (status, retry_after) = task.await.unwrap();
+        if status == 429 {
+            assert!(retry_after);
+        }
+        noisy_statuses.push(status);
+    }
+    assert!(quiet_statuses.iter().all(|s| *s == 200), "quiet: {quiet_statuses:?}");
+    assert!(noisy_statuses.iter().all(|s| *s == 200 || *s == 429), "noisy: {noisy_statuses:?}");
+    assert!(noisy_statuses.contains(&429), "the noisy tenant was held to its share: {noisy_statuses:?}");
+    // Everything acknowledged is stored.
+    let stored = noisy_statuses.iter().filter(|s| **s == 200).count() as i64 * 2000;
+    let (_, count) = app.post(&noisy, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+    assert_eq!(count["rows"][0][0], stored);
+}
