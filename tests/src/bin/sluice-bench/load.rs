@@ -107,6 +107,49 @@ pub async fn ingest(
     Ok(rate)
 }
 
+/// Post `body` to `path` from `connections` closed loops until `stop`;
+/// returns how many answers of each status came back.
+pub async fn flood(
+    server: &Server,
+    token: &str,
+    path: &str,
+    body: &Arc<Vec<u8>>,
+    connections: usize,
+    duration: Duration,
+) -> std::collections::BTreeMap<u16, u64> {
+    let deadline = Instant::now() + duration;
+    let loops = (0..connections).map(|_| async move {
+        let mut seen = std::collections::BTreeMap::new();
+        while Instant::now() < deadline {
+            let r = server
+                .client
+                .post(format!("{}{path}", server.base))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.as_ref().clone())
+                .send()
+                .await;
+            let status = match r {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    status
+                }
+                Err(_) => 0,
+            };
+            *seen.entry(status).or_insert(0u64) += 1;
+        }
+        seen
+    });
+    let mut all = std::collections::BTreeMap::new();
+    for seen in join_all(loops).await {
+        for (status, n) in seen {
+            *all.entry(status).or_insert(0) += n;
+        }
+    }
+    all
+}
+
 /// Latency percentiles of an open-loop run, in seconds.
 pub struct Latency {
     /// From when each request was due: includes any queueing, in the server

@@ -11,11 +11,12 @@ mod load;
 mod runtime;
 mod server;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use load::{body, fixed_rate, ingest, Figures};
 use server::Server;
@@ -36,7 +37,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000_000)]
     stored: u64,
     /// Only these sections, comma separated: ingest, sizes, latency,
-    /// runtime, twenty, startup, query; `peer` alone prints one round of
+    /// runtime, twenty, startup, fairness, query; `peer` alone prints one round of
     /// Sluice's side of the Extism comparison (`scripts/bench-extism`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -182,11 +183,63 @@ async fn main() -> Result<()> {
         fresh.stop().await;
     }
 
+    if args.runs("fairness") {
+        fairness(&mut figures, phase).await?;
+    }
+
     if args.runs("query") && args.stored > 0 {
         load::query_figures(&server, args.stored, &mut figures).await?;
     }
 
     server.stop().await;
     figures.print();
+    Ok(())
+}
+
+/// A quiet tenant's single-event POSTs (200/s, open loop) alone and beside a
+/// noisy tenant, on a fresh server with the default per-tenant limits: the
+/// noisy tenant fans each event out 100 times from two connections, or
+/// spins a plugin to its deadline, or runs a heavy query in a loop.
+async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_with_default_limits(dir.path()).await?;
+    let quiet = server.tenant("quiet").await?;
+    let noisy = server.tenant("noisy").await?;
+    let fan = json!({"config": {"mode": "fanout", "copies": 100}, "families": ["generic"], "event_names": ["fan.*"],
+                     "max_consecutive_failures": 1000000});
+    server.install(&noisy, "fan", "hostile-output", fan).await?;
+    let spin = json!({"families": ["generic"], "event_names": ["spin.*"], "failure_policy": "skip",
+                      "limits": {"deadline_ms": 500}, "max_consecutive_failures": 1000000});
+    server.install(&noisy, "spin", "hostile-loop", spin).await?;
+    let events = |name: &str, n: usize| {
+        let list: Vec<Value> = (0..n).map(|i| json!({"event_type": name, "task_id": i})).collect();
+        Arc::new(serde_json::to_vec(&Value::Array(list)).expect("serializes"))
+    };
+    let single = body(1);
+    let quiet_latency = |l: &load::Latency| {
+        format!("p50 {:.2} ms, p99 {:.2} ms (from due), {} errors", l.due.0 * 1e3, l.due.1 * 1e3, l.errors)
+    };
+    let alone = fixed_rate(&server, &quiet, &single, 200.0, phase).await?;
+    figures.add("fairness: quiet tenant alone", quiet_latency(&alone));
+    let scenarios: [(&str, &str, Arc<Vec<u8>>, usize); 3] = [
+        ("fan-out x100, batches of 100 from 2 connections", "/v1/events", events("fan.out", 100), 2),
+        ("fan-out x100, batches of 1000 from 2 connections", "/v1/events", events("fan.out", 1000), 2),
+        ("a plugin spinning to its 500 ms deadline, 8 connections", "/v1/events", events("spin.x", 1), 8),
+    ];
+    for (what, path, noisy_body, connections) in scenarios {
+        let (latency, statuses) = tokio::join!(
+            fixed_rate(&server, &quiet, &single, 200.0, phase),
+            load::flood(&server, &noisy, path, &noisy_body, connections, phase)
+        );
+        figures.add(&format!("fairness: quiet beside {what}"), format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)));
+    }
+    // A heavy analyst query of the noisy tenant, in a loop on two connections.
+    let heavy = Arc::new(serde_json::to_vec(&json!({"sql": "SELECT count(DISTINCT a.task_id * b.task_id) FROM events a, events b"}))?);
+    let (latency, statuses) = tokio::join!(
+        fixed_rate(&server, &quiet, &single, 200.0, phase),
+        load::flood(&server, &noisy, "/v1/query", &heavy, 2, phase)
+    );
+    figures.add("fairness: quiet beside a heavy query in a loop", format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)));
+    server.stop().await;
     Ok(())
 }

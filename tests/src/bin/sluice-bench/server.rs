@@ -17,6 +17,8 @@ pub struct Server {
     dir: PathBuf,
     port: u16,
     child: Child,
+    /// Whether the per-tenant limits are lifted (see `spawn`).
+    unlimited: bool,
 }
 
 /// The `sluice` binary beside this one (`cargo build --release` builds it;
@@ -31,19 +33,24 @@ fn binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child> {
-    Command::new(bin)
+fn spawn(bin: &Path, dir: &Path, port: u16, unlimited: bool) -> Result<Child> {
+    let mut command = Command::new(bin);
+    command
         .arg("serve")
         .env("SLUICE_DATA_DIR", dir)
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SLUICE_ADMIN_TOKEN", ADMIN)
-        .env("SLUICE_MAX_BATCH_EVENTS", "10000")
-        // The harness measures what one tenant can push through the server:
-        // the per-tenant rate and fan-out bounds (defaults 50,000 events/s
-        // and 20,000 per request) would cap the figures themselves.
-        .env("SLUICE_TENANT_EVENTS_PER_SEC", "100000000")
-        .env("SLUICE_TENANT_EVENTS_BURST", "100000000")
-        .env("SLUICE_MAX_STORED_EVENTS", "10000000")
+        .env("SLUICE_MAX_BATCH_EVENTS", "10000");
+    if unlimited {
+        // What one tenant can push through the server: the per-tenant rate
+        // and fan-out bounds (defaults 50,000 events/s and 20,000 per
+        // request) would cap the figures themselves.
+        command
+            .env("SLUICE_TENANT_EVENTS_PER_SEC", "100000000")
+            .env("SLUICE_TENANT_EVENTS_BURST", "100000000")
+            .env("SLUICE_MAX_STORED_EVENTS", "10000000");
+    }
+    command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -63,14 +70,24 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) -> Result<()> {
 }
 
 impl Server {
+    /// A server with the per-tenant limits lifted (throughput figures).
     pub async fn start(dir: &Path) -> Result<Server> {
+        Self::start_with(dir, true).await
+    }
+
+    /// A server with the default per-tenant limits (fairness figures).
+    pub async fn start_with_default_limits(dir: &Path) -> Result<Server> {
+        Self::start_with(dir, false).await
+    }
+
+    async fn start_with(dir: &Path, unlimited: bool) -> Result<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let bin = binary()?;
-        let child = spawn(&bin, dir, port)?;
+        let child = spawn(&bin, dir, port, unlimited)?;
         let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
         let base = format!("http://127.0.0.1:{port}");
         wait_healthy(&client, &base).await?;
-        Ok(Server { base, client, bin, dir: dir.to_path_buf(), port, child })
+        Ok(Server { base, client, bin, dir: dir.to_path_buf(), port, child, unlimited })
     }
 
     /// Create a tenant; returns its admin token.
@@ -120,7 +137,7 @@ impl Server {
     pub async fn restart(&mut self) -> Result<Duration> {
         self.terminate();
         let started = Instant::now();
-        self.child = spawn(&self.bin, &self.dir, self.port)?;
+        self.child = spawn(&self.bin, &self.dir, self.port, self.unlimited)?;
         wait_healthy(&self.client, &self.base).await?;
         Ok(started.elapsed())
     }
