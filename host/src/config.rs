@@ -73,6 +73,11 @@ pub struct Settings {
     /// Events a tenant may ingest at once before its rate applies.
     #[arg(long, env = "SLUICE_TENANT_EVENTS_BURST", default_value_t = 100_000)]
     pub tenant_events_burst: u64,
+    /// Plugin time a tenant's plugins may use per second, all together, in
+    /// milliseconds (1000: one core's worth); beyond it, once the burst of
+    /// twice that is spent, its requests get 429 until the debt is paid.
+    #[arg(long, env = "SLUICE_TENANT_PLUGIN_MS_PER_SEC", default_value_t = 1000)]
+    pub tenant_plugin_ms_per_sec: u64,
     /// Most events one ingest request may store after its plugins ran
     /// (fan-out included); beyond it the request is refused whole with 413.
     #[arg(long, env = "SLUICE_MAX_STORED_EVENTS", default_value_t = 20_000)]
@@ -134,6 +139,7 @@ impl Settings {
             fuel_metering: true,
             tenant_events_per_sec: 50_000,
             tenant_events_burst: 100_000,
+            tenant_plugin_ms_per_sec: 1000,
             max_stored_events: 20_000,
             worker_program: None,
             query_max_bytes: 64 << 20,

@@ -170,6 +170,7 @@ impl From<PluginError> for ApiError {
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
             e @ PluginError::RateLimited { .. } => ApiError::TooManyRequests(e.to_string()),
+            e @ PluginError::PluginTimeExceeded { .. } => ApiError::TooManyRequests(e.to_string()),
             PluginError::QuotaExceeded { metric, used, limit } => ApiError::QuotaExceeded { metric, used, limit },
             PluginError::Host(m) => ApiError::Internal(m),
         }

@@ -86,11 +86,28 @@ impl Rates {
         Err(Duration::from_secs_f64(wait.min(3600.0)))
     }
 
-    /// Charge `events` more to `tenant` (its plugins' fan-out), as debt.
-    pub fn charge(&self, tenant: &str, events: usize) {
-        if let Some(bucket) = self.buckets.lock().get_mut(owner(tenant)) {
-            bucket.tokens -= events as f64;
+    /// Charge `amount` more to `tenant` (its plugins' fan-out, or the
+    /// plugin time a run took), as debt.
+    pub fn charge(&self, tenant: &str, amount: usize) {
+        let rate = self.of(tenant);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets
+            .entry(owner(tenant).to_string())
+            .or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
+        bucket.refill(now);
+        bucket.tokens -= amount as f64;
+    }
+
+    /// Admit `tenant` unless it is in debt; else say how long to wait.
+    pub fn admit_unless_in_debt(&self, tenant: &str) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock();
+        let Some(bucket) = buckets.get_mut(owner(tenant)) else { return Ok(()) };
+        bucket.refill(Instant::now());
+        if bucket.tokens >= 0.0 {
+            return Ok(());
         }
+        Err(Duration::from_secs_f64((-bucket.tokens / bucket.rate.per_second.max(f64::MIN_POSITIVE)).min(3600.0)))
     }
 }
 

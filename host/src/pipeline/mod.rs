@@ -46,6 +46,10 @@ pub enum PluginError {
     /// retry after the given time.
     #[error("this tenant is over its ingest rate of {per_second} events/s (burst {burst}); retry in {retry_after:?}")]
     RateLimited { per_second: f64, burst: f64, retry_after: std::time::Duration },
+    /// The tenant's plugins used more than its plugin time per second:
+    /// retry after the given time.
+    #[error("this tenant's plugins used more than their {per_second_ms} ms of plugin time per second; retry in {retry_after:?}")]
+    PluginTimeExceeded { per_second_ms: f64, retry_after: std::time::Duration },
     /// The space has used up one of its tenant's quotas (`events_per_day`,
     /// `storage_bytes`).
     #[error("quota exceeded for {metric}: {used} used of {limit}")]
@@ -196,6 +200,11 @@ pub struct Pipeline {
     max_stored: usize,
     /// Each tenant's ingest rate (see `admission.rs`).
     rates: admission::Rates,
+    /// Each tenant's plugin time budget, in microseconds per second, all
+    /// its plugins together: a run starts only while the tenant is not in
+    /// debt, and each run is charged what its calls took (each call is
+    /// bounded by its epoch deadline).
+    plugin_time: admission::Rates,
     /// Tenants' quotas, as last set (`PUT /v1/quotas`), for the tenants
     /// that set any.
     quotas: parking_lot::Mutex<HashMap<String, Quotas>>,
@@ -263,6 +272,7 @@ impl Pipeline {
             workers: workers::Workers::new(workers),
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
+            plugin_time: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
             quotas: Default::default(),
         })
     }
@@ -295,6 +305,14 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Hold every tenant to `per_second_ms` of plugin time per second (all
+    /// its plugins together), with twice that at once.
+    pub fn with_plugin_time_budget(mut self, per_second_ms: u64) -> Pipeline {
+        let micros = (per_second_ms.max(1) * 1000) as f64;
+        self.plugin_time = admission::Rates::new(Rate { per_second: micros, burst: 2.0 * micros });
+        self
     }
 
     /// Set a tenant's ingest rate; what is `None` keeps the default (both
@@ -345,6 +363,7 @@ impl Pipeline {
             _ => tenant.to_string(),
         };
         self.check_quotas(tenant, space).await?;
+        self.admit_plugin_time(tenant)?;
         self.rates.admit(tenant, received).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "rate");
             let rate = self.rates.of(tenant);
@@ -353,6 +372,7 @@ impl Pipeline {
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
+        self.charge_plugin_time(tenant, &output);
         // Persisted even when the run was abandoned later: an earlier plugin
         // of the chain may have been disabled by its own (guest) fault.
         for (tenant, name, settings) in &output.disabled {
@@ -390,7 +410,25 @@ impl Pipeline {
             Some(name) => (Arc::new([self.installation(tenant, name)?]), Mode::Dry),
             None => (self.chain(tenant), Mode::Test),
         };
-        self.run_on(chain, inputs, mode).await?.completed()
+        // Dry runs spend plugin time too: the same budget.
+        self.admit_plugin_time(tenant)?;
+        let output = self.run_on(chain, inputs, mode).await?;
+        self.charge_plugin_time(tenant, &output);
+        output.completed()
+    }
+
+    /// Refuse a run while the tenant's plugins are over their time budget.
+    fn admit_plugin_time(&self, tenant: &str) -> Result<(), PluginError> {
+        self.plugin_time.admit_unless_in_debt(tenant).map_err(|retry_after| {
+            crate::metrics::throttled(tenant, "plugin_time");
+            PluginError::PluginTimeExceeded { per_second_ms: self.plugin_time.default().per_second / 1000.0, retry_after }
+        })
+    }
+
+    /// Charge a run's plugin time to its tenant.
+    fn charge_plugin_time(&self, tenant: &str, output: &RunOutput) {
+        let spent: i64 = output.batch.runs.iter().map(|r| r.elapsed_us.max(0)).sum();
+        self.plugin_time.charge(tenant, spent as usize);
     }
 
     async fn run_on(
