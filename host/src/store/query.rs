@@ -258,6 +258,8 @@ const KEEP_FRESH: Duration = Duration::from_secs(3600);
 pub(crate) struct Fresh {
     changes: Option<u64>,
     views: BTreeSet<&'static str>,
+    /// How far the tables without a sequence were copied.
+    marks: super::snapshot::Marks,
 }
 
 impl Fresh {
@@ -412,7 +414,13 @@ impl EventStore {
         let wanted: Vec<&'static str> = views.iter().copied().collect();
         let path = self.inner.query.snapshot_path(space);
         let (space, committed) = (space.to_string(), self.committed_seq());
-        self.read(move |conn| super::snapshot::refresh(conn, &path, &space, &wanted, committed)).await?;
+        let mut marks = fresh.marks.clone();
+        fresh.marks = self
+            .read(move |conn| {
+                super::snapshot::refresh(conn, &path, &space, &wanted, committed, &mut marks)?;
+                Ok(marks)
+            })
+            .await?;
         if fresh.changes != Some(changes) {
             fresh.views.clear();
         }

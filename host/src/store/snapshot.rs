@@ -9,14 +9,19 @@
 //! `events` and `dead_letters` are append-only by `seq` and copied
 //! incrementally; a count check finds rows removed since (retention, replayed
 //! dead letters), and the table is then copied again whole. `plugin_runs`
-//! and `plugin_logs` have no sequence: they are copied whole when their
-//! count or time range changed.
+//! and `plugin_logs` have no sequence: the main table's row ids up to which
+//! they were copied stand in for one (see [`Marks`]), with the same count
+//! check; a new process copies them whole once.
 
 use std::path::Path;
 
 use duckdb::{params, Connection};
 
 use super::StoreError;
+
+/// How far each table without a sequence was copied: the main table's
+/// highest row id at the last refresh, by table.
+pub(super) type Marks = std::collections::HashMap<String, i64>;
 
 /// A view's columns in the main database, without `tenant`: `(name, type)`.
 fn columns(main: &Connection, table: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -119,6 +124,7 @@ fn refresh_views(
     space: &str,
     views: &[&str],
     committed: i64,
+    marks: &mut Marks,
 ) -> Result<(), StoreError> {
     for &table in views {
         let columns = columns(main, table)?;
@@ -145,23 +151,34 @@ fn refresh_views(
                 }
             }
             "plugin_runs" | "plugin_logs" => {
-                let at = if table == "plugin_runs" { "started_at" } else { "logged_at" };
-                let shape = format!("count(*)::VARCHAR || '/' || coalesce(min({at})::VARCHAR, '') || '/' || coalesce(max({at})::VARCHAR, '')");
-                let have: String = snap.query_row(&format!("SELECT {shape} FROM {table}"), [], |row| row.get(0))?;
-                let now: String = main.query_row(
-                    &format!("SELECT {shape} FROM main.{table} WHERE tenant = ?"),
-                    [space],
-                    |row| row.get(0),
-                )?;
-                if have != now {
-                    snap.execute_batch(&format!("DELETE FROM {table}"))?;
-                    let last: i64 = main.query_row(
-                        &format!("SELECT coalesce(max(rowid), -1) FROM main.{table}"),
-                        [],
-                        |row| row.get(0),
-                    )?;
-                    copy(main, snap, table, "rowid", space, -1, last)?;
+                // No sequence: the main table's row ids, as far as the last
+                // refresh copied them (known to this process only), stand in
+                // for one. Rows removed since (retention) show in the count.
+                let have_count: i64 = snap.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))?;
+                let main_max: i64 =
+                    main.query_row(&format!("SELECT coalesce(max(rowid), -1) FROM main.{table}"), [], |row| row.get(0))?;
+                let known = match marks.get(table) {
+                    Some(&last) => {
+                        let main_count: i64 = main.query_row(
+                            &format!("SELECT count(*) FROM main.{table} WHERE tenant = ? AND rowid <= ?"),
+                            params![space, last],
+                            |row| row.get(0),
+                        )?;
+                        (main_count == have_count).then_some(last)
+                    }
+                    None => None,
+                };
+                let after = match known {
+                    Some(last) => last,
+                    None => {
+                        snap.execute_batch(&format!("DELETE FROM {table}"))?;
+                        -1
+                    }
+                };
+                if main_max > after {
+                    copy(main, snap, table, "rowid", space, after, main_max)?;
                 }
+                marks.insert(table.to_string(), main_max);
             }
             other => return Err(StoreError::Config(format!("{other} is not a query view"))),
         }
@@ -200,6 +217,7 @@ pub(super) fn refresh(
     space: &str,
     views: &[&str],
     committed: i64,
+    marks: &mut Marks,
 ) -> Result<(), StoreError> {
     if views.is_empty() {
         // The query reads no view (`SELECT 1`): an empty file will do.
@@ -213,11 +231,13 @@ pub(super) fn refresh(
     // must not compete with ingest for more.
     snap.execute_batch("SET memory_limit = '512MB'; SET threads = 1; BEGIN TRANSACTION")?;
     main.execute_batch("BEGIN TRANSACTION")?;
-    let done = refresh_views(main, &snap, space, views, committed);
+    let mut copied = marks.clone();
+    let done = refresh_views(main, &snap, space, views, committed, &mut copied);
     let _ = main.execute_batch("COMMIT");
     match done {
         Ok(()) => {
             snap.execute_batch("COMMIT; CHECKPOINT")?;
+            *marks = copied;
             Ok(())
         }
         Err(e) => {

@@ -591,3 +591,25 @@ async fn a_query_whose_client_leaves_stops_its_worker_and_leaves_nothing() {
     let (status, body) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
     assert_eq!((status, body["rows"].clone()), (200, json!([[1]])), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_runs_and_logs_are_copied_incrementally_and_exactly() {
+    let app = spawn_app_with(|s| s.query_refresh_secs = 0).await;
+    let a = app.create_tenant("alpha").await;
+    let b = app.create_tenant("beta").await;
+    // Every tenant runs the shipped customer-prefix on session-audit: one
+    // plugin run per request, interleaved between the two tenants.
+    let audit = json!({"event_name": "joined", "session_id": "s-1"});
+    let runs = json!({"sql": "SELECT count(*) FROM plugin_runs"});
+    for round in 1..=3 {
+        for _ in 0..round {
+            assert_eq!(app.post(&a, "/session/v1/audit", &audit).await.0, 200);
+            assert_eq!(app.post(&b, "/session/v1/audit", &audit).await.0, 200);
+        }
+        let (status, body) = app.post(&a, "/v1/query", &runs).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rows"][0][0], (1..=round).sum::<i64>(), "round {round}: {body}");
+    }
+    let (_, body) = app.post(&b, "/v1/query", &runs).await;
+    assert_eq!(body["rows"][0][0], 6);
+}
