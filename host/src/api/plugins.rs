@@ -14,6 +14,21 @@ use super::{disposition_json, parse_json, parse_json_or_default, require, ApiErr
 use crate::auth::Principal;
 use crate::pipeline::SettingsPatch;
 
+/// Read and drop a refused request's body, at most `limit` bytes and 5 s,
+/// so the answer reaches the client instead of a reset.
+async fn discard(body: axum::body::Body, limit: usize) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        read += chunk.len();
+        if read > limit {
+            break;
+        }
+    }
+}
+
 /// A multipart upload.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -53,18 +68,33 @@ pub async fn upload(
     Query(params): Query<HashMap<String, String>>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    require(&principal, "plugins:write")?;
-    let name = params
-        .get("name")
-        .ok_or_else(|| ApiError::field(vec!["query".into(), "name".into()], "Field required", "missing"))?
-        .clone();
-    // One upload (so one compile worker) per tenant at a time, refused
-    // before the body is read: a tenant cannot occupy the machine with
-    // compilations.
-    let slot = state.pipeline.compile_slot(&principal.tenant).ok_or_else(|| {
-        crate::metrics::throttled(&principal.tenant, "compile_slot");
-        ApiError::TooManyRequests("another plugin upload of this tenant is in progress; retry when it answers".into())
-    })?;
+    let admitted = (|| {
+        require(&principal, "plugins:write")?;
+        let name = params
+            .get("name")
+            .ok_or_else(|| ApiError::field(vec!["query".into(), "name".into()], "Field required", "missing"))?
+            .clone();
+        // One upload (so one compile worker) per tenant at a time, refused
+        // before the body is parsed: a tenant cannot occupy the machine with
+        // compilations.
+        let slot = state.pipeline.compile_slot(&principal.tenant).ok_or_else(|| {
+            crate::metrics::throttled(&principal.tenant, "compile_slot");
+            ApiError::TooManyRequests(
+                "another plugin upload of this tenant is in progress; retry when it answers".into(),
+            )
+        })?;
+        Ok::<_, ApiError>((name, slot))
+    })();
+    let (name, slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            // Read (and discard) what the client is still sending before
+            // answering: closing on unread data resets the connection, and
+            // the client would see a broken pipe instead of this answer.
+            discard(request.into_body(), state.settings.max_plugin_bytes).await;
+            return Err(e);
+        }
+    };
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     // This route reads its body itself (no DefaultBodyLimit) up to the
