@@ -8,10 +8,13 @@
 //! - [`auth`]: tenants and tokens (stored as hashes); who is calling.
 //! - [`event`]: the canonical event every API family is normalized into.
 //! - [`pipeline`]: each tenant's plugin chain; running events through it
-//!   under failure policies; installing and configuring plugins.
+//!   under failure policies; installing and configuring plugins; each
+//!   tenant's share of the plugin workers, ingest rate, plugin time and
+//!   quotas.
 //! - [`runtime`]: the wasmtime sandbox; compiling, limits, calls, faults.
 //! - [`store`]: DuckDB behind one narrow interface; group-committing writer,
-//!   listing, control-plane tables.
+//!   listing, control-plane tables; analysts' SQL in query workers over
+//!   per-space snapshots.
 //! - [`sandbox`]: what the kernel enforces on the query and compile workers
 //!   (rlimits, priority, Landlock).
 //! - [`metrics`]: Prometheus counters and histograms, rendered at `/metrics`.

@@ -5,6 +5,10 @@
 //! `Send` nor `Sync`); requests reach it through a bounded queue and are
 //! committed in groups, and a request is acknowledged only after its group's
 //! COMMIT returned. Reads use connections of their own on blocking threads.
+//!
+//! Analysts' SQL never runs here: `query.rs` runs it in a worker process
+//! (`query_worker.rs`) over a snapshot holding only the caller's space
+//! (`snapshot.rs`).
 
 mod control;
 mod query;
