@@ -30,6 +30,10 @@ pub struct Settings {
     /// Longest compilation of an uploaded plugin, in seconds.
     #[arg(long, env = "SLUICE_COMPILE_TIMEOUT_SECS", default_value_t = 20)]
     pub compile_timeout_secs: u64,
+    /// Most plugin uploads compiling at once, all tenants (one per tenant);
+    /// beyond it 429 with Retry-After.
+    #[arg(long, env = "SLUICE_COMPILE_CONCURRENCY", default_value_t = 2)]
+    pub compile_concurrency: usize,
     /// Wasm stack available to a plugin call, in bytes (engine-wide).
     #[arg(long, env = "SLUICE_PLUGIN_STACK_BYTES", default_value_t = 512 << 10)]
     pub plugin_stack_bytes: usize,
@@ -127,6 +131,7 @@ impl Settings {
             max_batch_events: 10_000,
             max_plugin_bytes: 16 << 20,
             compile_timeout_secs: 20,
+            compile_concurrency: 2,
             plugin_stack_bytes: 512 << 10,
             max_plugin_instances: 512,
             write_queue_depth: 512,

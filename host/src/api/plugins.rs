@@ -80,7 +80,8 @@ pub async fn upload(
         let slot = state.pipeline.compile_slot(&principal.tenant).ok_or_else(|| {
             crate::metrics::throttled(&principal.tenant, "compile_slot");
             ApiError::TooManyRequests(
-                "another plugin upload of this tenant is in progress; retry when it answers".into(),
+                "another plugin upload of this tenant is in progress, or as many as the server allows; retry when it answers"
+                    .into(),
             )
         })?;
         Ok::<_, ApiError>((name, slot))

@@ -192,6 +192,8 @@ pub struct Pipeline {
     /// Tenants with an upload in progress: at most one each, so one tenant
     /// cannot fill the machine with compile workers.
     compiling: Arc<parking_lot::Mutex<HashSet<String>>>,
+    /// Most uploads running at once, all tenants.
+    max_compiles: usize,
     /// Bounds how many batches run plugins at once, so plugin work cannot
     /// starve the machine, and how many one tenant runs (see `workers.rs`);
     /// further batches wait their turn.
@@ -269,6 +271,7 @@ impl Pipeline {
             tenants: RwLock::new(tenants),
             control: Default::default(),
             compiling: Default::default(),
+            max_compiles: usize::MAX,
             workers: workers::Workers::new(workers),
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
@@ -543,10 +546,21 @@ impl Pipeline {
     }
 
     /// The tenant's compile slot, unless another upload of the tenant holds
-    /// it (then `None`: the caller answers 429).
+    /// it or as many uploads as the server allows are running (then `None`:
+    /// the caller answers 429).
     pub fn compile_slot(&self, tenant: &str) -> Option<CompileSlot> {
-        let free = self.compiling.lock().insert(tenant.to_string());
-        free.then(|| CompileSlot { tenant: tenant.to_string(), compiling: self.compiling.clone() })
+        let owner = tenant.split(':').next().unwrap_or(tenant).to_string();
+        let mut compiling = self.compiling.lock();
+        if compiling.len() >= self.max_compiles || !compiling.insert(owner.clone()) {
+            return None;
+        }
+        Some(CompileSlot { tenant: owner, compiling: self.compiling.clone() })
+    }
+
+    /// Run at most `n` uploads (each a compile worker) at once, all tenants.
+    pub fn with_max_compiles(mut self, n: usize) -> Pipeline {
+        self.max_compiles = n.max(1);
+        self
     }
 
     /// Wait for the tenant's control lock.

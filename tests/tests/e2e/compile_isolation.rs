@@ -203,3 +203,32 @@ async fn a_compile_error_is_the_compilers_message_and_frees_the_slot() {
     }
     assert_eq!(processes_running(&program), Vec::<u32>::new());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compiles_are_bounded_across_tenants_too() {
+    // One compile at a time on the server: a second tenant's upload while
+    // the first compiles gets 429 + Retry-After, and gets in once it ended.
+    let app = spawn_app_with(|s| {
+        s.compile_timeout_secs = 2;
+        s.compile_concurrency = 1;
+    })
+    .await;
+    let first = app.create_tenant("first").await;
+    let second = app.create_tenant("second").await;
+    let slow = slow_component(LIVE_VALUES);
+    let prefix = plugin_wasm("customer-prefix");
+    let running = {
+        let (client, url, token) = (app.client.clone(), app.url("/v1/plugins?name=slow"), first.clone());
+        tokio::spawn(async move {
+            let r = client.post(url).bearer_auth(token).header("content-type", "application/wasm").body(slow);
+            r.send().await.expect("request").status().as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, retry_after, body) = upload(&app, &second, "p", prefix.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after.is_some());
+    assert_eq!(running.await.unwrap(), 422, "the slow compile timed out");
+    let (status, _, body) = upload(&app, &second, "p", prefix).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+}
