@@ -41,28 +41,39 @@ pub fn limit_resources(address_space: u64, cpu_seconds: Option<u64>) -> std::io:
 /// signal processes nor reach abstract UNIX sockets outside itself
 /// (Landlock). Files already open stay usable, which is why workers call this
 /// after opening their inputs. Returns whether the kernel enforces all of it:
-/// `false` on a kernel without Landlock, where the workers still run under
-/// their other limits.
+/// `false` on a kernel without Landlock (or one that refuses it), where the
+/// workers still run under their other limits.
 ///
 /// # Errors
 ///
-/// When the rules cannot be built (e.g. `writable` cannot be opened).
+/// When `writable` cannot be opened.
 pub fn confine_files(writable: Option<&Path>) -> Result<bool, String> {
     use landlock::{
         Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
         Scope, ABI,
     };
     let abi = ABI::V6;
-    let mut ruleset = Ruleset::default()
+    // The directory first: a worker whose scratch directory is gone cannot
+    // work either way.
+    let writable = writable.map(PathFd::new).transpose().map_err(|e| e.to_string())?;
+    let ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
         .and_then(|r| r.scope(Scope::from_all(abi)))
         .and_then(|r| r.create())
-        .map_err(|e| e.to_string())?;
-    if let Some(dir) = writable {
-        let fd = PathFd::new(dir).map_err(|e| e.to_string())?;
-        ruleset = ruleset.add_rule(PathBeneath::new(fd, AccessFs::from_all(abi))).map_err(|e| e.to_string())?;
+        .and_then(|r| match writable {
+            Some(fd) => r.add_rule(PathBeneath::new(fd, AccessFs::from_all(abi))),
+            None => Ok(r),
+        })
+        .and_then(|r| r.restrict_self());
+    match ruleset {
+        Ok(status) => Ok(status.ruleset == RulesetStatus::FullyEnforced),
+        // The kernel refused Landlock (e.g. a seccomp filter of a
+        // container): the same as a kernel without it; the caller reports
+        // the worker as unconfined and the other layers remain.
+        Err(e) => {
+            eprintln!("landlock unavailable: {e}");
+            Ok(false)
+        }
     }
-    let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
-    Ok(status.ruleset == RulesetStatus::FullyEnforced)
 }
