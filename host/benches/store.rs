@@ -166,13 +166,16 @@ async fn main() {
     write(&store, "small", 0, 100, 100, 1).await;
     let count = || async {
         let sql = "SELECT count(*) FROM events".to_string();
-        store.query("small".into(), sql, vec![], QueryFormat::Json, QueryLimits {
-            timeout: Duration::from_secs(60),
-            max_rows: 1000,
-            max_bytes: 1 << 20,
-        })
-        .await
-        .unwrap();
+        store
+            .query(
+                "small".into(),
+                sql,
+                vec![],
+                QueryFormat::Json,
+                QueryLimits { timeout: Duration::from_secs(60), max_rows: 1000, max_bytes: 1 << 20 },
+            )
+            .await
+            .unwrap();
     };
     let t = Instant::now();
     count().await;

@@ -204,7 +204,8 @@ async fn body_deadline(State(limit): State<Duration>, request: Request, next: Ne
     }
     let expired = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + limit;
-    let request = request.map(|inner| Body::new(DeadlineBody { inner, deadline, timer: None, expired: expired.clone() }));
+    let request =
+        request.map(|inner| Body::new(DeadlineBody { inner, deadline, timer: None, expired: expired.clone() }));
     let response = next.run(request).await;
     if !expired.load(Ordering::Acquire) {
         return response;

@@ -140,7 +140,8 @@ async fn start(data_dir: &Path, adjust: impl FnOnce(&mut sluice::Settings)) -> T
     // The server closes a keep-alive connection idle for its header timeout
     // (10 s); a pooled connection must be dropped before that, or a request
     // racing the close fails. Real clients: the README says the same.
-    let client = reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(5)).build().expect("client");
+    let client =
+        reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(5)).build().expect("client");
     TestApp { base, client, data_dir: data_dir.to_path_buf(), store, _dir: None, server }
 }
 

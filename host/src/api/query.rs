@@ -99,8 +99,8 @@ pub async fn run(
         QueryFormat::Json
     };
     let answer = state.store.query(principal.space(), request.sql, request.params, format, limits).await?;
-    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], Body::from(answer.body))
-        .into_response();
+    let mut response =
+        (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], Body::from(answer.body)).into_response();
     if format == QueryFormat::Parquet {
         response
             .headers_mut()

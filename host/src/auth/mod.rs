@@ -173,8 +173,7 @@ impl Auth {
     ///
     /// Store errors.
     pub async fn revoke(&self, tenant: &str, id: &str, mode: Option<&str>) -> Result<bool, StoreError> {
-        let revoked =
-            self.store.revoke_token(tenant.to_string(), id.to_string(), mode.map(str::to_string)).await?;
+        let revoked = self.store.revoke_token(tenant.to_string(), id.to_string(), mode.map(str::to_string)).await?;
         self.cache.write().clear();
         Ok(revoked)
     }

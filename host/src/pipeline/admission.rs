@@ -72,9 +72,8 @@ impl Rates {
         let rate = self.of(tenant);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let bucket = buckets
-            .entry(owner(tenant).to_string())
-            .or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
+        let bucket =
+            buckets.entry(owner(tenant).to_string()).or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
         bucket.rate = rate;
         bucket.refill(now);
         let needed = (events as f64).min(rate.burst);
@@ -92,9 +91,8 @@ impl Rates {
         let rate = self.of(tenant);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let bucket = buckets
-            .entry(owner(tenant).to_string())
-            .or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
+        let bucket =
+            buckets.entry(owner(tenant).to_string()).or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
         bucket.refill(now);
         bucket.tokens -= amount as f64;
     }

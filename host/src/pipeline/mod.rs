@@ -301,7 +301,9 @@ impl Pipeline {
             return Ok(());
         };
         let (today, bytes) = self.store.space_usage(space).await?;
-        for (metric, used, limit) in [("events_per_day", today, quotas.events_per_day), ("storage_bytes", bytes, quotas.storage_bytes)] {
+        for (metric, used, limit) in
+            [("events_per_day", today, quotas.events_per_day), ("storage_bytes", bytes, quotas.storage_bytes)]
+        {
             if let Some(limit) = limit.filter(|limit| used >= *limit) {
                 crate::metrics::throttled(tenant, "quota");
                 return Err(PluginError::QuotaExceeded { metric, used, limit });
@@ -424,7 +426,10 @@ impl Pipeline {
     fn admit_plugin_time(&self, tenant: &str) -> Result<(), PluginError> {
         self.plugin_time.admit_unless_in_debt(tenant).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "plugin_time");
-            PluginError::PluginTimeExceeded { per_second_ms: self.plugin_time.default().per_second / 1000.0, retry_after }
+            PluginError::PluginTimeExceeded {
+                per_second_ms: self.plugin_time.default().per_second / 1000.0,
+                retry_after,
+            }
         })
     }
 

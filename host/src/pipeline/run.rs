@@ -262,8 +262,10 @@ impl Failure<'_> {
                         event: original.clone(),
                         raw: raws[input].clone(),
                     });
-                    finals[input] =
-                        Some(Disposition::DeadLettered { reason: self.reason.clone(), plugin: self.plugin.to_string() });
+                    finals[input] = Some(Disposition::DeadLettered {
+                        reason: self.reason.clone(),
+                        plugin: self.plugin.to_string(),
+                    });
                 }
             }
         }

@@ -65,4 +65,3 @@ pub(crate) fn wasmtime_config(codegen: &CodegenSettings) -> Config {
         .max_wasm_stack(codegen.max_stack_bytes);
     wasm
 }
-

@@ -152,10 +152,19 @@ pub(crate) struct WorkerJob {
 pub(crate) enum WorkerReply {
     /// `confined`: whether the kernel enforces the worker's file and network
     /// confinement (Landlock); false on kernels without it.
-    Ok { truncated: bool, confined: bool },
-    Invalid { message: String },
-    Failed { message: String },
-    TooLarge { message: String },
+    Ok {
+        truncated: bool,
+        confined: bool,
+    },
+    Invalid {
+        message: String,
+    },
+    Failed {
+        message: String,
+    },
+    TooLarge {
+        message: String,
+    },
 }
 
 /// Admission and per-space state of the query path.
@@ -602,10 +611,7 @@ async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryA
             // within our limits means memory.
             let detail = String::from_utf8_lossy(&err);
             tracing::warn!(status = %status, stderr = %detail.trim(), "query worker ended without an answer");
-            Err(QueryError::Failed(format!(
-                "the query ran out of memory (limit {}) and was stopped",
-                job.memory_limit
-            )))
+            Err(QueryError::Failed(format!("the query ran out of memory (limit {}) and was stopped", job.memory_limit)))
         }
     }
 }

@@ -86,7 +86,8 @@ fn open(job: &WorkerJob) -> Result<(Connection, bool), WorkerReply> {
     // Below DuckDB's own settings, the kernel's: from here on this process
     // opens nothing but files in its scratch directory and reaches no
     // network. The snapshot stays readable because it is open already.
-    let sandbox = |message: String| WorkerReply::Failed { message: format!("cannot confine the query worker: {message}") };
+    let sandbox =
+        |message: String| WorkerReply::Failed { message: format!("cannot confine the query worker: {message}") };
     let confined = crate::sandbox::confine_files(Some(&job.scratch)).map_err(sandbox)?;
     // Check it: a confined worker must not be able to open the snapshot
     // again (it lies outside the scratch directory).
@@ -141,7 +142,8 @@ fn answer(job: &WorkerJob) -> Result<(bool, bool, Vec<u8>), WorkerReply> {
         .collect();
     let body = match job.format {
         QueryFormat::Csv => {
-            let mut out = columns.iter().map(|(n, _)| csv_field(&Value::String(n.clone()))).collect::<Vec<_>>().join(",");
+            let mut out =
+                columns.iter().map(|(n, _)| csv_field(&Value::String(n.clone()))).collect::<Vec<_>>().join(",");
             out.push('\n');
             for line in &lines {
                 out.push_str(line);

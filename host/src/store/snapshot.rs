@@ -48,7 +48,8 @@ fn ensure_table(snap: &Connection, table: &str, columns: &[(String, String)]) ->
         }
         snap.execute_batch(&format!("DROP TABLE {table}"))?;
     }
-    let list: Vec<String> = columns.iter().map(|(name, ty)| format!("\"{}\" {ty}", name.replace('"', "\"\""))).collect();
+    let list: Vec<String> =
+        columns.iter().map(|(name, ty)| format!("\"{}\" {ty}", name.replace('"', "\"\""))).collect();
     snap.execute_batch(&format!("CREATE TABLE {table} ({})", list.join(", ")))?;
     Ok(true)
 }
@@ -156,7 +157,9 @@ fn refresh_views(
                 // for one. Rows removed since (retention) show in the count.
                 let have_count: i64 = snap.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))?;
                 let main_max: i64 =
-                    main.query_row(&format!("SELECT coalesce(max(rowid), -1) FROM main.{table}"), [], |row| row.get(0))?;
+                    main.query_row(&format!("SELECT coalesce(max(rowid), -1) FROM main.{table}"), [], |row| {
+                        row.get(0)
+                    })?;
                 let known = match marks.get(table) {
                     Some(&last) => {
                         let main_count: i64 = main.query_row(

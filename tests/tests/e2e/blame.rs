@@ -113,4 +113,3 @@ async fn an_exhausted_instance_pool_is_a_retryable_503_and_never_the_plugins_fai
     assert_eq!(app.all_events(ADMIN_TOKEN, "").await.len(), 2);
     assert_eq!(app.plugin(ADMIN_TOKEN, "hostile-panic").await["consecutive_failures"], 0, "a success resets it");
 }
-

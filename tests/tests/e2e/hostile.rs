@@ -267,7 +267,13 @@ async fn a_tenant_with_a_backlog_of_slow_plugin_calls_leaves_workers_to_the_othe
         .map(|_| {
             let (client, url) = (app.client.clone(), app.url("/v1/events"));
             tokio::spawn(async move {
-                client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"event_type": "spin"})).send().await.map(|r| r.status())
+                client
+                    .post(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"event_type": "spin"}))
+                    .send()
+                    .await
+                    .map(|r| r.status())
             })
         })
         .collect();

@@ -11,7 +11,12 @@ fn families() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ("generic", "/v1/events", "detail", json!({"event_type": "fan.out"})),
         ("iam", "/iam/v1/events", "detail", json!({"name": "iam.something.new", "payload": {}})),
         ("session-audit", "/session/v1/audit", "error_code", json!({"event_name": "fan", "session_id": "s-1"})),
-        ("auditlogs", "/v1beta1/organizations/default/auditlogs", "code", json!({"logs": [{"source": "s", "action": "fan.out"}]})),
+        (
+            "auditlogs",
+            "/v1beta1/organizations/default/auditlogs",
+            "code",
+            json!({"logs": [{"source": "s", "action": "fan.out"}]}),
+        ),
         ("logs", "/logs", "error", json!({"level": "info", "message": "fan out"})),
     ]
 }
@@ -26,7 +31,13 @@ async fn a_fan_out_beyond_the_stored_events_bound_is_refused_whole_in_each_famil
         body["rows"][0][0].as_i64().unwrap()
     };
     for (family, path, field, body) in families() {
-        let (status, patched) = app.patch(ADMIN_TOKEN, "/v1/plugins/fan", &json!({"families": [family], "config": {"mode": "fanout", "copies": 1001}})).await;
+        let (status, patched) = app
+            .patch(
+                ADMIN_TOKEN,
+                "/v1/plugins/fan",
+                &json!({"families": [family], "config": {"mode": "fanout", "copies": 1001}}),
+            )
+            .await;
         assert_eq!(status, 200, "{patched}");
         let before = count().await;
         let (status, answer) = app.post(ADMIN_TOKEN, path, &body).await;
@@ -74,7 +85,8 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
         assert!((200..300).contains(&status), "{quiet_path}: {status} {answer}");
     }
     // The test space shares its tenant's rate.
-    let (_, token) = app.post(&noisy, "/v1/tokens", &json!({"name": "t", "scopes": ["events:write"], "mode": "test"})).await;
+    let (_, token) =
+        app.post(&noisy, "/v1/tokens", &json!({"name": "t", "scopes": ["events:write"], "mode": "test"})).await;
     let (status, _) = app.post_events(token["token"].as_str().unwrap(), &json!({"event_type": "x"})).await;
     assert_eq!(status, 429);
     // The operator sees who is throttled, and why.
@@ -82,13 +94,21 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
     let metrics = r.text().await.unwrap();
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("sluice_tenant_throttled_total") && l.contains("tenant=\"noisy\"") && l.contains("reason=\"rate\""))
+        .find(|l| {
+            l.starts_with("sluice_tenant_throttled_total")
+                && l.contains("tenant=\"noisy\"")
+                && l.contains("reason=\"rate\"")
+        })
         .unwrap_or_else(|| panic!("no throttling metric for noisy:\n{metrics}"));
     let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 6.0, "{line}");
-    assert!(!metrics.contains("tenant=\"quiet\",reason") && !metrics.contains("reason=\"rate\",tenant=\"quiet\""), "quiet was never throttled");
+    assert!(
+        !metrics.contains("tenant=\"quiet\",reason") && !metrics.contains("reason=\"rate\",tenant=\"quiet\""),
+        "quiet was never throttled"
+    );
     // A higher rate takes effect at once: the debt is paid within moments.
-    let (status, _) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 100000, "events_burst": 100000})).await;
+    let (status, _) =
+        app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 100000, "events_burst": 100000})).await;
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let (status, body) = app.post_events(&noisy, &json!({"event_type": "later"})).await;
@@ -102,7 +122,9 @@ async fn daily_and_storage_quotas_hold_on_every_family_in_its_shape() {
     let app = spawn_app_with(|_| {}).await;
     let quiet = app.create_tenant("quiet").await;
     for (i, (family, path, field, body)) in families().into_iter().enumerate() {
-        for (metric, quota) in [("events_per_day", json!({"events_per_day": 2})), ("storage_bytes", json!({"storage_bytes": 1}))] {
+        for (metric, quota) in
+            [("events_per_day", json!({"events_per_day": 2})), ("storage_bytes", json!({"storage_bytes": 1}))]
+        {
             let tenant = format!("q{i}-{}", metric.replace('_', "-"));
             let token = app.create_tenant(&tenant).await;
             let (status, answer) = app.put(&token, "/v1/quotas", &quota).await;
@@ -140,7 +162,8 @@ async fn one_tenant_holds_at_most_a_quarter_of_the_write_queue() {
     let batch: Vec<Value> = (0..2000).map(|i| json!({"event_type": "bulk", "task_id": i})).collect();
     let flood: Vec<_> = (0..24)
         .map(|_| {
-            let (client, url, token, body) = (app.client.clone(), app.url("/v1/events"), noisy.clone(), Value::Array(batch.clone()));
+            let (client, url, token, body) =
+                (app.client.clone(), app.url("/v1/events"), noisy.clone(), Value::Array(batch.clone()));
             tokio::spawn(async move {
                 let r = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
                 (r.status().as_u16(), r.headers().contains_key("retry-after"))

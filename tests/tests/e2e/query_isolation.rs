@@ -14,15 +14,17 @@ const MARKER: &str = "zqbmark";
 /// remembered `/logs` answers, plugin configuration, token names.
 async fn plant(app: &TestApp, b: &str) {
     let (status, body) = app
-        .post_events(b, &json!({"event_type": format!("{MARKER}.event"), "event_payload": {"m": format!("{MARKER}-payload")}}))
+        .post_events(
+            b,
+            &json!({"event_type": format!("{MARKER}.event"), "event_payload": {"m": format!("{MARKER}-payload")}}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, _, body) =
         app.post_keyed(b, "/logs", "zqb-key", &json!({"level": "info", "message": format!("{MARKER}-logline")})).await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = app
-        .patch(b, "/v1/plugins/customer-prefix", &json!({"config": {"prefix": format!("{MARKER}config.")}}))
-        .await;
+    let (status, body) =
+        app.patch(b, "/v1/plugins/customer-prefix", &json!({"config": {"prefix": format!("{MARKER}config.")}})).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) =
         app.post(b, "/v1/tokens", &json!({"name": format!("{MARKER}-token"), "scopes": ["events:read"]})).await;
@@ -251,13 +253,15 @@ async fn memory_bombs_stop_in_the_worker_and_the_server_keeps_serving() {
 async fn answers_are_bounded_in_bytes_in_every_format() {
     let app = spawn_app_with(|s| s.query_max_bytes = 1 << 20).await;
     // Finding 4: one value of 150 MB.
-    let (status, body) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT repeat('x', 150000000) AS big"})).await;
+    let (status, body) =
+        app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT repeat('x', 150000000) AS big"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["truncated"], true);
     assert_eq!(body["row_count"], 0);
     // Many rows: cut at the cap, marked truncated.
     let sql = "SELECT unnest(range(9000)) AS i, repeat('z', 200) AS pad";
-    let r = app.client.post(app.url("/v1/query")).bearer_auth(ADMIN_TOKEN).json(&json!({"sql": sql})).send().await.unwrap();
+    let r =
+        app.client.post(app.url("/v1/query")).bearer_auth(ADMIN_TOKEN).json(&json!({"sql": sql})).send().await.unwrap();
     let bytes = r.bytes().await.unwrap();
     assert!(bytes.len() <= 1 << 20, "{} bytes", bytes.len());
     let body: Value = serde_json::from_slice(&bytes).unwrap();
@@ -317,19 +321,27 @@ async fn a_long_function_call_is_killed_at_the_deadline_and_concurrency_is_bound
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let r = app.client.post(app.url("/v1/query")).bearer_auth(ADMIN_TOKEN).json(&json!({"sql": "SELECT 1"})).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/query"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"sql": "SELECT 1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     // The tenant's test space shares its tenant's bound.
-    let (status, body) = app
-        .post(ADMIN_TOKEN, "/v1/tokens", &json!({"name": "q", "scopes": ["query:run"], "mode": "test"}))
-        .await;
+    let (status, body) =
+        app.post(ADMIN_TOKEN, "/v1/tokens", &json!({"name": "q", "scopes": ["query:run"], "mode": "test"})).await;
     assert!(status == 200 || status == 201, "{body}");
     let (status, _) = app.post(body["token"].as_str().unwrap(), "/v1/query", &json!({"sql": "SELECT 1"})).await;
     assert_eq!(status, 429, "the test space counts toward its tenant's bound");
     let second = {
         let (client, url, other) = (app.client.clone(), app.url("/v1/query"), other.clone());
-        tokio::spawn(async move { client.post(url).bearer_auth(&other).json(&json!({"sql": slow})).send().await.unwrap().status() })
+        tokio::spawn(async move {
+            client.post(url).bearer_auth(&other).json(&json!({"sql": slow})).send().await.unwrap().status()
+        })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _) = app.post(&third, "/v1/query", &json!({"sql": "SELECT 1"})).await;
@@ -433,7 +445,8 @@ async fn the_snapshot_follows_new_rows_and_deletions() {
     let app = spawn_app_with(|s| s.retention_interval_secs = 3600).await;
     let count = |rows: &Value| rows["rows"].clone();
     let sql = json!({"sql": "SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1"});
-    app.post_events(ADMIN_TOKEN, &json!([{"event_type": "old", "created_at": days_ago(40)}, {"event_type": "new"}])).await;
+    app.post_events(ADMIN_TOKEN, &json!([{"event_type": "old", "created_at": days_ago(40)}, {"event_type": "new"}]))
+        .await;
     let (_, body) = app.post(ADMIN_TOKEN, "/v1/query", &sql).await;
     assert_eq!(count(&body), json!([["new", 1], ["old", 1]]));
     // New rows are seen by the next query.
@@ -534,7 +547,11 @@ async fn exports_share_the_analyst_slots_and_leave_no_file_when_the_client_leave
     let exports = app.data_dir.join("exports");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_dir(&exports).unwrap().count() > 0 {
-        assert!(Instant::now() < deadline, "export files left behind: {:?}", std::fs::read_dir(&exports).unwrap().collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "export files left behind: {:?}",
+            std::fs::read_dir(&exports).unwrap().collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A whole export still works, oldest first.

@@ -145,8 +145,7 @@ async fn an_auto_disabled_plugin_keeps_applying_its_failure_policy() {
     assert!(lineage(&events[0]).is_empty(), "{}", events[0]);
 
     // Disabled by the customer: skipped even under reject.
-    let (_, view) =
-        app.patch(&alpha, "/v1/plugins/pii", &json!({"failure_policy": "reject", "enabled": false})).await;
+    let (_, view) = app.patch(&alpha, "/v1/plugins/pii", &json!({"failure_policy": "reject", "enabled": false})).await;
     assert_eq!(view["state"], "disabled", "{view}");
     let (status, body) = app.post_events(&alpha, &ssn_event("off-1")).await;
     assert_eq!(status, 200, "{body}");
@@ -196,8 +195,7 @@ async fn a_test_token_reads_but_never_writes_the_shared_configuration() {
         refused("POST /v1/plugins (new)", status, &body);
     }
     // A narrower test token holding plugins:write is refused the same way.
-    let (_, plugin_writer) =
-        token(&app, &test_admin, "pw", json!(["plugins:write", "plugins:read"]), "test").await;
+    let (_, plugin_writer) = token(&app, &test_admin, "pw", json!(["plugins:write", "plugins:read"]), "test").await;
     let (status, body) = app.patch(&plugin_writer, "/v1/plugins/aloop", &json!({"position": 0})).await;
     refused("PATCH with plugins:write", status, &body);
 
@@ -257,7 +255,8 @@ async fn a_narrow_token_cannot_revoke_a_broader_one() {
     // Its listing shows only what it could grant.
     let (status, listed) = app.get(&narrow, "/v1/tokens").await;
     assert_eq!(status, 200, "{listed}");
-    let mut names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> =
+        listed["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["narrow", "reader"], "{listed}");
 
@@ -300,7 +299,10 @@ async fn ambiguous_credentials_are_unauthenticated() {
         ("the same token twice in Authorization", vec![(auth, bearer(&alpha)), (auth, bearer(&alpha))]),
         ("Authorization and X-API-Key disagree", vec![(auth, bearer(&alpha)), ("x-api-key", ADMIN_TOKEN.to_string())]),
         ("two X-API-Key headers", vec![("x-api-key", alpha.clone()), ("x-api-key", ADMIN_TOKEN.to_string())]),
-        ("a non-bearer Authorization beside a key", vec![(auth, "Basic Zm9vOmJhcg==".into()), ("x-api-key", alpha.clone())]),
+        (
+            "a non-bearer Authorization beside a key",
+            vec![(auth, "Basic Zm9vOmJhcg==".into()), ("x-api-key", alpha.clone())],
+        ),
     ];
     for (what, headers) in ambiguous {
         let (status, challenge, body) = get(headers.clone(), "/v1/tokens").await;

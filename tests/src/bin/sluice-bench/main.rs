@@ -231,15 +231,23 @@ async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
             fixed_rate(&server, &quiet, &single, 200.0, phase),
             load::flood(&server, &noisy, path, &noisy_body, connections, phase)
         );
-        figures.add(&format!("fairness: quiet beside {what}"), format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)));
+        figures.add(
+            &format!("fairness: quiet beside {what}"),
+            format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)),
+        );
     }
     // A heavy analyst query of the noisy tenant, in a loop on two connections.
-    let heavy = Arc::new(serde_json::to_vec(&json!({"sql": "SELECT count(DISTINCT a.task_id * b.task_id) FROM events a, events b"}))?);
+    let heavy = Arc::new(serde_json::to_vec(
+        &json!({"sql": "SELECT count(DISTINCT a.task_id * b.task_id) FROM events a, events b"}),
+    )?);
     let (latency, statuses) = tokio::join!(
         fixed_rate(&server, &quiet, &single, 200.0, phase),
         load::flood(&server, &noisy, "/v1/query", &heavy, 2, phase)
     );
-    figures.add("fairness: quiet beside a heavy query in a loop", format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)));
+    figures.add(
+        "fairness: quiet beside a heavy query in a loop",
+        format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)),
+    );
     server.stop().await;
     Ok(())
 }

@@ -50,12 +50,7 @@ fn spawn(bin: &Path, dir: &Path, port: u16, unlimited: bool) -> Result<Child> {
             .env("SLUICE_TENANT_EVENTS_BURST", "100000000")
             .env("SLUICE_MAX_STORED_EVENTS", "10000000");
     }
-    command
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("start sluice")
+    command.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().context("start sluice")
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) -> Result<()> {
