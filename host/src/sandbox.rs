@@ -3,10 +3,35 @@
 //! code inside them does, so a bug in DuckDB or Cranelift that a tenant
 //! triggers stays inside a process that can reach nothing.
 //!
-//! Each worker calls these on itself, first thing (resources) and once its
-//! inputs are open (files and network).
+//! The server starts workers with [`spawn_worker`]; each worker then calls
+//! the limits on itself, first thing (resources) and once its inputs are
+//! open (files and network).
 
 use std::path::Path;
+use std::process::Stdio;
+
+/// Start `program subcommand` in `dir` as a worker: an empty environment,
+/// piped stdio, killed when the handle drops (a request whose client went
+/// away ends its worker).
+///
+/// # Errors
+///
+/// When the program cannot be started.
+pub fn spawn_worker(program: &Path, subcommand: &str, dir: &Path) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(program)
+        .arg(subcommand)
+        .env_clear()
+        // glibc reserves 64 MiB of address space per malloc arena (up to
+        // eight per core), and RLIMIT_AS counts it: two arenas leave the cap
+        // to the worker's own work.
+        .env("MALLOC_ARENA_MAX", "2")
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
 
 /// Cap this process's address space (and, when given, its CPU seconds), turn
 /// off core dumps, and lower its priority below ingest (nice 10).

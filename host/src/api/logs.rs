@@ -58,40 +58,6 @@ fn log_view(e: &Value) -> Value {
     })
 }
 
-/// 429 when the tenant has used up a quota, naming the first one exceeded.
-async fn check_quotas(state: &AppState, principal: &Principal) -> Result<(), Response> {
-    let (quotas, today, bytes) =
-        state.store.quota_usage(principal.tenant.clone(), principal.space()).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot read quota usage");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
-        })?;
-    let mut all = Vec::new();
-    let mut exceeded = None;
-    for (metric, used, limit, cumulative) in
-        [("events_per_day", today, quotas.events_per_day, false), ("storage_bytes", bytes, quotas.storage_bytes, true)]
-    {
-        if let Some(limit) = limit {
-            all.push(json!({"metric": metric, "used": used, "limit": limit, "cumulative": cumulative}));
-            if used >= limit && exceeded.is_none() {
-                exceeded = Some(metric);
-            }
-        }
-    }
-    match exceeded {
-        None => Ok(()),
-        Some(metric) => Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": {
-                "code": "quota_exceeded",
-                "message": format!("tier quota exceeded for {metric}"),
-                "metric": metric,
-                "quotas": all,
-            }})),
-        )
-            .into_response()),
-    }
-}
-
 /// The canonical event of a valid log entry.
 fn to_event(tenant: &str, level: &str, message: &str, meta: &Value, now: i64) -> Event {
     let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
@@ -274,9 +240,6 @@ pub async fn create(
     if let Some(unknown) = entry.keys().find(|k| !["level", "message", "meta"].contains(&k.as_str())) {
         return bad(&format!("unknown field: {unknown}"));
     }
-    if let Err(r) = check_quotas(&state, &principal).await {
-        return r;
-    }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
     let output = match run_whole(&state, &principal, vec![input]).await {
@@ -313,16 +276,23 @@ fn store_error(e: ApiError) -> Response {
     match e {
         ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
         ApiError::PayloadTooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
-        ApiError::QuotaExceeded { metric, used, limit } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": {
-                "code": "quota_exceeded",
-                "message": format!("tier quota exceeded for {metric}"),
-                "metric": metric,
-                "quotas": [{"metric": metric, "used": used, "limit": limit, "cumulative": metric == "storage_bytes"}],
-            }})),
-        )
-            .into_response(),
+        ApiError::QuotaExceeded { metric, quotas } => {
+            // Document 004's shape: the metric used up, and every quota set.
+            let all: Vec<Value> = quotas
+                .iter()
+                .map(|q| json!({"metric": q.metric, "used": q.used, "limit": q.limit, "cumulative": q.metric == "storage_bytes"}))
+                .collect();
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"error": {
+                    "code": "quota_exceeded",
+                    "message": format!("tier quota exceeded for {metric}"),
+                    "metric": metric,
+                    "quotas": all,
+                }})),
+            )
+                .into_response()
+        }
         ApiError::TooManyRequests(m) => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

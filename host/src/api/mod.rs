@@ -94,8 +94,8 @@ pub enum ApiError {
     TooManyRequests(String),
     /// The space has used up a quota (429, no `Retry-After`: it lasts until
     /// midnight UTC or until data is removed).
-    #[error("quota exceeded for {metric}: {used} used of {limit}")]
-    QuotaExceeded { metric: &'static str, used: i64, limit: i64 },
+    #[error("quota exceeded for {metric}")]
+    QuotaExceeded { metric: &'static str, quotas: Vec<crate::store::QuotaUse> },
     #[error("{0}")]
     BadGateway(String),
     #[error("internal error: {0}")]
@@ -171,7 +171,7 @@ impl From<PluginError> for ApiError {
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
             e @ PluginError::RateLimited { .. } => ApiError::TooManyRequests(e.to_string()),
             e @ PluginError::PluginTimeExceeded { .. } => ApiError::TooManyRequests(e.to_string()),
-            PluginError::QuotaExceeded { metric, used, limit } => ApiError::QuotaExceeded { metric, used, limit },
+            PluginError::QuotaExceeded { metric, quotas } => ApiError::QuotaExceeded { metric, quotas },
             PluginError::Host(m) => ApiError::Internal(m),
         }
     }

@@ -67,8 +67,8 @@ impl Rates {
         self.overrides.lock().get(owner(tenant)).copied().unwrap_or(self.default)
     }
 
-    /// Admit `events` of `tenant`, or say how long to wait.
-    pub fn admit(&self, tenant: &str, events: usize) -> Result<(), Duration> {
+    /// Run `f` on the tenant's bucket, created full and refilled to now.
+    fn with_bucket<T>(&self, tenant: &str, f: impl FnOnce(&mut Bucket) -> T) -> T {
         let rate = self.of(tenant);
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
@@ -76,36 +76,27 @@ impl Rates {
             buckets.entry(owner(tenant).to_string()).or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
         bucket.rate = rate;
         bucket.refill(now);
-        let needed = (events as f64).min(rate.burst);
-        if bucket.tokens >= needed {
-            bucket.tokens -= events as f64;
-            return Ok(());
-        }
-        let wait = (needed - bucket.tokens) / rate.per_second.max(f64::MIN_POSITIVE);
-        Err(Duration::from_secs_f64(wait.min(3600.0)))
+        f(bucket)
+    }
+
+    /// Admit `events` of `tenant` (0: admitted unless in debt), or say how
+    /// long to wait.
+    pub fn admit(&self, tenant: &str, events: usize) -> Result<(), Duration> {
+        self.with_bucket(tenant, |bucket| {
+            let needed = (events as f64).min(bucket.rate.burst);
+            if bucket.tokens >= needed {
+                bucket.tokens -= events as f64;
+                return Ok(());
+            }
+            let wait = (needed - bucket.tokens) / bucket.rate.per_second.max(f64::MIN_POSITIVE);
+            Err(Duration::from_secs_f64(wait.min(3600.0)))
+        })
     }
 
     /// Charge `amount` more to `tenant` (its plugins' fan-out, or the
     /// plugin time a run took), as debt.
     pub fn charge(&self, tenant: &str, amount: usize) {
-        let rate = self.of(tenant);
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock();
-        let bucket =
-            buckets.entry(owner(tenant).to_string()).or_insert_with(|| Bucket { rate, tokens: rate.burst, at: now });
-        bucket.refill(now);
-        bucket.tokens -= amount as f64;
-    }
-
-    /// Admit `tenant` unless it is in debt; else say how long to wait.
-    pub fn admit_unless_in_debt(&self, tenant: &str) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock();
-        let Some(bucket) = buckets.get_mut(owner(tenant)) else { return Ok(()) };
-        bucket.refill(Instant::now());
-        if bucket.tokens >= 0.0 {
-            return Ok(());
-        }
-        Err(Duration::from_secs_f64((-bucket.tokens / bucket.rate.per_second.max(f64::MIN_POSITIVE)).min(3600.0)))
+        self.with_bucket(tenant, |bucket| bucket.tokens -= amount as f64);
     }
 }
 

@@ -23,7 +23,7 @@ pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
 
 use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
-use crate::store::{EventStore, PluginVersion, Quotas, StoreError};
+use crate::store::{EventStore, PluginVersion, QuotaUse, Quotas, StoreError};
 
 /// Why a control-plane change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,8 @@ pub enum PluginError {
     PluginTimeExceeded { per_second_ms: f64, retry_after: std::time::Duration },
     /// The space has used up one of its tenant's quotas (`events_per_day`,
     /// `storage_bytes`).
-    #[error("quota exceeded for {metric}: {used} used of {limit}")]
-    QuotaExceeded { metric: &'static str, used: i64, limit: i64 },
+    #[error("quota exceeded for {metric}")]
+    QuotaExceeded { metric: &'static str, quotas: Vec<QuotaUse> },
     /// The plugins' output would store more events than one request may.
     #[error("the plugins' output would store {stored} events; one request may store at most {limit} (SLUICE_MAX_STORED_EVENTS)")]
     TooManyEvents { stored: usize, limit: usize },
@@ -301,15 +301,13 @@ impl Pipeline {
             return Ok(());
         };
         let (today, bytes) = self.store.space_usage(space).await?;
-        for (metric, used, limit) in
-            [("events_per_day", today, quotas.events_per_day), ("storage_bytes", bytes, quotas.storage_bytes)]
-        {
-            if let Some(limit) = limit.filter(|limit| used >= *limit) {
+        match quotas.exceeded(today, bytes) {
+            (_, None) => Ok(()),
+            (quotas, Some(metric)) => {
                 crate::metrics::throttled(tenant, "quota");
-                return Err(PluginError::QuotaExceeded { metric, used, limit });
+                Err(PluginError::QuotaExceeded { metric, quotas })
             }
         }
-        Ok(())
     }
 
     /// Hold every tenant to `per_second_ms` of plugin time per second (all
@@ -424,7 +422,7 @@ impl Pipeline {
 
     /// Refuse a run while the tenant's plugins are over their time budget.
     fn admit_plugin_time(&self, tenant: &str) -> Result<(), PluginError> {
-        self.plugin_time.admit_unless_in_debt(tenant).map_err(|retry_after| {
+        self.plugin_time.admit(tenant, 0).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "plugin_time");
             PluginError::PluginTimeExceeded {
                 per_second_ms: self.plugin_time.default().per_second / 1000.0,

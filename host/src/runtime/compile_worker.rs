@@ -19,7 +19,6 @@
 
 use std::io::{BufRead, Read, Write};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -99,20 +98,7 @@ pub(crate) async fn compile(
     timeout: Duration,
 ) -> Result<Vec<u8>, UploadError> {
     let host = |what: &str, e: &dyn std::fmt::Display| UploadError::Host(format!("{what}: {e}"));
-    let mut child = tokio::process::Command::new(program)
-        .arg("compile-worker")
-        .env_clear()
-        // glibc reserves 64 MiB of address space per malloc arena (up to
-        // eight per core), and RLIMIT_AS counts it: two arenas leave the cap
-        // to the compiler on any machine.
-        .env("MALLOC_ARENA_MAX", "2")
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // A request dropped mid-compile (the client went away) ends its worker.
-        .kill_on_drop(true)
-        .spawn()
+    let mut child = crate::sandbox::spawn_worker(program, "compile-worker", Path::new("/"))
         .map_err(|e| host("cannot start the compile worker", &e))?;
     let mut header = serde_json::to_vec(job).map_err(|e| host("cannot encode the job", &e))?;
     header.push(b'\n');

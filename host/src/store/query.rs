@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -545,18 +544,7 @@ static UNCONFINED_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::Ato
 /// beyond.
 async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryAnswer, QueryError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| QueryError::Failed(format!("{what}: {e}"));
-    let mut child = tokio::process::Command::new(program)
-        .arg("query-worker")
-        .env_clear()
-        // glibc reserves 64 MiB of address space per malloc arena and
-        // RLIMIT_AS counts it: two arenas leave the cap to DuckDB.
-        .env("MALLOC_ARENA_MAX", "2")
-        .current_dir(&job.scratch)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+    let mut child = crate::sandbox::spawn_worker(program, "query-worker", &job.scratch)
         .map_err(|e| failed("cannot start the query worker", &e))?;
     let input = serde_json::to_vec(job).map_err(|e| failed("cannot encode the job", &e))?;
     let mut stdin = child.stdin.take().expect("piped stdin");

@@ -19,6 +19,28 @@ pub struct Quotas {
     pub events_burst: Option<i64>,
 }
 
+/// One quota a space has, and what it uses of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub metric: &'static str,
+    pub used: i64,
+    pub limit: i64,
+}
+
+impl Quotas {
+    /// The quotas that are set with their use (`today` events received,
+    /// `bytes` stored), and the first one used up, if any.
+    pub fn exceeded(&self, today: i64, bytes: i64) -> (Vec<QuotaUse>, Option<&'static str>) {
+        let set: Vec<QuotaUse> =
+            [("events_per_day", today, self.events_per_day), ("storage_bytes", bytes, self.storage_bytes)]
+                .into_iter()
+                .filter_map(|(metric, used, limit)| limit.map(|limit| QuotaUse { metric, used, limit }))
+                .collect();
+        let first = set.iter().find(|q| q.used >= q.limit).map(|q| q.metric);
+        (set, first)
+    }
+}
+
 /// The quota columns of `tenants`, in the order [`quotas_at`] reads them.
 const QUOTA_COLUMNS: &str = "quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst";
 
