@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::events::{commit_whole, run_whole};
 use super::idempotency::{self, Begin, Refusal};
 use super::{parse_json, require, ApiError, AppState};
-use crate::auth::{Principal, ADMIN_SCOPE};
+use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};
 use crate::pipeline::Disposition;
 use crate::store::{EventFilter, Quotas};
@@ -357,15 +357,34 @@ pub async fn list(
     put,
     path = "/v1/quotas",
     tag = "logs",
+    params(("tenant" = Option<String>, Query, description = "Another tenant's quotas (the operator only)")),
     request_body = Quotas,
     responses((status = 200, body = Quotas), super::openapi::ApiErrors)
 )]
 pub async fn put_quotas(
     State(state): State<AppState>,
     principal: Principal,
+    Query(params): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, ADMIN_SCOPE)?;
+    // The operator (the default tenant's live admin) sets any tenant's
+    // limits with `?tenant=`; a tenant sets only its own, and may not raise
+    // its ingest rate above the server's default: that rate is what keeps
+    // it from taking the server from everyone else.
+    let operator = principal.tenant == DEFAULT_TENANT && !principal.is_test();
+    let tenant = match params.get("tenant") {
+        Some(other) if other != &principal.tenant => {
+            if !operator {
+                return Err(ApiError::Forbidden("only the operator sets another tenant's quotas".into()));
+            }
+            if !state.store.tenant_exists(other.clone()).await? {
+                return Err(ApiError::NotFound(format!("tenant {other:?} does not exist")));
+            }
+            other.clone()
+        }
+        _ => principal.tenant.clone(),
+    };
     let quotas: Quotas = parse_json(&body)?;
     for (name, value) in [("events_per_day", quotas.events_per_day), ("storage_bytes", quotas.storage_bytes)] {
         if value.is_some_and(|v| v < 0) {
@@ -377,8 +396,19 @@ pub async fn put_quotas(
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 1", "value_error"));
         }
     }
-    state.store.set_quotas(principal.tenant.clone(), quotas).await?;
-    state.pipeline.set_quotas(&principal.tenant, quotas);
+    let default = state.pipeline.default_rate();
+    for (name, value, ceiling) in [
+        ("events_per_second", quotas.events_per_second, default.per_second),
+        ("events_burst", quotas.events_burst, default.burst),
+    ] {
+        if !operator && value.is_some_and(|v| v as f64 > ceiling) {
+            return Err(ApiError::Forbidden(format!(
+                "{name} above the server's default ({ceiling}) is the operator's to set"
+            )));
+        }
+    }
+    state.store.set_quotas(tenant.clone(), quotas).await?;
+    state.pipeline.set_quotas(&tenant, quotas);
     Ok(Json(serde_json::to_value(quotas).unwrap_or(Value::Null)))
 }
 

@@ -294,11 +294,16 @@ impl Pipeline {
         self.quotas.lock().insert(tenant.to_string(), quotas);
     }
 
-    /// Refuse a run of `space` that has used up a quota of `tenant`.
-    async fn check_quotas(&self, tenant: &str, space: String) -> Result<(), PluginError> {
+    /// Refuse a run of the tenant's space (`mode` tells live from test)
+    /// that has used up one of the tenant's quotas.
+    async fn check_quotas(&self, tenant: &str, mode: Mode) -> Result<(), PluginError> {
         let quotas = self.quotas.lock().get(tenant).copied();
         let Some(quotas) = quotas.filter(|q| q.events_per_day.is_some() || q.storage_bytes.is_some()) else {
             return Ok(());
+        };
+        let space = match mode {
+            Mode::Test => format!("{tenant}{}", crate::auth::TEST_SPACE_SUFFIX),
+            _ => tenant.to_string(),
         };
         let (today, bytes) = self.store.space_usage(space).await?;
         match quotas.exceeded(today, bytes) {
@@ -331,6 +336,11 @@ impl Pipeline {
         self.rates.set(tenant, rate);
     }
 
+    /// The ingest rate of tenants without their own.
+    pub fn default_rate(&self) -> Rate {
+        self.rates.default()
+    }
+
     /// The ingest rate a tenant is held to.
     pub fn rate(&self, tenant: &str) -> Rate {
         self.rates.of(tenant)
@@ -361,11 +371,7 @@ impl Pipeline {
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
-        let space = match mode {
-            Mode::Test => format!("{tenant}{}", crate::auth::TEST_SPACE_SUFFIX),
-            _ => tenant.to_string(),
-        };
-        self.check_quotas(tenant, space).await?;
+        self.check_quotas(tenant, mode).await?;
         self.admit_plugin_time(tenant)?;
         self.rates.admit(tenant, received).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "rate");

@@ -106,10 +106,20 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
         !metrics.contains("tenant=\"quiet\",reason") && !metrics.contains("reason=\"rate\",tenant=\"quiet\""),
         "quiet was never throttled"
     );
-    // A higher rate takes effect at once: the debt is paid within moments.
-    let (status, _) =
-        app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 100000, "events_burst": 100000})).await;
-    assert_eq!(status, 200);
+    // A tenant cannot raise its own rate above the server's default (that
+    // default is what keeps it from taking the server), nor set another's.
+    let (status, body) = app.put(&noisy, "/v1/quotas", &json!({"events_per_second": 1000000})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = app.put(&noisy, "/v1/quotas?tenant=quiet", &json!({"events_per_second": 1})).await;
+    assert_eq!(status, 403, "{body}");
+    // The operator can; a higher rate takes effect at once and the debt is
+    // paid within moments.
+    let (status, body) = app
+        .put(ADMIN_TOKEN, "/v1/quotas?tenant=noisy", &json!({"events_per_second": 100000, "events_burst": 100000}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app.put(ADMIN_TOKEN, "/v1/quotas?tenant=nope", &json!({})).await;
+    assert_eq!(status, 404);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let (status, body) = app.post_events(&noisy, &json!({"event_type": "later"})).await;
     assert_eq!(status, 200, "{body}");
