@@ -61,6 +61,20 @@ pub fn limit_resources(address_space: u64, cpu_seconds: Option<u64>) -> std::io:
     Ok(())
 }
 
+/// Lower the calling thread's priority to `nice` (Linux: a thread has its
+/// own nice value). It cannot be raised again without privilege, so only
+/// threads that keep this role for life call it.
+pub fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain values; on Linux, PRIO_PROCESS with a
+    // thread id affects that thread only.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 /// From now on this process opens no file except below `writable` (nothing
 /// at all when `None`), binds and connects no TCP port, and can neither
 /// signal processes nor reach abstract UNIX sockets outside itself

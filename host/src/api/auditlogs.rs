@@ -61,9 +61,9 @@ fn from_api(e: ApiError) -> Response {
         }
         ApiError::PayloadTooLarge(m) => rpc_error(StatusCode::PAYLOAD_TOO_LARGE, m, &[]),
         e @ ApiError::QuotaExceeded { .. } => rpc_error(StatusCode::TOO_MANY_REQUESTS, e.to_string(), &[]),
-        ApiError::TooManyRequests(m) => {
+        ApiError::TooManyRequests(m, secs) => {
             let mut r = rpc_error(StatusCode::TOO_MANY_REQUESTS, m, &[]);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            super::retry_after(&mut r, secs);
             r
         }
         other => {
@@ -267,6 +267,9 @@ pub async fn create(
     }
     if org_id != principal.tenant {
         return rpc_error(StatusCode::FORBIDDEN, "the token does not belong to this organization", &[]);
+    }
+    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
+        return from_api(e.into());
     }
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
         Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),

@@ -421,6 +421,7 @@ pub(crate) async fn ingest_with(
     normalize: impl Fn(&str, usize, &str, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     require(principal, "events:write")?;
+    state.pipeline.admit_early(&principal.tenant).await?;
     // Events are written to the caller's space; the chain is the tenant's.
     let space = principal.space();
     let ticket = match idempotency::begin(state, &space, headers, body).await? {

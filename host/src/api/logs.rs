@@ -207,6 +207,9 @@ pub async fn create(
         Ok(p) => p,
         Err(r) => return r,
     };
+    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
+        return store_error(e.into());
+    }
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
         Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
         Ok(Begin::Fresh) => None,
@@ -293,9 +296,9 @@ fn store_error(e: ApiError) -> Response {
             )
                 .into_response()
         }
-        ApiError::TooManyRequests(m) => {
+        ApiError::TooManyRequests(m, secs) => {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            super::retry_after(&mut r, secs);
             r
         }
         e => {

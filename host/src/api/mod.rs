@@ -89,9 +89,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
-    /// The caller has too much running already (429 with `Retry-After`).
+    /// The caller has too much running already, or is over a rate (429
+    /// with `Retry-After`: whole seconds until a retry can succeed).
     #[error("{0}")]
-    TooManyRequests(String),
+    TooManyRequests(String, u64),
     /// The space has used up a quota (429, no `Retry-After`: it lasts until
     /// midnight UTC or until data is removed).
     #[error("quota exceeded for {metric}")]
@@ -119,7 +120,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!(m)),
             ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(m)),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
-            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, json!(m)),
+            ApiError::TooManyRequests(m, _) => (StatusCode::TOO_MANY_REQUESTS, json!(m)),
             e @ ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, json!(e.to_string())),
             ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, json!(m)),
             ApiError::Internal(m) => {
@@ -133,20 +134,29 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::TooManyRequests(_) => {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
+            ApiError::Unavailable(_) => retry_after(&mut response, 1),
+            ApiError::TooManyRequests(_, secs) => retry_after(&mut response, secs),
             _ => {}
         }
         response
     }
 }
 
+/// Set `Retry-After` to `secs` (at least 1).
+pub fn retry_after(response: &mut Response, secs: u64) {
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+}
+
+/// Whole seconds, rounded up, of a wait.
+fn ceil_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded => ApiError::Unavailable("the store is overloaded; retry later".into()),
-            StoreError::Busy(message) => ApiError::TooManyRequests(message),
+            StoreError::Busy(message) => ApiError::TooManyRequests(message, 1),
             StoreError::BadCursor => {
                 ApiError::field(vec!["query".into(), "cursor".into()], "Invalid cursor", "value_error")
             }
@@ -169,8 +179,9 @@ impl From<PluginError> for ApiError {
             // family's own 503 dialect (each maps `Unavailable`).
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
-            e @ PluginError::RateLimited { .. } => ApiError::TooManyRequests(e.to_string()),
-            e @ PluginError::PluginTimeExceeded { .. } => ApiError::TooManyRequests(e.to_string()),
+            PluginError::RateLimited { retry_after, .. } | PluginError::PluginTimeExceeded { retry_after, .. } => {
+                ApiError::TooManyRequests(e.to_string(), ceil_secs(retry_after))
+            }
             PluginError::QuotaExceeded { metric, quotas } => ApiError::QuotaExceeded { metric, quotas },
             PluginError::Host(m) => ApiError::Internal(m),
         }

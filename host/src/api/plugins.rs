@@ -82,6 +82,7 @@ pub async fn upload(
             ApiError::TooManyRequests(
                 "another plugin upload of this tenant is in progress, or as many as the server allows; retry when it answers"
                     .into(),
+                1,
             )
         })?;
         Ok::<_, ApiError>((name, slot))

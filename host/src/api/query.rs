@@ -33,7 +33,7 @@ impl From<QueryError> for ApiError {
             QueryError::Timeout(_) => ApiError::field(loc, e.to_string(), "query_timeout"),
             QueryError::Failed(msg) => ApiError::field(loc, msg, "query_failed"),
             QueryError::TooLarge(msg) => ApiError::field(loc, msg, "query_result_too_large"),
-            QueryError::Busy(msg) => ApiError::TooManyRequests(msg),
+            QueryError::Busy(msg) => ApiError::TooManyRequests(msg, 1),
             QueryError::Store(s) => s.into(),
         }
     }

@@ -80,7 +80,11 @@ fn shaped(e: ApiError) -> Result<Response, ApiError> {
     match e {
         ApiError::Unavailable(m) => Ok(family_error(StatusCode::SERVICE_UNAVAILABLE, true, "unavailable", m)),
         ApiError::PayloadTooLarge(m) => Ok(family_error(StatusCode::PAYLOAD_TOO_LARGE, true, "payload_too_large", m)),
-        ApiError::TooManyRequests(m) => Ok(family_error(StatusCode::TOO_MANY_REQUESTS, true, "rate_limited", m)),
+        ApiError::TooManyRequests(m, secs) => {
+            let mut response = family_error(StatusCode::TOO_MANY_REQUESTS, true, "rate_limited", m);
+            super::retry_after(&mut response, secs);
+            Ok(response)
+        }
         e @ ApiError::QuotaExceeded { .. } => {
             let mut response = family_error(StatusCode::TOO_MANY_REQUESTS, true, "quota_exceeded", e.to_string());
             // A quota lasts until midnight or until data goes: no retry soon.
@@ -446,6 +450,9 @@ pub async fn create(
             "Content type should be application/json",
             "model_attributes_type",
         ));
+    }
+    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
+        return shaped(e.into());
     }
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
         Ok(Begin::Replay(status, body)) => return Ok(idempotency::replay(status, body)),

@@ -225,6 +225,17 @@ fn check_name(name: &str) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// Longest a refused request is held before its 429 (see
+/// `Pipeline::admit`).
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Wait `wait`, at most [`MAX_HOLD`]; returns how long.
+async fn hold(wait: std::time::Duration) -> std::time::Duration {
+    let held = wait.min(MAX_HOLD);
+    tokio::time::sleep(held).await;
+    held
+}
+
 impl Pipeline {
     /// Load every installed plugin from the store and the artifact directory;
     /// at most `workers` batches (0: two per core) run plugins at once, at
@@ -272,7 +283,7 @@ impl Pipeline {
             control: Default::default(),
             compiling: Default::default(),
             max_compiles: usize::MAX,
-            workers: workers::Workers::new(workers),
+            workers: workers::Workers::new(workers).map_err(|e| PluginError::Host(e.to_string()))?,
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
             plugin_time: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
@@ -372,12 +383,7 @@ impl Pipeline {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
         self.check_quotas(tenant, mode).await?;
-        self.admit_plugin_time(tenant)?;
-        self.rates.admit(tenant, received).map_err(|retry_after| {
-            crate::metrics::throttled(tenant, "rate");
-            let rate = self.rates.of(tenant);
-            PluginError::RateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
-        })?;
+        self.admit(tenant, received).await?;
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
@@ -392,11 +398,13 @@ impl Pipeline {
         }
         let output = output.completed()?;
         let stored = output.batch.events.len();
+        // The fan-out is charged even when refused: the plugins did the
+        // work, and a request refused this way must not be free to repeat.
+        self.rates.charge(tenant, stored.saturating_sub(received));
         if stored > self.max_stored {
             crate::metrics::throttled(tenant, "stored_events");
             return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
         }
-        self.rates.charge(tenant, stored.saturating_sub(received));
         Ok(output)
     }
 
@@ -424,6 +432,51 @@ impl Pipeline {
         let output = self.run_on(chain, inputs, mode).await?;
         self.charge_plugin_time(tenant, &output);
         output.completed()
+    }
+
+    /// Refuse a tenant's request before its body is even parsed while the
+    /// tenant is in debt (over its ingest rate, e.g. after a fan-out, or
+    /// its plugins over their time budget): a flood of refused requests
+    /// then costs little more than reading them.
+    ///
+    /// # Errors
+    ///
+    /// [`PluginError::PluginTimeExceeded`], [`PluginError::RateLimited`].
+    pub async fn admit_early(&self, tenant: &str) -> Result<(), PluginError> {
+        self.admit(tenant, 0).await
+    }
+
+    /// Admit `events` of the tenant under its plugin time budget and ingest
+    /// rate. A refusal is answered only after the wait it names, up to
+    /// [`MAX_HOLD`] (less remains in its `Retry-After`): a client that
+    /// retries at once, however many times, keeps each of its connections
+    /// to one refused request per second instead of spending the server's
+    /// cores on refusals.
+    async fn admit(&self, tenant: &str, events: usize) -> Result<(), PluginError> {
+        let refusal = match self.admit_plugin_time(tenant).and_then(|()| self.admit_rate(tenant, events)) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        Err(match refusal {
+            PluginError::RateLimited { per_second, burst, retry_after } => {
+                let held = hold(retry_after).await;
+                PluginError::RateLimited { per_second, burst, retry_after: retry_after - held }
+            }
+            PluginError::PluginTimeExceeded { per_second_ms, retry_after } => {
+                let held = hold(retry_after).await;
+                PluginError::PluginTimeExceeded { per_second_ms, retry_after: retry_after - held }
+            }
+            other => other,
+        })
+    }
+
+    /// Take `events` from the tenant's ingest rate, or refuse (429).
+    fn admit_rate(&self, tenant: &str, events: usize) -> Result<(), PluginError> {
+        self.rates.admit(tenant, events).map_err(|retry_after| {
+            crate::metrics::throttled(tenant, "rate");
+            let rate = self.rates.of(tenant);
+            PluginError::RateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
+        })
     }
 
     /// Refuse a run while the tenant's plugins are over their time budget.
@@ -460,9 +513,7 @@ impl Pipeline {
         }
         let tenant = chain.first().map_or("", |i| i.tenant.as_str());
         let _permit = self.workers.acquire(tenant).await.map_err(|e| PluginError::Host(e.to_string()))?;
-        tokio::task::spawn_blocking(move || run::run_chain(&chain, inputs, mode))
-            .await
-            .map_err(|e| PluginError::Host(e.to_string()))
+        self.workers.run(move || run::run_chain(&chain, inputs, mode)).await.map_err(PluginError::Host)
     }
 
     /// The tenant's active chain with plugin `name` running `version`

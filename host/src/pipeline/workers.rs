@@ -7,16 +7,30 @@
 //! plugin calls leaves the other half to everyone else, and each other
 //! tenant's batch waits behind at most its share of anyone's, not behind the
 //! whole backlog. A tenant's live and test spaces share one gate.
+//!
+//! The batches run on threads of their own at nice [`PLUGIN_NICE`]: tenants'
+//! plugin code competes with itself for the cores, while the service's own
+//! work (reading requests, answering, committing) comes first, so one
+//! tenant's heavy plugins cost another tenant's plugin-free requests
+//! little. Each tenant's plugins are bounded by its time budget besides.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
+/// The nice value of the threads that run plugins.
+pub const PLUGIN_NICE: i32 = 5;
+
+type Job = Box<dyn FnOnce() + Send>;
+
 pub(super) struct Workers {
     all: Arc<Semaphore>,
     share: usize,
     tenants: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The plugin threads' queue: as many threads as permits, so a job
+    /// that holds a permit never waits for a thread.
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
 /// A running batch's hold on a worker: the tenant's and the shared permit.
@@ -37,12 +51,50 @@ impl Drop for Permit {
 }
 
 impl Workers {
-    pub fn new(total: usize) -> Workers {
+    /// # Errors
+    ///
+    /// When a thread cannot be started.
+    pub fn new(total: usize) -> std::io::Result<Workers> {
         let total = total.max(1);
-        Workers {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(total);
+        let queue = Arc::new(parking_lot::Mutex::new(queue));
+        for i in 0..total {
+            let queue = queue.clone();
+            std::thread::Builder::new().name(format!("sluice-plugin-{i}")).spawn(move || {
+                crate::sandbox::lower_thread_priority(PLUGIN_NICE);
+                loop {
+                    let job = queue.lock().recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        }
+        Ok(Workers {
             all: Arc::new(Semaphore::new(total)),
             share: (total / 2).max(1),
             tenants: parking_lot::Mutex::new(HashMap::new()),
+            jobs,
+        })
+    }
+
+    /// Run `f` on a plugin thread (the caller holds a [`Permit`]).
+    ///
+    /// # Errors
+    ///
+    /// When `f` panicked or the threads are gone.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = done.send(outcome);
+        });
+        self.jobs.try_send(job).map_err(|e| format!("no plugin thread takes the batch: {e}"))?;
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err("a plugin run panicked".into()),
+            Err(_) => Err("the plugin thread is gone".into()),
         }
     }
 

@@ -21,7 +21,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use duckdb::Connection;
@@ -80,6 +80,11 @@ pub struct IdempotencyRecord {
 }
 
 impl WriteBatch {
+    /// Rows numbered by the sequence: events and dead letters.
+    pub(crate) fn rows(&self) -> usize {
+        self.events.len() + self.dead_letters.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
             && self.dead_letters.is_empty()
@@ -142,15 +147,16 @@ pub struct EventStore {
 
 struct Inner {
     path: PathBuf,
-    writer: mpsc::Sender<Command>,
+    writer: writer::Lanes,
     readers: Mutex<Vec<Connection>>,
     /// A connection kept only to clone readers from.
     base: Mutex<Connection>,
     cursor_key: [u8; 32],
     /// The only directory DuckDB may write files to (exports).
     export_dir: PathBuf,
-    /// Highest sequence number committed (see `read::list_events`).
-    committed: Arc<AtomicI64>,
+    /// Which sequence numbers are committed, by space (see
+    /// `read::list_events`).
+    sequencer: Arc<writer::Sequencer>,
     /// Admission, snapshots and workers of analysts' queries.
     query: query::QueryService,
     /// Bumped after every commit and control write: a snapshot refreshed at
@@ -260,19 +266,16 @@ impl EventStore {
              SET lock_configuration = true;",
             memory_limit
         ))?;
-        let write_conn = conn.try_clone()?;
-        let (tx, rx) = mpsc::channel(queue_depth.max(1));
-        let committed = Arc::new(AtomicI64::new(0));
-        writer::spawn(write_conn, rx, committed.clone())?;
+        let (lanes, sequencer) = writer::spawn(&conn, queue_depth)?;
         Ok(EventStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                writer: tx,
+                writer: lanes,
                 readers: Mutex::new(Vec::new()),
                 base: Mutex::new(conn),
                 cursor_key,
                 export_dir,
-                committed,
+                sequencer,
                 query,
                 changes: std::sync::atomic::AtomicU64::new(0),
                 usage: Mutex::new(HashMap::new()),
@@ -316,7 +319,8 @@ impl EventStore {
             }
         }
         let (done, wait) = oneshot::channel();
-        self.inner.writer.try_send(Command::Write { batch, done }).map_err(|e| match e {
+        let lane = if batch.rows() > writer::BULK_ROWS { &self.inner.writer.bulk } else { &self.inner.writer.main };
+        lane.try_send(Command::Write { batch, done }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 crate::metrics::overloaded();
                 StoreError::Overloaded
@@ -355,7 +359,8 @@ impl EventStore {
     }
 
     /// Run a control-plane write (tenants, tokens, plugin settings) on the
-    /// writer's connection, in order with event writes.
+    /// main writer lane's connection, in order with that lane's writes
+    /// (every write acknowledged before it was queued is committed).
     ///
     /// # Errors
     ///
@@ -369,7 +374,7 @@ impl EventStore {
         let job: Job = Box::new(move |conn| {
             let _ = done.send(f(conn));
         });
-        self.inner.writer.send(Command::Run(job)).await.map_err(|_| StoreError::Closed)?;
+        self.inner.writer.main.send(Command::Run(job)).await.map_err(|_| StoreError::Closed)?;
         let done = wait.await.map_err(|_| StoreError::Closed);
         self.inner.changes.fetch_add(1, Ordering::AcqRel);
         Ok(done??)
@@ -457,9 +462,9 @@ impl EventStore {
         self.inner.changes.load(Ordering::Acquire)
     }
 
-    /// Highest sequence number committed so far.
-    pub(crate) fn committed_seq(&self) -> i64 {
-        self.inner.committed.load(Ordering::Acquire)
+    /// Every sequence number of `space` at or below this is committed.
+    pub(crate) fn committed_seq(&self, space: &str) -> i64 {
+        self.inner.sequencer.committed(space)
     }
 
     pub(crate) fn cursor_key(&self) -> &[u8; 32] {

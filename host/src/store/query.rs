@@ -421,7 +421,7 @@ impl EventStore {
         }
         let wanted: Vec<&'static str> = views.iter().copied().collect();
         let path = self.inner.query.snapshot_path(space);
-        let (space, committed) = (space.to_string(), self.committed_seq());
+        let (space, committed) = (space.to_string(), self.committed_seq(space));
         let mut marks = fresh.marks.clone();
         fresh.marks = self
             .read(move |conn| {

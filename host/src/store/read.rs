@@ -176,7 +176,7 @@ impl EventStore {
         // Look in a window below the cursor first and widen it until the page
         // is full or the window covers the table: the first page and deep
         // pages then read a few row groups, not the whole table.
-        let below = after.unwrap_or(self.committed_seq() + 1);
+        let below = after.unwrap_or(self.committed_seq(&tenant) + 1);
         self.read(move |conn| {
             let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?");
             let mut args = vec![DbValue::Text(tenant.clone())];

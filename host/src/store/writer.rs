@@ -1,10 +1,16 @@
-//! The writer thread: sole owner of the writing connection and its Appenders.
+//! The writer threads: two lanes, each the sole owner of its writing
+//! connection and Appenders. Requests of more than [`BULK_ROWS`] rows (a
+//! large batch, a wide fan-out) are committed on the bulk lane and the rest
+//! on the main lane, with control-plane jobs: DuckDB runs the two lanes'
+//! transactions side by side (appends never conflict), so a small request
+//! never waits for a large one's append and commit, only, at most, for the
+//! database's short commit step.
 
 use duckdb::types::{TimeUnit, Value};
 use duckdb::{params, Connection};
 use tokio::sync::mpsc;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use duckdb::arrow::array::{
@@ -19,31 +25,86 @@ use crate::event::{Event, Lineage, StoredEvent, COLUMN_ATTRIBUTES};
 /// Most write requests committed in one group.
 const MAX_GROUP: usize = 256;
 
-/// Start the writer. `committed` follows the highest sequence number
-/// committed so far (readers use it to bound their scans).
-pub(super) fn spawn(
-    conn: Connection,
-    rx: mpsc::Receiver<Command>,
-    committed: Arc<AtomicI64>,
-) -> Result<(), StoreError> {
+/// A request with more rows (events and dead letters) than this is
+/// committed on the bulk lane.
+pub(super) const BULK_ROWS: usize = 1024;
+
+/// The main lane stops adding requests to a group at this many rows, so
+/// its commits stay short (~5 ms) whatever the load.
+const MAIN_GROUP_ROWS: usize = 2 * BULK_ROWS;
+
+/// Sequence numbers (the listing's keyset, and how snapshots follow
+/// `events` and `dead_letters`): handed out in ranges to the lanes'
+/// transactions, which may commit out of order. A reader of a space looks
+/// only below the first range of that space still in flight, so it never
+/// sees a row appear behind its cursor; a range rolled back stays a gap.
+pub(super) struct Sequencer {
+    state: parking_lot::Mutex<Ranges>,
+}
+
+struct Ranges {
+    next: i64,
+    /// In-flight ranges by first number, with the spaces they write.
+    in_flight: BTreeMap<i64, Vec<String>>,
+}
+
+impl Sequencer {
+    pub(super) fn new(next: i64) -> Sequencer {
+        Sequencer { state: parking_lot::Mutex::new(Ranges { next, in_flight: BTreeMap::new() }) }
+    }
+
+    /// Reserve `n` numbers for a transaction writing `spaces`; returns the
+    /// first. [`Sequencer::finish`] it once committed or rolled back.
+    fn reserve(&self, n: usize, spaces: Vec<String>) -> i64 {
+        let mut state = self.state.lock();
+        let first = state.next;
+        state.next += n as i64;
+        state.in_flight.insert(first, spaces);
+        first
+    }
+
+    fn finish(&self, first: i64) {
+        self.state.lock().in_flight.remove(&first);
+    }
+
+    /// Every number of `space` at or below this is committed (or a gap).
+    pub(super) fn committed(&self, space: &str) -> i64 {
+        let state = self.state.lock();
+        let pending = state.in_flight.iter().find(|(_, spaces)| spaces.iter().any(|s| s == space));
+        pending.map_or(state.next, |(first, _)| *first) - 1
+    }
+}
+
+/// The writer lanes' queues.
+pub(super) struct Lanes {
+    pub main: mpsc::Sender<Command>,
+    pub bulk: mpsc::Sender<Command>,
+}
+
+/// Start the writer lanes on clones of `conn`, `depth` requests queued in
+/// each. Returns their queues and the sequencer readers consult.
+pub(super) fn spawn(conn: &Connection, depth: usize) -> Result<(Lanes, Arc<Sequencer>), StoreError> {
     let next_seq: i64 = conn.query_row(
         "SELECT greatest((SELECT coalesce(max(seq), 0) FROM events), (SELECT coalesce(max(seq), 0) FROM dead_letters)) + 1",
         [],
         |row| row.get(0),
     )?;
-    std::thread::Builder::new().name("sluice-writer".into()).spawn(move || {
-        committed.store(next_seq - 1, Ordering::Release);
-        Writer { conn, next_seq, committed }.run(rx)
-    })?;
-    Ok(())
+    let sequencer = Arc::new(Sequencer::new(next_seq));
+    let lane = |name: &str, group_rows: usize| -> Result<mpsc::Sender<Command>, StoreError> {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        let writer = Writer { conn: conn.try_clone()?, sequencer: sequencer.clone(), group_rows };
+        std::thread::Builder::new().name(name.into()).spawn(move || writer.run(rx))?;
+        Ok(tx)
+    };
+    let lanes = Lanes { main: lane("sluice-writer", MAIN_GROUP_ROWS)?, bulk: lane("sluice-writer-bulk", usize::MAX)? };
+    Ok((lanes, sequencer))
 }
 
 struct Writer {
     conn: Connection,
-    /// Insertion order of rows; the listing's keyset. Only this thread
-    /// assigns it, so it is strictly increasing in commit order.
-    next_seq: i64,
-    committed: Arc<AtomicI64>,
+    sequencer: Arc<Sequencer>,
+    /// A group takes no further request once it holds this many rows.
+    group_rows: usize,
 }
 
 fn ts(micros: i64) -> Value {
@@ -177,7 +238,8 @@ impl Writer {
                         job(&self.conn);
                     }
                 }
-                if group.len() < MAX_GROUP {
+                let rows: usize = group.iter().map(|(b, _)| b.rows()).sum();
+                if group.len() < MAX_GROUP && rows < self.group_rows {
                     next = rx.try_recv().ok();
                 }
             }
@@ -189,7 +251,6 @@ impl Writer {
         if group.is_empty() {
             return;
         }
-        let start_seq = self.next_seq;
         let batches: Vec<&WriteBatch> = group.iter().map(|(b, _)| b).collect();
         let rows: usize = batches.iter().map(|b| b.events.len()).sum();
         let started = std::time::Instant::now();
@@ -205,41 +266,41 @@ impl Writer {
                 // One bad request must not fail its neighbours: retry each
                 // request alone, so only the faulty one is refused.
                 tracing::warn!(error = %e, requests = group.len(), "group commit failed; retrying one by one");
-                self.next_seq = start_seq;
                 for (batch, done) in group.drain(..) {
-                    let seq = self.next_seq;
-                    let result = self.write(&[&batch]);
-                    if result.is_err() {
-                        self.next_seq = seq;
-                    }
-                    let _ = done.send(result);
+                    let _ = done.send(self.write(&[&batch]));
                 }
             }
         }
     }
 
     fn write(&mut self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN TRANSACTION")?;
-        match self.append(batches) {
-            Ok(()) => match self.conn.execute_batch("COMMIT") {
-                Ok(()) => {
-                    self.committed.store(self.next_seq - 1, Ordering::Release);
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    Err(e.into())
-                }
-            },
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
+        let rows = batches.iter().map(|b| b.rows()).sum();
+        let mut spaces: Vec<String> = Vec::new();
+        for space in batches
+            .iter()
+            .flat_map(|b| b.events.iter().map(|e| &e.event.tenant).chain(b.dead_letters.iter().map(|d| &d.tenant)))
+        {
+            if !spaces.contains(space) {
+                spaces.push(space.clone());
             }
         }
+        let first = self.sequencer.reserve(rows, spaces);
+        let result = self.transaction(batches, first);
+        self.sequencer.finish(first);
+        result
     }
 
-    fn append(&mut self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
-        let mut seq = self.next_seq;
+    fn transaction(&mut self, batches: &[&WriteBatch], first: i64) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        let result = self.append(batches, first).and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
+        if result.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    fn append(&mut self, batches: &[&WriteBatch], first: i64) -> Result<(), StoreError> {
+        let mut seq = first;
         let events: Vec<&StoredEvent> = batches.iter().flat_map(|b| &b.events).collect();
         if !events.is_empty() {
             // Columnar (Arrow) append: an order of magnitude faster than
@@ -319,7 +380,32 @@ impl Writer {
             let list = replayed.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
             self.conn.execute(&format!("DELETE FROM dead_letters WHERE seq IN ({list})"), [])?;
         }
-        self.next_seq = seq;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sequencer;
+
+    #[test]
+    fn a_space_sees_only_below_its_own_first_range_in_flight() {
+        let seq = Sequencer::new(1);
+        let big = seq.reserve(10_000, vec!["noisy".into()]);
+        let small = seq.reserve(1, vec!["quiet".into()]);
+        assert_eq!((big, small), (1, 10_001));
+        // The small range commits first: quiet sees it at once; noisy sees
+        // nothing of its own range yet, whatever else committed.
+        seq.finish(small);
+        assert_eq!(seq.committed("quiet"), 10_001);
+        assert_eq!(seq.committed("noisy"), 0);
+        let later = seq.reserve(5, vec!["noisy".into(), "quiet".into()]);
+        assert_eq!(seq.committed("quiet"), later - 1);
+        seq.finish(big);
+        assert_eq!(seq.committed("noisy"), later - 1);
+        // A rolled-back range is a gap: finished all the same.
+        seq.finish(later);
+        assert_eq!(seq.committed("noisy"), 10_006);
+        assert_eq!(seq.committed("anyone"), 10_006);
     }
 }

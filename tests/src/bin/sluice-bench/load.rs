@@ -107,6 +107,15 @@ pub async fn ingest(
     Ok(rate)
 }
 
+/// How a flooding client takes a 429.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum On429 {
+    /// Waits the `Retry-After` it was given (a well-behaved client).
+    Wait,
+    /// Posts again at once (a hostile one).
+    Ignore,
+}
+
 /// Post `body` to `path` from `connections` closed loops until `stop`;
 /// returns how many answers of each status came back.
 pub async fn flood(
@@ -116,6 +125,7 @@ pub async fn flood(
     body: &Arc<Vec<u8>>,
     connections: usize,
     duration: Duration,
+    on_429: On429,
 ) -> std::collections::BTreeMap<u16, u64> {
     let deadline = Instant::now() + duration;
     let loops = (0..connections).map(|_| async move {
@@ -132,7 +142,12 @@ pub async fn flood(
             let status = match r {
                 Ok(r) => {
                     let status = r.status().as_u16();
+                    let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                     let _ = r.bytes().await;
+                    if let (429, Some(secs), On429::Wait) = (status, wait, on_429) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(Duration::from_secs(secs).min(left)).await;
+                    }
                     status
                 }
                 Err(_) => 0,

@@ -18,7 +18,7 @@ use anyhow::Result;
 use clap::Parser;
 use serde_json::{json, Value};
 
-use load::{body, fixed_rate, ingest, Figures};
+use load::{body, fixed_rate, ingest, Figures, On429};
 use server::Server;
 
 #[derive(Parser)]
@@ -221,15 +221,32 @@ async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
     };
     let alone = fixed_rate(&server, &quiet, &single, 200.0, phase).await?;
     figures.add("fairness: quiet tenant alone", quiet_latency(&alone));
-    let scenarios: [(&str, &str, Arc<Vec<u8>>, usize); 3] = [
-        ("fan-out x100, batches of 100 from 2 connections", "/v1/events", events("fan.out", 100), 2),
-        ("fan-out x100, batches of 1000 from 2 connections", "/v1/events", events("fan.out", 1000), 2),
-        ("a plugin spinning to its 500 ms deadline, 8 connections", "/v1/events", events("spin.x", 1), 8),
+    // Each load twice: from a client that waits out the Retry-After of a
+    // 429, and from one that posts again at once.
+    let scenarios: [(&str, &str, Arc<Vec<u8>>, usize, On429); 6] = [
+        ("fan-out x100, batches of 100 from 2 connections", "/v1/events", events("fan.out", 100), 2, On429::Wait),
+        ("fan-out x100, batches of 100 from 2 connections", "/v1/events", events("fan.out", 100), 2, On429::Ignore),
+        ("fan-out x100, batches of 1000 from 2 connections", "/v1/events", events("fan.out", 1000), 2, On429::Wait),
+        ("fan-out x100, batches of 1000 from 2 connections", "/v1/events", events("fan.out", 1000), 2, On429::Ignore),
+        ("a plugin spinning to its 500 ms deadline, 8 connections", "/v1/events", events("spin.x", 1), 8, On429::Wait),
+        (
+            "a plugin spinning to its 500 ms deadline, 8 connections",
+            "/v1/events",
+            events("spin.x", 1),
+            8,
+            On429::Ignore,
+        ),
     ];
-    for (what, path, noisy_body, connections) in scenarios {
+    for (what, path, noisy_body, connections, on_429) in scenarios {
+        // A pause between phases: one phase's tail does not run into the next.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let what = match on_429 {
+            On429::Wait => format!("{what}, waiting out 429s"),
+            On429::Ignore => format!("{what}, ignoring 429s"),
+        };
         let (latency, statuses) = tokio::join!(
             fixed_rate(&server, &quiet, &single, 200.0, phase),
-            load::flood(&server, &noisy, path, &noisy_body, connections, phase)
+            load::flood(&server, &noisy, path, &noisy_body, connections, phase, on_429)
         );
         figures.add(
             &format!("fairness: quiet beside {what}"),
@@ -242,7 +259,7 @@ async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
     )?);
     let (latency, statuses) = tokio::join!(
         fixed_rate(&server, &quiet, &single, 200.0, phase),
-        load::flood(&server, &noisy, "/v1/query", &heavy, 2, phase)
+        load::flood(&server, &noisy, "/v1/query", &heavy, 2, phase, On429::Ignore)
     );
     figures.add(
         "fairness: quiet beside a heavy query in a loop",
