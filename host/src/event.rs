@@ -152,6 +152,9 @@ pub struct PluginRun {
     /// The fault's reason (`timeout`, `panic`, ...) when the call failed.
     pub fault: Option<String>,
     pub elapsed_us: i64,
+    /// CPU time of the call (what the tenant's plugin time budget is
+    /// charged); not stored.
+    pub cpu_us: i64,
     pub fuel: u64,
 }
 

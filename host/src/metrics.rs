@@ -58,7 +58,7 @@ pub fn plugin_run(run: &PluginRun) {
     histogram!("sluice_plugin_call_seconds", &labels).record(run.elapsed_us as f64 / 1e6);
     // Plugin time per tenant, all its plugins together.
     let tenant = run.tenant.split(':').next().unwrap_or(&run.tenant).to_string();
-    counter!("sluice_tenant_plugin_microseconds_total", "tenant" => tenant).increment(run.elapsed_us.max(0) as u64);
+    counter!("sluice_tenant_plugin_microseconds_total", "tenant" => tenant).increment(run.cpu_us.max(0) as u64);
     histogram!("sluice_plugin_fuel", &labels).record(run.fuel as f64);
 }
 

@@ -75,6 +75,16 @@ pub fn lower_thread_priority(nice: i32) {
     let _ = nice;
 }
 
+/// CPU time the calling thread has used so far.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// From now on this process opens no file except below `writable` (nothing
 /// at all when `None`), binds and connects no TCP port, and can neither
 /// signal processes nor reach abstract UNIX sockets outside itself

@@ -492,7 +492,7 @@ impl Pipeline {
 
     /// Charge a run's plugin time to its tenant.
     fn charge_plugin_time(&self, tenant: &str, output: &RunOutput) {
-        let spent: i64 = output.batch.runs.iter().map(|r| r.elapsed_us.max(0)).sum();
+        let spent: i64 = output.batch.runs.iter().map(|r| r.cpu_us.max(0)).sum();
         self.plugin_time.charge(tenant, spent as usize);
     }
 

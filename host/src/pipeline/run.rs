@@ -357,6 +357,7 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             rejected: 0,
             fault: None,
             elapsed_us: report.elapsed.as_micros() as i64,
+            cpu_us: report.cpu.as_micros() as i64,
             fuel: report.fuel,
         };
         match &result {

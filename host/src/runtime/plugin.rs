@@ -138,6 +138,9 @@ impl PluginFault {
 #[derive(Debug, Clone, Default)]
 pub struct CallReport {
     pub elapsed: Duration,
+    /// CPU time of the calling thread over the call: what the plugin used,
+    /// not what it waited while other threads ran.
+    pub cpu: Duration,
     /// Fuel burned (0 when metering is off).
     pub fuel: u64,
     pub logs: Vec<LogRecord>,
@@ -245,6 +248,7 @@ impl PluginInstances {
     pub fn process(&self, events: &[types::Event]) -> (Result<Vec<types::Outcome>, PluginFault>, CallReport) {
         let mut report = CallReport::default();
         let started = Instant::now();
+        let cpu = crate::sandbox::thread_cpu_time();
         let live = self.idle.lock().pop();
         let mut live = match live {
             Some(live) => live,
@@ -252,6 +256,7 @@ impl PluginInstances {
                 Ok(live) => live,
                 Err(fault) => {
                     report.elapsed = started.elapsed();
+                    report.cpu = crate::sandbox::thread_cpu_time().saturating_sub(cpu);
                     return (Err(fault), report);
                 }
             },
@@ -261,6 +266,7 @@ impl PluginInstances {
         report.fuel += self.spent(&live.store, budget);
         Self::take_logs(&mut live.store, &mut report);
         report.elapsed = started.elapsed();
+        report.cpu = crate::sandbox::thread_cpu_time().saturating_sub(cpu);
         match result {
             Ok(outcomes) if outcomes.len() == events.len() => {
                 let mut idle = self.idle.lock();

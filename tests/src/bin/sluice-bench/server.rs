@@ -42,13 +42,14 @@ fn spawn(bin: &Path, dir: &Path, port: u16, unlimited: bool) -> Result<Child> {
         .env("SLUICE_ADMIN_TOKEN", ADMIN)
         .env("SLUICE_MAX_BATCH_EVENTS", "10000");
     if unlimited {
-        // What one tenant can push through the server: the per-tenant rate
-        // and fan-out bounds (defaults 50,000 events/s and 20,000 per
-        // request) would cap the figures themselves.
+        // What one tenant can push through the server: the per-tenant rate,
+        // fan-out and plugin time bounds (defaults 50,000 events/s, 20,000
+        // per request, one core) would cap the figures themselves.
         command
             .env("SLUICE_TENANT_EVENTS_PER_SEC", "100000000")
             .env("SLUICE_TENANT_EVENTS_BURST", "100000000")
-            .env("SLUICE_MAX_STORED_EVENTS", "10000000");
+            .env("SLUICE_MAX_STORED_EVENTS", "10000000")
+            .env("SLUICE_TENANT_PLUGIN_MS_PER_SEC", "1000000");
     }
     command.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().context("start sluice")
 }
