@@ -57,6 +57,13 @@ pub struct Settings {
     /// see BENCHMARKS.md for why it is large).
     #[arg(long, env = "SLUICE_CHECKPOINT_THRESHOLD", default_value = "512MB")]
     pub checkpoint_threshold: String,
+    /// DuckDB worker threads of the embedded store (its `threads`): its
+    /// statements are appends, commits and keyed reads, which parallelism
+    /// does not speed up but whose hand-offs to busy threads delay a
+    /// one-row commit by up to 300 ms (BENCHMARKS.md, "Fairness"). Analysts'
+    /// queries run in worker processes with threads of their own.
+    #[arg(long, env = "SLUICE_STORE_THREADS", default_value_t = 1)]
+    pub store_threads: usize,
     /// Longest analyst query before it is interrupted, in seconds.
     #[arg(long, env = "SLUICE_QUERY_TIMEOUT_SECS", default_value_t = 10)]
     pub query_timeout_secs: u64,
@@ -138,6 +145,7 @@ impl Settings {
             plugin_workers: 0,
             duckdb_memory_limit: "4GB".into(),
             checkpoint_threshold: "512MB".into(),
+            store_threads: 1,
             query_timeout_secs: 10,
             query_max_rows: 10_000,
             retention_interval_secs: 300,

@@ -50,6 +50,7 @@ impl Application {
             cursor_key: cursor_key(&settings)?,
             memory_limit: settings.duckdb_memory_limit.clone(),
             checkpoint_threshold: settings.checkpoint_threshold.clone(),
+            threads: settings.store_threads,
             queue_depth: settings.write_queue_depth,
             query: QueryOptions {
                 worker_program: settings.worker_program().context("cannot locate the query worker program")?,

@@ -132,6 +132,8 @@ pub struct StoreOptions {
     pub memory_limit: String,
     /// DuckDB's `checkpoint_threshold`, e.g. `512MB`.
     pub checkpoint_threshold: String,
+    /// DuckDB's `threads` (at least 1).
+    pub threads: usize,
     /// Most write requests waiting for the writer; beyond it writes are
     /// refused with [`StoreError::Overloaded`] instead of growing memory.
     pub queue_depth: usize,
@@ -234,9 +236,10 @@ impl EventStore {
     ///
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path, options: StoreOptions) -> Result<EventStore, StoreError> {
-        let StoreOptions { cursor_key, memory_limit, checkpoint_threshold, queue_depth, query } = options;
+        let StoreOptions { cursor_key, memory_limit, checkpoint_threshold, threads, queue_depth, query } = options;
         check_size("memory limit", &memory_limit)?;
         check_size("checkpoint threshold", &checkpoint_threshold)?;
+        let threads = threads.max(1);
         let dir = path.parent().unwrap_or(Path::new("."));
         let query = query::QueryService::new(query, dir)?;
         let export_dir = std::path::absolute(dir.join("exports"))?;
@@ -259,6 +262,7 @@ impl EventStore {
         conn.execute_batch(&format!(
             "SET memory_limit = '{}'; \
              SET checkpoint_threshold = '{checkpoint_threshold}'; \
+             SET threads = {threads}; \
              SET allowed_directories = ['{allowed}']; \
              SET enable_external_access = false; \
              SET autoinstall_known_extensions = false; \
