@@ -75,6 +75,73 @@ pub fn lower_thread_priority(nice: i32) {
     let _ = nice;
 }
 
+/// A fixed set of threads at a lower priority, for tenants' heavy work
+/// (plugin runs, snapshot copies): it competes with itself for the cores,
+/// while the service's own work (reading requests, answering, committing)
+/// comes first.
+pub struct Threads {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Threads {
+    /// Start `count` threads named `name-N` at nice `nice`; they end when
+    /// the `Threads` is dropped.
+    ///
+    /// # Errors
+    ///
+    /// When a thread cannot be started.
+    pub fn start(name: &str, count: usize, nice: i32) -> std::io::Result<Threads> {
+        let count = count.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(count);
+        let queue = std::sync::Arc::new(parking_lot::Mutex::new(queue));
+        for i in 0..count {
+            let queue = queue.clone();
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                lower_thread_priority(nice);
+                loop {
+                    let job = queue.lock().recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })?;
+        }
+        Ok(Threads { jobs })
+    }
+
+    /// Run `f` on one of the threads; waits while all are busy.
+    ///
+    /// # Errors
+    ///
+    /// When `f` panicked or the threads are gone.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = done.send(outcome);
+        });
+        let jobs = self.jobs.clone();
+        // The queue holds one job per thread: a full one blocks, so hand it
+        // over off the async threads.
+        match jobs.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err("the job panicked".into()),
+            Err(_) => Err("the thread is gone".into()),
+        }
+    }
+}
+
 /// CPU time the calling thread has used so far.
 pub fn thread_cpu_time() -> std::time::Duration {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -22,15 +22,13 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 /// The nice value of the threads that run plugins.
 pub const PLUGIN_NICE: i32 = 5;
 
-type Job = Box<dyn FnOnce() + Send>;
-
 pub(super) struct Workers {
     all: Arc<Semaphore>,
     share: usize,
     tenants: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// The plugin threads' queue: as many threads as permits, so a job
-    /// that holds a permit never waits for a thread.
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    /// As many threads as permits, so a batch that holds a permit never
+    /// waits for a thread.
+    threads: crate::sandbox::Threads,
 }
 
 /// A running batch's hold on a worker: the tenant's and the shared permit.
@@ -56,26 +54,11 @@ impl Workers {
     /// When a thread cannot be started.
     pub fn new(total: usize) -> std::io::Result<Workers> {
         let total = total.max(1);
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(total);
-        let queue = Arc::new(parking_lot::Mutex::new(queue));
-        for i in 0..total {
-            let queue = queue.clone();
-            std::thread::Builder::new().name(format!("sluice-plugin-{i}")).spawn(move || {
-                crate::sandbox::lower_thread_priority(PLUGIN_NICE);
-                loop {
-                    let job = queue.lock().recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                }
-            })?;
-        }
         Ok(Workers {
             all: Arc::new(Semaphore::new(total)),
             share: (total / 2).max(1),
             tenants: parking_lot::Mutex::new(HashMap::new()),
-            jobs,
+            threads: crate::sandbox::Threads::start("sluice-plugin", total, PLUGIN_NICE)?,
         })
     }
 
@@ -85,17 +68,7 @@ impl Workers {
     ///
     /// When `f` panicked or the threads are gone.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = done.send(outcome);
-        });
-        self.jobs.try_send(job).map_err(|e| format!("no plugin thread takes the batch: {e}"))?;
-        match result.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err("a plugin run panicked".into()),
-            Err(_) => Err("the plugin thread is gone".into()),
-        }
+        self.threads.run(f).await.map_err(|e| format!("plugin run: {e}"))
     }
 
     /// Wait for a worker for a batch of `tenant`.

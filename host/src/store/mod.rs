@@ -161,6 +161,9 @@ struct Inner {
     sequencer: Arc<writer::Sequencer>,
     /// Admission, snapshots and workers of analysts' queries.
     query: query::QueryService,
+    /// Where analysts' heavy reads run (snapshot copies, exports): as many
+    /// threads as queries may run, at the query workers' nice 10.
+    background: crate::sandbox::Threads,
     /// Bumped after every commit and control write: a snapshot refreshed at
     /// the current value needs no refresh.
     changes: std::sync::atomic::AtomicU64,
@@ -271,6 +274,7 @@ impl EventStore {
             memory_limit
         ))?;
         let (lanes, sequencer) = writer::spawn(&conn, queue_depth)?;
+        let background = crate::sandbox::Threads::start("sluice-analyst", query.options.max_concurrent, 10)?;
         Ok(EventStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -281,6 +285,7 @@ impl EventStore {
                 export_dir,
                 sequencer,
                 query,
+                background,
                 changes: std::sync::atomic::AtomicU64::new(0),
                 usage: Mutex::new(HashMap::new()),
                 waiting: Arc::new(Mutex::new(HashMap::new())),
@@ -406,6 +411,34 @@ impl EventStore {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// A read for an analyst (a snapshot copy, an export) on the store's
+    /// background threads, which yield the cores to ingest.
+    ///
+    /// # Errors
+    ///
+    /// The closure's error, or [`StoreError::Closed`] when the threads are
+    /// gone.
+    pub(crate) async fn read_in_background<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.inner
+            .background
+            .run(move || {
+                let conn = match inner.readers.lock().pop() {
+                    Some(conn) => conn,
+                    None => inner.base.lock().try_clone()?,
+                };
+                let result = f(&conn);
+                inner.readers.lock().push(conn);
+                result
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// The same reads, synchronously, for callers already on a blocking

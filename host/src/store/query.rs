@@ -424,7 +424,7 @@ impl EventStore {
         let (space, committed) = (space.to_string(), self.committed_seq(space));
         let mut marks = fresh.marks.clone();
         fresh.marks = self
-            .read(move |conn| {
+            .read_in_background(move |conn| {
                 super::snapshot::refresh(conn, &path, &space, &wanted, committed, &mut marks)?;
                 Ok(marks)
             })

@@ -171,8 +171,9 @@ impl EventStore {
     ) -> Result<EventPage, StoreError> {
         let key = *self.cursor_key();
         let after = cursor.map(|c| decode_cursor(&key, &tenant, &filter, &c)).transpose()?;
-        // Rows are appended in sequence order, so DuckDB's per-row-group
-        // min/max of `seq` lets it skip everything outside a sequence window.
+        // Rows are appended in about sequence order (each lane in order; the
+        // two lanes' requests interleave), so DuckDB's per-row-group min/max
+        // of `seq` lets it skip everything outside a sequence window.
         // Look in a window below the cursor first and widen it until the page
         // is full or the window covers the table: the first page and deep
         // pages then read a few row groups, not the whole table.
@@ -239,7 +240,7 @@ impl EventStore {
     /// Export a tenant space's events in `[from, to)` into a Parquet file
     /// under the export directory. An export takes one of the space's
     /// analyst slots (shared with queries) while DuckDB writes the file, runs
-    /// in insertion order without a sort (so its memory does not grow with
+    /// in commit order without a sort (so its memory does not grow with
     /// the export), and is interrupted when the caller stops waiting; the
     /// file is removed when the returned guard drops.
     ///
@@ -253,12 +254,12 @@ impl EventStore {
         let running = cancel.clone();
         let mut guard = InterruptOnDrop(Some(cancel));
         let done = self
-            .read(move |conn| {
+            .read_in_background(move |conn| {
                 let mut sql = "SELECT * EXCLUDE (tenant) FROM events WHERE tenant = ?".to_string();
                 let mut args = vec![DbValue::Text(space)];
                 filter.conditions(&mut sql, &mut args);
-                // Rows are appended in `seq` order by the one writer and
-                // DuckDB preserves insertion order: no ORDER BY, no sort.
+                // DuckDB keeps rows in commit order (each request's rows in
+                // `seq` order): no ORDER BY, no sort.
                 let copy = format!("COPY ({sql}) TO '{}' (FORMAT parquet)", file.path().display());
                 if !running.arm(conn) {
                     return Err(StoreError::Closed);
