@@ -12,11 +12,12 @@
 //!   tenant's share of the plugin workers, ingest rate, plugin time and
 //!   quotas.
 //! - [`runtime`]: the wasmtime sandbox; compiling, limits, calls, faults.
-//! - [`store`]: DuckDB behind one narrow interface; group-committing writer,
-//!   listing, control-plane tables; analysts' SQL in query workers over
-//!   per-space snapshots.
+//! - [`store`]: DuckDB behind one narrow interface; two group-committing
+//!   writer lanes (main and bulk), listing, control-plane tables; analysts'
+//!   SQL in query workers over per-space snapshots.
 //! - [`sandbox`]: what the kernel enforces on the query and compile workers
-//!   (rlimits, priority, Landlock).
+//!   (rlimits, priority, Landlock), and the lower-priority threads that run
+//!   plugins and analysts' heavy reads.
 //! - [`metrics`]: Prometheus counters and histograms, rendered at `/metrics`.
 //! - [`cli`]: the command-line client of a running server.
 //! - [`config`] and [`startup`]: settings and the `Application` that ties the

@@ -204,7 +204,7 @@ pub struct Pipeline {
     rates: admission::Rates,
     /// Each tenant's plugin time budget, in microseconds per second, all
     /// its plugins together: a run starts only while the tenant is not in
-    /// debt, and each run is charged what its calls took (each call is
+    /// debt, and each run is charged the CPU time its calls used (each call is
     /// bounded by its epoch deadline).
     plugin_time: admission::Rates,
     /// Tenants' quotas, as last set (`PUT /v1/quotas`), for the tenants

@@ -1,5 +1,5 @@
 //! The control plane's tables: tenants, tokens and plugin installations.
-//! Writes go through the writer thread, in order with event writes.
+//! Writes go through the main writer lane, in order with its event writes.
 
 use duckdb::OptionalExt;
 
