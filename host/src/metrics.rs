@@ -92,6 +92,11 @@ pub fn throttled(tenant: &str, reason: &'static str) {
     counter!("sluice_tenant_throttled_total", "tenant" => tenant, "reason" => reason).increment(1);
 }
 
+/// Write requests of a tenant waiting for the store (queued or committing).
+pub fn write_queue(tenant: &str, waiting: usize) {
+    gauge!("sluice_tenant_write_queue", "tenant" => tenant.to_string()).set(waiting as f64);
+}
+
 /// How many plugin workers `tenant` holds now.
 pub fn plugin_workers(tenant: &str, held: usize) {
     gauge!("sluice_tenant_plugin_workers", "tenant" => tenant.to_string()).set(held as f64);

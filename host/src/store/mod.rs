@@ -188,6 +188,7 @@ impl Drop for Waiting {
         let mut waiting = self.waiting.lock();
         if let Some(n) = waiting.get_mut(&self.tenant) {
             *n -= 1;
+            crate::metrics::write_queue(&self.tenant, *n);
             if *n == 0 {
                 waiting.remove(&self.tenant);
             }
@@ -364,6 +365,7 @@ impl EventStore {
             )));
         }
         *n += 1;
+        crate::metrics::write_queue(&tenant, *n);
         Ok(Waiting { tenant, waiting: self.inner.waiting.clone() })
     }
 

@@ -169,7 +169,7 @@ async fn one_tenant_holds_at_most_a_quarter_of_the_write_queue() {
     // A queue of 8: a tenant may have 2 writes waiting; beyond, its own
     // requests get 429 while another tenant's are still taken.
     let app = spawn_app_with(|s| s.write_queue_depth = 8).await;
-    let noisy = app.create_tenant("noisy").await;
+    let noisy = app.create_tenant("noisy-queue").await;
     let quiet = app.create_tenant("quiet").await;
     let batch: Vec<Value> = (0..2000).map(|i| json!({"event_type": "bulk", "task_id": i})).collect();
     let flood: Vec<_> = (0..24)
@@ -197,6 +197,11 @@ async fn one_tenant_holds_at_most_a_quarter_of_the_write_queue() {
     assert!(quiet_statuses.iter().all(|s| *s == 200), "quiet: {quiet_statuses:?}");
     assert!(noisy_statuses.iter().all(|s| *s == 200 || *s == 429), "noisy: {noisy_statuses:?}");
     assert!(noisy_statuses.contains(&429), "the noisy tenant was held to its share: {noisy_statuses:?}");
+    // The operator sees each tenant's place in the queue (all served now).
+    let metrics =
+        app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("sluice_tenant_write_queue{tenant=\"noisy-queue\"}"));
+    assert_eq!(line.and_then(|l| l.rsplit(' ').next()), Some("0"), "{metrics}");
     // Everything acknowledged is stored.
     let stored = noisy_statuses.iter().filter(|s| **s == 200).count() as i64 * 2000;
     let (_, count) = app.post(&noisy, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
