@@ -352,9 +352,10 @@ pub async fn list(
 }
 
 /// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N,
-/// "events_per_second": N, "events_burst": N}` (null: unlimited, for the
-/// rate: the server's default), for the caller's tenant; `GET /v1/quotas`
-/// shows them with their use and the rate in force.
+/// "events_per_second": N, "events_burst": N, "plugin_ms_per_second": N}`
+/// (null: unlimited, for the rate and the plugin budget: the server's
+/// default), for the caller's tenant; `GET /v1/quotas` shows them with their
+/// use and the rate and budget in force.
 /// Set the tenant's quotas (admin); `null` means unlimited.
 #[utoipa::path(
     put,
@@ -394,7 +395,11 @@ pub async fn put_quotas(
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 0", "value_error"));
         }
     }
-    for (name, value) in [("events_per_second", quotas.events_per_second), ("events_burst", quotas.events_burst)] {
+    for (name, value) in [
+        ("events_per_second", quotas.events_per_second),
+        ("events_burst", quotas.events_burst),
+        ("plugin_ms_per_second", quotas.plugin_ms_per_second),
+    ] {
         if value.is_some_and(|v| v < 1) {
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 1", "value_error"));
         }
@@ -403,6 +408,7 @@ pub async fn put_quotas(
     for (name, value, ceiling) in [
         ("events_per_second", quotas.events_per_second, default.per_second),
         ("events_burst", quotas.events_burst, default.burst),
+        ("plugin_ms_per_second", quotas.plugin_ms_per_second, state.pipeline.default_plugin_budget_ms()),
     ] {
         if !operator && value.is_some_and(|v| v as f64 > ceiling) {
             return Err(ApiError::Forbidden(format!(
@@ -429,7 +435,9 @@ pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> 
     Ok(Json(json!({
         "events_per_day": {"limit": quotas.events_per_day, "used": today},
         "storage_bytes": {"limit": quotas.storage_bytes, "used": bytes},
-        // The rate in force: the tenant's own, or the server's default.
+        // The rate and plugin budget in force: the tenant's own, or the
+        // server's default.
         "events_per_second": {"limit": rate.per_second, "burst": rate.burst},
+        "plugin_ms_per_second": {"limit": state.pipeline.plugin_budget_ms(&principal.tenant)},
     })))
 }

@@ -225,6 +225,13 @@ fn check_name(name: &str) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// A plugin time budget of `per_second_ms` milliseconds per second (in
+/// microseconds), twice that at once.
+fn budget_of(per_second_ms: u64) -> Rate {
+    let micros = (per_second_ms.max(1) * 1000) as f64;
+    Rate { per_second: micros, burst: 2.0 * micros }
+}
+
 /// Longest a refused request is held before its 429 (see
 /// `Pipeline::admit`).
 const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
@@ -302,6 +309,8 @@ impl Pipeline {
     /// on every family).
     pub fn set_quotas(&self, tenant: &str, quotas: Quotas) {
         self.set_rate(tenant, quotas.events_per_second, quotas.events_burst);
+        let budget = quotas.plugin_ms_per_second.map(|ms| budget_of(ms.max(1) as u64));
+        self.plugin_time.set(tenant, budget);
         self.quotas.lock().insert(tenant.to_string(), quotas);
     }
 
@@ -329,9 +338,19 @@ impl Pipeline {
     /// Hold every tenant to `per_second_ms` of plugin time per second (all
     /// its plugins together), with twice that at once.
     pub fn with_plugin_time_budget(mut self, per_second_ms: u64) -> Pipeline {
-        let micros = (per_second_ms.max(1) * 1000) as f64;
-        self.plugin_time = admission::Rates::new(Rate { per_second: micros, burst: 2.0 * micros });
+        self.plugin_time = admission::Rates::new(budget_of(per_second_ms));
         self
+    }
+
+    /// The plugin time budget a tenant is held to, in milliseconds per
+    /// second (its own, or the server's default).
+    pub fn plugin_budget_ms(&self, tenant: &str) -> f64 {
+        self.plugin_time.of(tenant).per_second / 1000.0
+    }
+
+    /// The server's default plugin time budget, in milliseconds per second.
+    pub fn default_plugin_budget_ms(&self) -> f64 {
+        self.plugin_time.default().per_second / 1000.0
     }
 
     /// Set a tenant's ingest rate; what is `None` keeps the default (both
@@ -483,10 +502,7 @@ impl Pipeline {
     fn admit_plugin_time(&self, tenant: &str) -> Result<(), PluginError> {
         self.plugin_time.admit(tenant, 0).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "plugin_time");
-            PluginError::PluginTimeExceeded {
-                per_second_ms: self.plugin_time.default().per_second / 1000.0,
-                retry_after,
-            }
+            PluginError::PluginTimeExceeded { per_second_ms: self.plugin_budget_ms(tenant), retry_after }
         })
     }
 

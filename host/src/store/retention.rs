@@ -17,6 +17,11 @@ pub struct Quotas {
     /// default, `SLUICE_TENANT_EVENTS_BURST`).
     #[serde(default)]
     pub events_burst: Option<i64>,
+    /// Plugin CPU time per second, in milliseconds, all the tenant's
+    /// plugins together (`None`: the server's default,
+    /// `SLUICE_TENANT_PLUGIN_MS_PER_SEC`; twice it at once).
+    #[serde(default)]
+    pub plugin_ms_per_second: Option<i64>,
 }
 
 /// One quota a space has, and what it uses of it.
@@ -42,7 +47,8 @@ impl Quotas {
 }
 
 /// The quota columns of `tenants`, in the order [`quotas_at`] reads them.
-const QUOTA_COLUMNS: &str = "quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst";
+const QUOTA_COLUMNS: &str =
+    "quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst, quota_plugin_ms_per_second";
 
 fn quotas_at(row: &duckdb::Row<'_>, first: usize) -> duckdb::Result<Quotas> {
     Ok(Quotas {
@@ -50,6 +56,7 @@ fn quotas_at(row: &duckdb::Row<'_>, first: usize) -> duckdb::Result<Quotas> {
         storage_bytes: row.get(first + 1)?,
         events_per_second: row.get(first + 2)?,
         events_burst: row.get(first + 3)?,
+        plugin_ms_per_second: row.get(first + 4)?,
     })
 }
 
@@ -109,12 +116,13 @@ impl EventStore {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE tenants SET quota_events_per_day = ?, quota_storage_bytes = ?, \
-                 quota_events_per_second = ?, quota_events_burst = ? WHERE id = ?",
+                 quota_events_per_second = ?, quota_events_burst = ?, quota_plugin_ms_per_second = ? WHERE id = ?",
                 duckdb::params![
                     quotas.events_per_day,
                     quotas.storage_bytes,
                     quotas.events_per_second,
                     quotas.events_burst,
+                    quotas.plugin_ms_per_second,
                     tenant
                 ],
             )?;
@@ -133,7 +141,7 @@ impl EventStore {
             let mut stmt = conn.prepare(&format!(
                 "SELECT id, {QUOTA_COLUMNS} FROM tenants WHERE quota_events_per_day IS NOT NULL \
                  OR quota_storage_bytes IS NOT NULL OR quota_events_per_second IS NOT NULL \
-                 OR quota_events_burst IS NOT NULL"
+                 OR quota_events_burst IS NOT NULL OR quota_plugin_ms_per_second IS NOT NULL"
             ))?;
             let rows = stmt.query_map([], |row| Ok((row.get(0)?, quotas_at(row, 1)?)))?;
             Ok(rows.collect::<duckdb::Result<_>>()?)

@@ -146,6 +146,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ALTER TABLE tenants ADD COLUMN quota_events_burst BIGINT;
         ",
     ),
+    (7, "ALTER TABLE tenants ADD COLUMN quota_plugin_ms_per_second BIGINT;"),
 ];
 
 /// Bring the database up to the newest schema.

@@ -244,3 +244,34 @@ async fn a_tenant_over_its_plugin_time_waits_while_others_carry_on() {
     let (status, body) = app.post_events(&noisy, &json!({"event_type": "plain"})).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_sets_one_tenants_plugin_time_budget_and_others_keep_the_default() {
+    let app = spawn_app_with(|_| {}).await;
+    let noisy = app.create_tenant("budget-noisy").await;
+    let quiet = app.create_tenant("budget-quiet").await;
+    // A tenant may not raise its own budget above the server's default...
+    let (status, body) = app.put(&noisy, "/v1/quotas", &json!({"plugin_ms_per_second": 100_000})).await;
+    assert_eq!(status, 403, "{body}");
+    // ...the operator sets it to anything: here 50 ms per second.
+    let (status, body) =
+        app.put(ADMIN_TOKEN, "/v1/quotas?tenant=budget-noisy", &json!({"plugin_ms_per_second": 50})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, shown) = app.get(&noisy, "/v1/quotas").await;
+    assert_eq!(shown["plugin_ms_per_second"]["limit"], 50.0, "{shown}");
+    let settings = json!({"event_names": ["spin.*"], "failure_policy": "skip", "limits": {"deadline_ms": 300}, "max_consecutive_failures": 1000});
+    app.install(&noisy, "spin", "hostile-loop", settings.clone()).await;
+    app.install(&quiet, "spin", "hostile-loop", settings).await;
+    // 300 ms of spinning is over noisy's burst (100 ms): in debt for ~4 s.
+    for token in [&noisy, &quiet] {
+        let (status, body) = app.post_events(token, &json!({"event_type": "spin.x"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = app.post_events(&noisy, &json!({"event_type": "spin.y"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.to_string().contains("50 ms"), "{body}");
+    // The other tenant's plugins still have the default (1000 ms per
+    // second, 2000 at once): its next spin runs.
+    let (status, body) = app.post_events(&quiet, &json!({"event_type": "spin.y"})).await;
+    assert_eq!(status, 200, "{body}");
+}
