@@ -81,6 +81,9 @@ pub fn lower_thread_priority(nice: i32) {
 /// comes first.
 pub struct Threads {
     jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+    /// One per thread, held by a job until it ends: the queue never holds
+    /// more jobs than threads, and callers beyond wait here, asynchronously.
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Threads {
@@ -107,33 +110,28 @@ impl Threads {
                 }
             })?;
         }
-        Ok(Threads { jobs })
+        Ok(Threads { jobs, slots: std::sync::Arc::new(tokio::sync::Semaphore::new(count)) })
     }
 
-    /// Run `f` on one of the threads; waits while all are busy.
+    /// Run `f` on one of the threads; waits while all are busy. A job whose
+    /// caller stopped waiting before it started is skipped; one that
+    /// started runs to its end.
     ///
     /// # Errors
     ///
     /// When `f` panicked or the threads are gone.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+        let slot = self.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _slot = slot;
+            if done.is_closed() {
+                return;
+            }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = done.send(outcome);
         });
-        let jobs = self.jobs.clone();
-        // The queue holds one job per thread: a full one blocks, so hand it
-        // over off the async threads.
-        match jobs.try_send(job) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || jobs.send(job))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+        self.jobs.try_send(job).map_err(|e| e.to_string())?;
         match result.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) => Err("the job panicked".into()),

@@ -206,7 +206,7 @@ pub struct Pipeline {
     /// its plugins together: a run starts only while the tenant is not in
     /// debt, and each run is charged the CPU time its calls used (each call is
     /// bounded by its epoch deadline).
-    plugin_time: admission::Rates,
+    plugin_time: Arc<admission::Rates>,
     /// Tenants' quotas, as last set (`PUT /v1/quotas`), for the tenants
     /// that set any.
     quotas: parking_lot::Mutex<HashMap<String, Quotas>>,
@@ -293,7 +293,7 @@ impl Pipeline {
             workers: workers::Workers::new(workers).map_err(|e| PluginError::Host(e.to_string()))?,
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
-            plugin_time: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
+            plugin_time: Arc::new(admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY })),
             quotas: Default::default(),
         })
     }
@@ -338,7 +338,7 @@ impl Pipeline {
     /// Hold every tenant to `per_second_ms` of plugin time per second (all
     /// its plugins together), with twice that at once.
     pub fn with_plugin_time_budget(mut self, per_second_ms: u64) -> Pipeline {
-        self.plugin_time = admission::Rates::new(budget_of(per_second_ms));
+        self.plugin_time = Arc::new(admission::Rates::new(budget_of(per_second_ms)));
         self
     }
 
@@ -406,7 +406,6 @@ impl Pipeline {
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
-        self.charge_plugin_time(tenant, &output);
         // Persisted even when the run was abandoned later: an earlier plugin
         // of the chain may have been disabled by its own (guest) fault.
         for (tenant, name, settings) in &output.disabled {
@@ -449,7 +448,6 @@ impl Pipeline {
         // Dry runs spend plugin time too: the same budget.
         self.admit_plugin_time(tenant)?;
         let output = self.run_on(chain, inputs, mode).await?;
-        self.charge_plugin_time(tenant, &output);
         output.completed()
     }
 
@@ -506,12 +504,6 @@ impl Pipeline {
         })
     }
 
-    /// Charge a run's plugin time to its tenant.
-    fn charge_plugin_time(&self, tenant: &str, output: &RunOutput) {
-        let spent: i64 = output.batch.runs.iter().map(|r| r.cpu_us.max(0)).sum();
-        self.plugin_time.charge(tenant, spent as usize);
-    }
-
     async fn run_on(
         &self,
         chain: Arc<[Arc<Installation>]>,
@@ -527,9 +519,19 @@ impl Pipeline {
         if idle {
             return Ok(run::run_chain(&chain, inputs, mode));
         }
-        let tenant = chain.first().map_or("", |i| i.tenant.as_str());
-        let _permit = self.workers.acquire(tenant).await.map_err(|e| PluginError::Host(e.to_string()))?;
-        self.workers.run(move || run::run_chain(&chain, inputs, mode)).await.map_err(PluginError::Host)
+        let tenant = chain.first().map_or_else(String::new, |i| i.tenant.clone());
+        let permit = self.workers.acquire(&tenant).await.map_err(|e| PluginError::Host(e.to_string()))?;
+        // The run is charged on its thread: a request abandoned meanwhile
+        // still pays for what its plugins used (and holds its worker until
+        // they are done).
+        let budget = self.plugin_time.clone();
+        let run = move || {
+            let output = run::run_chain(&chain, inputs, mode);
+            let spent: i64 = output.batch.runs.iter().map(|r| r.cpu_us.max(0)).sum();
+            budget.charge(&tenant, spent as usize);
+            output
+        };
+        self.workers.run(permit, run).await.map_err(PluginError::Host)
     }
 
     /// The tenant's active chain with plugin `name` running `version`

@@ -62,13 +62,22 @@ impl Workers {
         })
     }
 
-    /// Run `f` on a plugin thread (the caller holds a [`Permit`]).
+    /// Run `f` on a plugin thread, holding `permit` until it is done (also
+    /// when the caller stops waiting).
     ///
     /// # Errors
     ///
     /// When `f` panicked or the threads are gone.
-    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-        self.threads.run(f).await.map_err(|e| format!("plugin run: {e}"))
+    pub async fn run<T: Send + 'static>(
+        &self,
+        permit: Permit,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let job = move || {
+            let _permit = permit;
+            f()
+        };
+        self.threads.run(job).await.map_err(|e| format!("plugin run: {e}"))
     }
 
     /// Wait for a worker for a batch of `tenant`.

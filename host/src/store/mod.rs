@@ -381,11 +381,29 @@ impl EventStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
     {
+        self.write_on(&self.inner.writer.main, f).await
+    }
+
+    /// The same on the bulk lane, for long maintenance writes (retention
+    /// sweeps), so they hold up no small write.
+    pub(crate) async fn write_bulk<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
+    {
+        self.write_on(&self.inner.writer.bulk, f).await
+    }
+
+    async fn write_on<T, F>(&self, lane: &mpsc::Sender<Command>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> duckdb::Result<T> + Send + 'static,
+    {
         let (done, wait) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let _ = done.send(f(conn));
         });
-        self.inner.writer.main.send(Command::Run(job)).await.map_err(|_| StoreError::Closed)?;
+        lane.send(Command::Run(job)).await.map_err(|_| StoreError::Closed)?;
         let done = wait.await.map_err(|_| StoreError::Closed);
         self.inner.changes.fetch_add(1, Ordering::AcqRel);
         Ok(done??)

@@ -209,8 +209,10 @@ impl EventStore {
     }
 
     /// Export: up to `limit` of a tenant's events after sequence `after`,
-    /// oldest first, in `[from, to)` of `created_at`. Returns the rows and
-    /// the last sequence number, to continue from.
+    /// oldest first, in `[from, to)` of `created_at`, no further than what
+    /// is committed of the space (a page never passes a range still being
+    /// written, whose rows would land behind it). Returns the rows and the
+    /// last sequence number, to continue from.
     ///
     /// # Errors
     ///
@@ -222,12 +224,14 @@ impl EventStore {
         after: i64,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<i64>), StoreError> {
+        let upto = self.committed_seq(&tenant);
         self.read(move |conn| {
             let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?");
             let mut args = vec![DbValue::Text(tenant)];
             filter.conditions(&mut sql, &mut args);
-            sql.push_str(&format!(" AND seq > ? ORDER BY seq LIMIT {limit}"));
+            sql.push_str(&format!(" AND seq > ? AND seq <= ? ORDER BY seq LIMIT {limit}"));
             args.push(DbValue::BigInt(after));
+            args.push(DbValue::BigInt(upto));
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows: Vec<(i64, Value)> =
                 stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;

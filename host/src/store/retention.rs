@@ -212,7 +212,7 @@ impl EventStore {
     pub async fn sweep_expired(&self) -> Result<u64, StoreError> {
         // Idempotency keys are kept for a day: long enough for any retry.
         let mut total = self
-            .write(|conn| {
+            .write_bulk(|conn| {
                 conn.execute("DELETE FROM idempotency_keys WHERE created_at < now()::TIMESTAMP - INTERVAL 1 DAY", [])
             })
             .await? as u64;
@@ -223,7 +223,7 @@ impl EventStore {
                      WHERE t.retention_days IS NOT NULL \
                      AND x.{column} < now()::TIMESTAMP - to_days(t.retention_days) LIMIT {BATCH})"
                 );
-                let deleted = self.write(move |conn| conn.execute(&sql, [])).await?;
+                let deleted = self.write_bulk(move |conn| conn.execute(&sql, [])).await?;
                 total += deleted as u64;
                 if deleted < BATCH {
                     break;

@@ -33,6 +33,10 @@ pub(super) const BULK_ROWS: usize = 1024;
 /// its commits stay short (~5 ms) whatever the load.
 const MAIN_GROUP_ROWS: usize = 2 * BULK_ROWS;
 
+/// The bulk lane's bound: one group's rows are built into one Arrow batch
+/// and one transaction.
+const BULK_GROUP_ROWS: usize = 64 * BULK_ROWS;
+
 /// Sequence numbers (the listing's keyset, and how snapshots follow
 /// `events` and `dead_letters`): handed out in ranges to the lanes'
 /// transactions, which may commit out of order. A reader of a space looks
@@ -53,18 +57,16 @@ impl Sequencer {
         Sequencer { state: parking_lot::Mutex::new(Ranges { next, in_flight: BTreeMap::new() }) }
     }
 
-    /// Reserve `n` numbers for a transaction writing `spaces`; returns the
-    /// first. [`Sequencer::finish`] it once committed or rolled back.
-    fn reserve(&self, n: usize, spaces: Vec<String>) -> i64 {
+    /// Reserve `n` (at least 1) numbers for a transaction writing
+    /// `spaces`; the range counts as in flight until the returned guard
+    /// drops (committed, rolled back, or unwound by a panic).
+    fn reserve(&self, n: usize, spaces: Vec<String>) -> Reserved<'_> {
+        debug_assert!(n > 0, "an empty range would share its key with the next");
         let mut state = self.state.lock();
         let first = state.next;
         state.next += n as i64;
         state.in_flight.insert(first, spaces);
-        first
-    }
-
-    fn finish(&self, first: i64) {
-        self.state.lock().in_flight.remove(&first);
+        Reserved { sequencer: self, first }
     }
 
     /// Every number of `space` at or below this is committed (or a gap).
@@ -72,6 +74,18 @@ impl Sequencer {
         let state = self.state.lock();
         let pending = state.in_flight.iter().find(|(_, spaces)| spaces.iter().any(|s| s == space));
         pending.map_or(state.next, |(first, _)| *first) - 1
+    }
+}
+
+/// A range in flight; finished when dropped.
+struct Reserved<'a> {
+    sequencer: &'a Sequencer,
+    first: i64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.sequencer.state.lock().in_flight.remove(&self.first);
     }
 }
 
@@ -96,7 +110,8 @@ pub(super) fn spawn(conn: &Connection, depth: usize) -> Result<(Lanes, Arc<Seque
         std::thread::Builder::new().name(name.into()).spawn(move || writer.run(rx))?;
         Ok(tx)
     };
-    let lanes = Lanes { main: lane("sluice-writer", MAIN_GROUP_ROWS)?, bulk: lane("sluice-writer-bulk", usize::MAX)? };
+    let lanes =
+        Lanes { main: lane("sluice-writer", MAIN_GROUP_ROWS)?, bulk: lane("sluice-writer-bulk", BULK_GROUP_ROWS)? };
     Ok((lanes, sequencer))
 }
 
@@ -274,20 +289,18 @@ impl Writer {
     }
 
     fn write(&mut self, batches: &[&WriteBatch]) -> Result<(), StoreError> {
-        let rows = batches.iter().map(|b| b.rows()).sum();
-        let mut spaces: Vec<String> = Vec::new();
-        for space in batches
+        let rows: usize = batches.iter().map(|b| b.rows()).sum();
+        if rows == 0 {
+            // Runs, logs, idempotency records only: no sequence to guard.
+            return self.transaction(batches, 0);
+        }
+        let spaces: std::collections::BTreeSet<&String> = batches
             .iter()
             .flat_map(|b| b.events.iter().map(|e| &e.event.tenant).chain(b.dead_letters.iter().map(|d| &d.tenant)))
-        {
-            if !spaces.contains(space) {
-                spaces.push(space.clone());
-            }
-        }
-        let first = self.sequencer.reserve(rows, spaces);
-        let result = self.transaction(batches, first);
-        self.sequencer.finish(first);
-        result
+            .collect();
+        let sequencer = self.sequencer.clone();
+        let range = sequencer.reserve(rows, spaces.into_iter().cloned().collect());
+        self.transaction(batches, range.first)
     }
 
     fn transaction(&mut self, batches: &[&WriteBatch], first: i64) -> Result<(), StoreError> {
@@ -393,18 +406,22 @@ mod tests {
         let seq = Sequencer::new(1);
         let big = seq.reserve(10_000, vec!["noisy".into()]);
         let small = seq.reserve(1, vec!["quiet".into()]);
-        assert_eq!((big, small), (1, 10_001));
+        assert_eq!((big.first, small.first), (1, 10_001));
         // The small range commits first: quiet sees it at once; noisy sees
         // nothing of its own range yet, whatever else committed.
-        seq.finish(small);
+        drop(small);
         assert_eq!(seq.committed("quiet"), 10_001);
         assert_eq!(seq.committed("noisy"), 0);
         let later = seq.reserve(5, vec!["noisy".into(), "quiet".into()]);
-        assert_eq!(seq.committed("quiet"), later - 1);
-        seq.finish(big);
-        assert_eq!(seq.committed("noisy"), later - 1);
-        // A rolled-back range is a gap: finished all the same.
-        seq.finish(later);
+        assert_eq!(seq.committed("quiet"), later.first - 1);
+        drop(big);
+        assert_eq!(seq.committed("noisy"), later.first - 1);
+        // A rolled-back (or panicked) range is a gap: finished all the same.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _range = later;
+            panic!("a lane fails mid-write");
+        }));
+        assert!(unwound.is_err());
         assert_eq!(seq.committed("noisy"), 10_006);
         assert_eq!(seq.committed("anyone"), 10_006);
     }

@@ -275,3 +275,22 @@ async fn the_operator_sets_one_tenants_plugin_time_budget_and_others_keep_the_de
     let (status, body) = app.post_events(&quiet, &json!({"event_type": "spin.y"})).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_abandoned_while_its_plugin_runs_still_pays_its_plugin_time() {
+    // 50 ms of plugin time per second (100 ms at once).
+    let app = spawn_app_with(|s| s.tenant_plugin_ms_per_sec = 50).await;
+    let tenant = app.create_tenant("abandoner").await;
+    let settings = json!({"event_names": ["spin.*"], "failure_policy": "skip", "limits": {"deadline_ms": 300}, "max_consecutive_failures": 1000});
+    app.install(&tenant, "spin", "hostile-loop", settings).await;
+    // The client gives up long before the plugin's 300 ms are spent.
+    let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(50)).build().unwrap();
+    let gave_up =
+        impatient.post(app.url("/v1/events")).bearer_auth(&tenant).json(&json!({"event_type": "spin.x"})).send().await;
+    assert!(gave_up.is_err(), "the client timed out");
+    // The run went on and was charged: the tenant is in debt.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (status, body) = app.post_events(&tenant, &json!({"event_type": "plain"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.to_string().contains("plugin time"), "{body}");
+}
