@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::events::{commit_whole, run_whole};
 use super::idempotency::{self, Begin, Refusal};
+use super::ingest::{commit_whole, run_whole};
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};

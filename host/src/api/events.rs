@@ -12,13 +12,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::idempotency::{self, Begin, Ticket};
+use super::idempotency::{self, Begin};
 use super::openapi::{ApiErrors, IngestReport};
 use super::{parse_json, require, run_mode, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::pipeline::{Disposition, Input, RunOutput};
-use crate::store::WriteBatch;
 
 /// Longest id accepted.
 const MAX_ID: usize = 128;
@@ -335,48 +334,6 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) 
         attributes,
         payload,
     })
-}
-
-/// Run the caller's inputs through its tenant's chain, for families whose
-/// request is one unit: when any event is rejected, no event or dead letter
-/// of the request is kept in the batch (plugin logs and runs still are). The
-/// caller commits the batch with [`commit_whole`].
-///
-/// # Errors
-///
-/// Plugin host errors (500).
-pub(crate) async fn run_whole(
-    state: &AppState,
-    principal: &Principal,
-    inputs: Vec<Input>,
-) -> Result<RunOutput, ApiError> {
-    let mut output = state.pipeline.run(&principal.tenant, inputs, run_mode(principal)).await?;
-    if output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
-        output.batch.events.clear();
-        output.batch.dead_letters.clear();
-    }
-    Ok(output)
-}
-
-/// Commit a whole request's batch; with a ticket, remember a successful
-/// response under its Idempotency-Key in the same transaction. Returns
-/// once the batch is durable.
-///
-/// # Errors
-///
-/// 503 when the store is overloaded (nothing stored), 500 on store failure.
-pub(crate) async fn commit_whole(
-    state: &AppState,
-    mut batch: WriteBatch,
-    ticket: Option<&Ticket>,
-    status: StatusCode,
-    body: &Value,
-) -> Result<(), ApiError> {
-    if status.is_success() {
-        batch.idempotency.extend(ticket.map(|t| t.record(status, body)));
-    }
-    state.store.commit(batch).await?;
-    Ok(())
 }
 
 /// Ingest generic events: one object, a JSON array, or NDJSON. Events are

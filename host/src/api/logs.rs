@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::events::{commit_whole, run_whole};
 use super::idempotency::{self, Begin, Refusal};
+use super::ingest::{commit_whole, run_whole};
+use super::openapi::LogError;
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};
@@ -132,33 +133,6 @@ pub(crate) struct LogNotStored {
     #[schema(value_type = Option<String>)]
     id: Option<Value>,
     dropped: String,
-}
-
-/// One quota and its use.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct QuotaUse {
-    metric: String,
-    used: i64,
-    limit: i64,
-    cumulative: bool,
-}
-
-/// `{code, message}`, and for `quota_exceeded` the metric and the quotas.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct LogErrorDetail {
-    code: String,
-    message: String,
-    metric: Option<String>,
-    quotas: Option<Vec<QuotaUse>>,
-}
-
-/// Document 004's error body.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct LogError {
-    error: LogErrorDetail,
 }
 
 #[derive(utoipa::IntoResponses)]

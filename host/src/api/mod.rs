@@ -12,6 +12,7 @@ mod events;
 mod export;
 mod iam;
 mod idempotency;
+mod ingest;
 mod logs;
 mod openapi;
 mod plugins;

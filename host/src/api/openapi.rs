@@ -27,7 +27,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
     modifiers(&SecuritySchemes),
     // Referenced from inside inlined response schemas, which do not
     // register what they reference.
-    components(schemas(super::FieldError, super::logs::LogErrorDetail, super::logs::QuotaUse)),
+    components(schemas(super::FieldError, LogErrorDetail, QuotaUse)),
     security(("bearer" = []), ("api_key" = [])),
     tags(
         (name = "events", description = "Generic ingest, listing, export and SQL"),
@@ -160,4 +160,34 @@ pub struct AuditEventPage {
 pub struct Items {
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<Value>,
+}
+
+// Document 004's error shapes (the logs family), here beside the other
+// shared schemas so that `logs` and this module do not import each other.
+
+/// One quota and its use.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct QuotaUse {
+    metric: String,
+    used: i64,
+    limit: i64,
+    cumulative: bool,
+}
+
+/// `{code, message}`, and for `quota_exceeded` the metric and the quotas.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogErrorDetail {
+    code: String,
+    message: String,
+    metric: Option<String>,
+    quotas: Option<Vec<QuotaUse>>,
+}
+
+/// Document 004's error body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogError {
+    error: LogErrorDetail,
 }

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::events::{commit_whole, run_whole};
 use super::idempotency::{self, Begin, Refusal};
+use super::ingest::{commit_whole, run_whole};
 use super::validate::Validator;
 use super::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
