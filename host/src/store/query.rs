@@ -266,8 +266,11 @@ const KEEP_FRESH: Duration = Duration::from_secs(3600);
 pub(crate) struct Fresh {
     changes: Option<u64>,
     views: BTreeSet<&'static str>,
-    /// How far the tables without a sequence were copied.
-    marks: super::snapshot::Marks,
+    /// How far the tables without a sequence were copied; locked by the
+    /// refresh for as long as it writes the file, so that a refresh whose
+    /// caller went away (releasing the lock above) still excludes the next
+    /// one, and its marks are kept.
+    file: Arc<parking_lot::Mutex<super::snapshot::Marks>>,
 }
 
 impl Fresh {
@@ -422,13 +425,12 @@ impl EventStore {
         let wanted: Vec<&'static str> = views.iter().copied().collect();
         let path = self.inner.query.snapshot_path(space);
         let (space, committed) = (space.to_string(), self.committed_seq(space));
-        let mut marks = fresh.marks.clone();
-        fresh.marks = self
-            .read_in_background(move |conn| {
-                super::snapshot::refresh(conn, &path, &space, &wanted, committed, &mut marks)?;
-                Ok(marks)
-            })
-            .await?;
+        let file = fresh.file.clone();
+        self.read_in_background(move |conn| {
+            let mut marks = file.lock();
+            super::snapshot::refresh(conn, &path, &space, &wanted, committed, &mut marks)
+        })
+        .await?;
         if fresh.changes != Some(changes) {
             fresh.views.clear();
         }
