@@ -158,6 +158,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Overloaded => ApiError::Unavailable("the store is overloaded; retry later".into()),
             StoreError::Busy(message) => ApiError::TooManyRequests(message, 1),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::BadCursor => {
                 ApiError::field(vec!["query".into(), "cursor".into()], "Invalid cursor", "value_error")
             }

@@ -114,6 +114,10 @@ pub enum StoreError {
     /// The caller has as much analyst work running as it may (429).
     #[error("{0}")]
     Busy(String),
+    /// The write lost to a concurrent one (409): e.g. a dead letter
+    /// replayed twice at once.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 type Job = Box<dyn FnOnce(&Connection) + Send>;

@@ -388,10 +388,21 @@ impl Writer {
             }
             appender.flush()?;
         }
-        let replayed: Vec<i64> = batches.iter().flat_map(|b| b.replayed.iter().copied()).collect();
+        let mut replayed: Vec<i64> = batches.iter().flat_map(|b| b.replayed.iter().copied()).collect();
         if !replayed.is_empty() {
+            replayed.sort_unstable();
+            let wanted = replayed.len();
+            replayed.dedup();
             let list = replayed.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            self.conn.execute(&format!("DELETE FROM dead_letters WHERE seq IN ({list})"), [])?;
+            let deleted = self.conn.execute(&format!("DELETE FROM dead_letters WHERE seq IN ({list})"), [])?;
+            // Each letter is replayed once: a letter another replay took
+            // meanwhile (or twice in this group) fails the transaction, and
+            // the retry one request at a time refuses only the late one.
+            if deleted != wanted {
+                return Err(StoreError::Conflict(
+                    "a dead letter of this replay was replayed meanwhile; list them again".into(),
+                ));
+            }
         }
         Ok(())
     }

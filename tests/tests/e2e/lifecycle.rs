@@ -295,3 +295,47 @@ async fn shadow_runs_replay_every_family_including_fan_out() {
     assert_eq!((report["changed"].as_u64(), report["unchanged"].as_u64()), (Some(1), Some(3)), "{report}");
     assert_eq!(report["diffs"][0]["candidate"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_replayed_twice_at_once_is_stored_once() {
+    let app = spawn_app().await;
+    app.install(
+        ADMIN_TOKEN,
+        "picky",
+        "hostile-panic",
+        json!({"failure_policy": "dead-letter", "config": {"only_name": "bad"}, "max_consecutive_failures": 1000}),
+    )
+    .await;
+    let batch: Vec<Value> = (0..50).map(|i| json!({"event_type": "bad", "id": format!("twice-{i}")})).collect();
+    let (status, body) = app.post_events(ADMIN_TOKEN, &Value::Array(batch)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dead_lettered"], 50);
+    app.patch(ADMIN_TOKEN, "/v1/plugins/picky", &json!({"config": {"only_name": "nothing"}})).await;
+    // Several replays of all letters at once: each letter is stored once,
+    // whichever replay takes it; a replay that lost a letter is refused
+    // whole (409) and stores nothing.
+    let replays: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/v1/dead-letters/replay"));
+            tokio::spawn(async move {
+                let r = client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"all": true})).send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut replayed = 0;
+    for task in replays {
+        let (status, body) = task.await.unwrap();
+        match status {
+            200 => replayed += body["replayed"].as_i64().unwrap(),
+            409 => {}
+            other => panic!("replay answered {other}: {body}"),
+        }
+    }
+    assert_eq!(replayed, 50, "every letter replayed once");
+    let events = app.all_events(ADMIN_TOKEN, "").await;
+    assert_eq!(events.len(), 50, "each stored once");
+    let (_, letters) = app.get(ADMIN_TOKEN, "/v1/dead-letters").await;
+    assert_eq!(letters["items"].as_array().unwrap().len(), 0);
+}
