@@ -358,7 +358,7 @@ pub async fn create(
         return from_api(e);
     }
     let failed = output.dispositions.iter().find_map(|d| match d {
-        Disposition::Rejected { error } if error.code == "plugin_failed" => Some(error.message.clone()),
+        Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
         _ => None,
     });
     if let Some(message) = failed {

@@ -507,7 +507,7 @@ fn report<'a>(family: &'static str, results: &'a [Entry]) -> (StatusCode, Report
                 None
             }
             Entry::Fresh(Disposition::Rejected { error }) => {
-                Some((error.code.as_str(), error.message.as_str(), error.field.as_deref()))
+                Some((error.code.as_str(), error.message.as_str(), error.field.as_deref(), error.plugin_failed()))
             }
             Entry::Replayed(done) => match done["status"].as_str().unwrap_or("") {
                 "stored" => {
@@ -522,16 +522,19 @@ fn report<'a>(family: &'static str, results: &'a [Entry]) -> (StatusCode, Report
                     dead += 1;
                     None
                 }
+                // Rejections are never remembered per event (a retry runs
+                // them again), so a remembered refusal is not a failure.
                 _ => Some((
                     done["error"]["code"].as_str().unwrap_or(""),
                     done["error"]["message"].as_str().unwrap_or(""),
                     done["error"]["field"].as_str(),
+                    false,
                 )),
             },
         };
-        if let Some((code, message, field)) = refusal {
+        if let Some((code, message, field, plugin_failed)) = refusal {
             rejected += 1;
-            if code == "plugin_failed" {
+            if plugin_failed {
                 failed += 1;
             }
             let mut loc = vec![Value::from("body"), Value::from(index)];

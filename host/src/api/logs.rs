@@ -231,7 +231,7 @@ pub async fn create(
             (StatusCode::CREATED, view)
         }
         Disposition::Rejected { error: e } => {
-            let (status, code) = if e.code == "plugin_failed" {
+            let (status, code) = if e.plugin_failed() {
                 (StatusCode::BAD_GATEWAY, "plugin_failed")
             } else {
                 (StatusCode::BAD_REQUEST, "bad_request")

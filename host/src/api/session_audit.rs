@@ -485,7 +485,7 @@ pub async fn create(
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
                 return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
             }
-            if error.code == "plugin_failed" {
+            if error.plugin_failed() {
                 return Ok(family_error(StatusCode::BAD_GATEWAY, true, "plugin_failed", &error.message));
             }
             let mut loc = vec![Value::from("body")];

@@ -132,7 +132,7 @@ pub async fn shadow(
     let rank = |d: &Disposition| match d {
         Disposition::Stored { .. } => 0,
         Disposition::Dropped { .. } => 1,
-        Disposition::Rejected { error } if error.code != "plugin_failed" => 2,
+        Disposition::Rejected { error } if !error.plugin_failed() => 2,
         _ => 3,
     };
     let mut next = output.batch.events.iter();

@@ -26,6 +26,27 @@ pub struct Rejection {
     pub field: Option<String>,
     /// The plugin that refused it.
     pub plugin: String,
+    /// Whether the plugin refused it or failed on it (under the `reject`
+    /// policy). Kept apart from `code`, which a plugin chooses freely: a
+    /// plugin cannot pass its own refusal off as a failure (502).
+    #[serde(skip)]
+    pub by: RejectedBy,
+}
+
+/// Who refused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectedBy {
+    /// The plugin returned a rejection.
+    Plugin,
+    /// The plugin failed, and its failure policy is `reject`.
+    FailurePolicy,
+}
+
+impl Rejection {
+    /// The plugin failed (a 502 where a family tells the two apart).
+    pub fn plugin_failed(&self) -> bool {
+        self.by == RejectedBy::FailurePolicy
+    }
 }
 
 /// What became of one input event.
@@ -241,6 +262,7 @@ impl Failure<'_> {
                             message: self.message.clone(),
                             field: None,
                             plugin: self.plugin.to_string(),
+                            by: RejectedBy::FailurePolicy,
                         },
                     });
                 }
@@ -432,6 +454,7 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                                     message: truncate(r.message, MAX_MESSAGE),
                                     field: r.field.map(|f| truncate(f, 256)),
                                     plugin: inst.name.clone(),
+                                    by: RejectedBy::Plugin,
                                 },
                             });
                         }

@@ -290,3 +290,19 @@ async fn a_tenant_with_a_backlog_of_slow_plugin_calls_leaves_workers_to_the_othe
         task.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_pass_its_refusal_off_as_a_plugin_failure() {
+    let app = spawn_app().await;
+    // The plugin's own rejection code spells the host's failure code.
+    let rules = json!({"rules": [{"field": "event_payload.must", "required": true, "code": "plugin_failed"}]});
+    app.install(ADMIN_TOKEN, "guard", "schema-guard", json!({"config": rules})).await;
+    // Generic events: a refusal by every plugin is a 422, not the 502 of
+    // plugins that failed on every event.
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "x"})).await;
+    assert_eq!(status, 422, "{body}");
+    // Logs: a refusal is the family's 400, a failure would be its 502.
+    let (status, body) = app.post(ADMIN_TOKEN, "/logs", &json!({"level": "info", "message": "m"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+}
