@@ -464,16 +464,28 @@ impl Pipeline {
     }
 
     /// Admit `events` of the tenant under its plugin time budget and ingest
-    /// rate. A refusal is answered only after the wait it names, up to
-    /// [`MAX_HOLD`] (less remains in its `Retry-After`): a client that
-    /// retries at once, however many times, keeps each of its connections
-    /// to one refused request per second instead of spending the server's
-    /// cores on refusals.
+    /// rate. A request that would wait at most [`MAX_HOLD`] waits and is
+    /// admitted then (if nothing took its place meanwhile); a longer wait is
+    /// refused, answered only after [`MAX_HOLD`] (less remains in its
+    /// `Retry-After`): a client that retries at once, however many times,
+    /// keeps each of its connections to one refused request per second
+    /// instead of spending the server's cores on refusals.
     async fn admit(&self, tenant: &str, events: usize) -> Result<(), PluginError> {
-        let refusal = match self.admit_plugin_time(tenant).and_then(|()| self.admit_rate(tenant, events)) {
+        let try_admit = || self.admit_plugin_time(tenant).and_then(|()| self.admit_rate(tenant, events));
+        let refusal = match try_admit() {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        let wait = match &refusal {
+            PluginError::RateLimited { retry_after, .. } | PluginError::PluginTimeExceeded { retry_after, .. } => {
+                *retry_after
+            }
+            _ => return Err(refusal),
+        };
+        if wait <= MAX_HOLD {
+            tokio::time::sleep(wait).await;
+            return try_admit();
+        }
         Err(match refusal {
             PluginError::RateLimited { per_second, burst, retry_after } => {
                 let held = hold(retry_after).await;

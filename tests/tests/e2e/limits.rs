@@ -294,3 +294,30 @@ async fn a_request_abandoned_while_its_plugin_runs_still_pays_its_plugin_time() 
     assert_eq!(status, 429, "{body}");
     assert!(body.to_string().contains("plugin time"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_a_little_over_the_rate_waits_instead_of_being_refused() {
+    let app = spawn_app_with(|_| {}).await;
+    let tenant = app.create_tenant("shaped").await;
+    let (status, body) = app.put(&tenant, "/v1/quotas", &json!({"events_per_second": 10, "events_burst": 10})).await;
+    assert_eq!(status, 200, "{body}");
+    let events = |n: usize| Value::Array((0..n).map(|_| json!({"event_type": "shaped"})).collect());
+    let (status, body) = app.post_events(&tenant, &events(10)).await;
+    assert_eq!(status, 200, "the burst: {body}");
+    // Five more need half a second of refill: the request waits it out.
+    let started = std::time::Instant::now();
+    let (status, body) = app.post_events(&tenant, &events(5)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400), "{:?}", started.elapsed());
+    // Fifty (more than the burst) on a full bucket leave a debt of 4 s:
+    // the next request is refused after a second's hold.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = app.post_events(&tenant, &events(50)).await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    let r = app.client.post(app.url("/v1/events")).bearer_auth(&tenant).json(&events(1)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "{:?}", started.elapsed());
+    let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((2..=4).contains(&secs), "Retry-After {secs}");
+}
