@@ -268,9 +268,6 @@ pub async fn create(
     if org_id != principal.tenant {
         return rpc_error(StatusCode::FORBIDDEN, "the token does not belong to this organization", &[]);
     }
-    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
-        return from_api(e.into());
-    }
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
         Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
         Ok(Begin::Fresh) => None,
@@ -282,6 +279,11 @@ pub async fn create(
         }
         Err(refusal) => return rpc_error(StatusCode::CONFLICT, refusal.message(), &[]),
     };
+    // After the key's replay (a retry of a finished request is answered
+    // even in debt), before the body is parsed.
+    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
+        return from_api(e.into());
+    }
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), &[]),

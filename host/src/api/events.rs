@@ -378,7 +378,6 @@ pub(crate) async fn ingest_with(
     normalize: impl Fn(&str, usize, &str, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     require(principal, "events:write")?;
-    state.pipeline.admit_early(&principal.tenant).await?;
     // Events are written to the caller's space; the chain is the tenant's.
     let space = principal.space();
     let ticket = match idempotency::begin(state, &space, headers, body).await? {
@@ -386,6 +385,9 @@ pub(crate) async fn ingest_with(
         Begin::Fresh => None,
         Begin::Keyed(ticket) => Some(ticket),
     };
+    // After the key's replay (a retry of a finished request is answered
+    // even in debt), before the body is parsed.
+    state.pipeline.admit_early(&principal.tenant).await?;
     let values = split_body(headers, body, state.settings.max_batch_events)?;
     let received_at = now_micros();
     let mut inputs = Vec::with_capacity(values.len());

@@ -181,9 +181,6 @@ pub async fn create(
         Ok(p) => p,
         Err(r) => return r,
     };
-    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
-        return store_error(e.into());
-    }
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
         Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
         Ok(Begin::Fresh) => None,
@@ -194,6 +191,11 @@ pub async fn create(
         Err(Refusal::Store(e)) => return store_error(e.into()),
         Err(refusal) => return error(StatusCode::CONFLICT, "idempotency_conflict", refusal.message()),
     };
+    // After the key's replay (a retry of a finished request is answered
+    // even in debt), before the body is parsed.
+    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
+        return store_error(e.into());
+    }
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
     let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
         return bad("the body must be a JSON object");

@@ -451,9 +451,6 @@ pub async fn create(
             "model_attributes_type",
         ));
     }
-    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
-        return shaped(e.into());
-    }
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
         Ok(Begin::Replay(status, body)) => return Ok(idempotency::replay(status, body)),
         Ok(Begin::Fresh) => None,
@@ -464,6 +461,11 @@ pub async fn create(
             return Ok(family_error(StatusCode::CONFLICT, true, "idempotency_conflict", refusal.message()));
         }
     };
+    // After the key's replay (a retry of a finished request is answered
+    // even in debt), before the body is parsed.
+    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
+        return shaped(e.into());
+    }
     let raw: Value = parse_json(&body)?;
     let Some(object) = raw.as_object() else {
         return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type"));

@@ -66,11 +66,27 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
     assert_eq!(status, 200, "{body}");
     let (_, shown) = app.get(&noisy, "/v1/quotas").await;
     assert_eq!(shown["events_per_second"], json!({"limit": 1.0, "burst": 5.0}), "{shown}");
-    // A request larger than the burst is admitted on a full bucket, and
-    // leaves a debt of 45 s (so the checks below cannot race the refill).
+    // A keyed request finished before the debt...
+    let keyed = || {
+        app.client
+            .post(app.url("/v1/events"))
+            .bearer_auth(&noisy)
+            .header("idempotency-key", "before-the-debt")
+            .json(&json!({"event_type": "keyed"}))
+    };
+    let first = keyed().send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    // A request larger than the burst is admitted on a (nearly) full
+    // bucket, and leaves a debt of about 45 s (so the checks below cannot
+    // race the refill).
     let batch: Vec<Value> = (0..50).map(|_| json!({"event_type": "burst"})).collect();
     let (status, body) = app.post_events(&noisy, &Value::Array(batch)).await;
     assert_eq!(status, 200, "on a full bucket: {body}");
+    // ...is still answered from its key while the tenant is in debt.
+    let retry = keyed().send().await.unwrap();
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
     for (_, path, field, body) in families() {
         let path = path.replace("default", "noisy");
         let r = app.client.post(app.url(&path)).bearer_auth(&noisy).json(&body).send().await.unwrap();
