@@ -228,20 +228,13 @@ fn check_name(name: &str) -> Result<(), PluginError> {
 /// A plugin time budget of `per_second_ms` milliseconds per second (in
 /// microseconds), twice that at once.
 fn budget_of(per_second_ms: u64) -> Rate {
-    let micros = (per_second_ms.max(1) * 1000) as f64;
+    let micros = per_second_ms.max(1).saturating_mul(1000) as f64;
     Rate { per_second: micros, burst: 2.0 * micros }
 }
 
 /// Longest a refused request is held before its 429 (see
 /// `Pipeline::admit`).
 const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Wait `wait`, at most [`MAX_HOLD`]; returns how long.
-async fn hold(wait: std::time::Duration) -> std::time::Duration {
-    let held = wait.min(MAX_HOLD);
-    tokio::time::sleep(held).await;
-    held
-}
 
 impl Pipeline {
     /// Load every installed plugin from the store and the artifact directory;
@@ -486,17 +479,14 @@ impl Pipeline {
             tokio::time::sleep(wait).await;
             return try_admit();
         }
-        Err(match refusal {
-            PluginError::RateLimited { per_second, burst, retry_after } => {
-                let held = hold(retry_after).await;
-                PluginError::RateLimited { per_second, burst, retry_after: retry_after - held }
-            }
-            PluginError::PluginTimeExceeded { per_second_ms, retry_after } => {
-                let held = hold(retry_after).await;
-                PluginError::PluginTimeExceeded { per_second_ms, retry_after: retry_after - held }
-            }
-            other => other,
-        })
+        tokio::time::sleep(MAX_HOLD).await;
+        let mut refusal = refusal;
+        if let PluginError::RateLimited { retry_after, .. } | PluginError::PluginTimeExceeded { retry_after, .. } =
+            &mut refusal
+        {
+            *retry_after -= MAX_HOLD;
+        }
+        Err(refusal)
     }
 
     /// Take `events` from the tenant's ingest rate, or refuse (429).

@@ -181,6 +181,20 @@ struct Inner {
     tenant_queue_depth: usize,
 }
 
+impl Inner {
+    /// Run `f` on a pooled reader connection (a new clone when none is
+    /// free), on the calling thread.
+    fn on_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = match self.readers.lock().pop() {
+            Some(conn) => conn,
+            None => self.base.lock().try_clone()?,
+        };
+        let result = f(&conn);
+        self.readers.lock().push(conn);
+        result
+    }
+}
+
 /// A write request's place in its tenant's share of the queue.
 struct Waiting {
     tenant: String,
@@ -424,17 +438,7 @@ impl EventStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = match inner.readers.lock().pop() {
-                Some(conn) => conn,
-                None => inner.base.lock().try_clone()?,
-            };
-            let result = f(&conn);
-            inner.readers.lock().push(conn);
-            result
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        tokio::task::spawn_blocking(move || inner.on_reader(f)).await.map_err(|_| StoreError::Closed)?
     }
 
     /// A read for an analyst (a snapshot copy, an export) on the store's
@@ -450,19 +454,7 @@ impl EventStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        self.inner
-            .background
-            .run(move || {
-                let conn = match inner.readers.lock().pop() {
-                    Some(conn) => conn,
-                    None => inner.base.lock().try_clone()?,
-                };
-                let result = f(&conn);
-                inner.readers.lock().push(conn);
-                result
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?
+        self.inner.background.run(move || inner.on_reader(f)).await.map_err(|_| StoreError::Closed)?
     }
 
     /// The same reads, synchronously, for callers already on a blocking

@@ -244,16 +244,21 @@ impl Writer {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
+            // Rows in `group` so far.
+            let mut rows = 0;
             while let Some(command) = next.take() {
                 match command {
-                    Command::Write { batch, done } => group.push((batch, done)),
+                    Command::Write { batch, done } => {
+                        rows += batch.rows();
+                        group.push((batch, done));
+                    }
                     Command::Run(job) => {
                         // Keep order: commit what came before the job first.
                         self.commit_group(&mut group);
+                        rows = 0;
                         job(&self.conn);
                     }
                 }
-                let rows: usize = group.iter().map(|(b, _)| b.rows()).sum();
                 if group.len() < MAX_GROUP && rows < self.group_rows {
                     next = rx.try_recv().ok();
                 }

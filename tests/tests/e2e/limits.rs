@@ -337,3 +337,22 @@ async fn a_request_a_little_over_the_rate_waits_instead_of_being_refused() {
     let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((2..=4).contains(&secs), "Retry-After {secs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_runs_duckdb_with_the_configured_worker_threads() {
+    let threads = |app: &sluice_e2e::TestApp| {
+        let store = app.store.clone();
+        async move {
+            store
+                .read(|conn| Ok(conn.query_row("SELECT current_setting('threads')", [], |row| row.get::<_, i64>(0))?))
+                .await
+                .unwrap()
+        }
+    };
+    // The default: one, so a one-row commit never waits on DuckDB's own
+    // worker threads (BENCHMARKS.md, "Fairness").
+    let app = spawn_app_with(|_| {}).await;
+    assert_eq!(threads(&app).await, 1);
+    let app = spawn_app_with(|s| s.store_threads = 3).await;
+    assert_eq!(threads(&app).await, 3);
+}
