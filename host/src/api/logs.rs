@@ -380,16 +380,37 @@ pub async fn put_quotas(
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 1", "value_error"));
         }
     }
-    let default = state.pipeline.default_rate();
-    for (name, value, ceiling) in [
-        ("events_per_second", quotas.events_per_second, default.per_second),
-        ("events_burst", quotas.events_burst, default.burst),
-        ("plugin_ms_per_second", quotas.plugin_ms_per_second, state.pipeline.default_plugin_budget_ms()),
-    ] {
-        if !operator && value.is_some_and(|v| v as f64 > ceiling) {
-            return Err(ApiError::Forbidden(format!(
-                "{name} above the server's default ({ceiling}) is the operator's to set"
-            )));
+    if !operator {
+        // A tenant may only tighten what holds it now (whoever set it):
+        // loosening, or lifting a limit, is the operator's.
+        let current = state.pipeline.quotas(&tenant);
+        for (name, value, now) in [
+            ("events_per_day", quotas.events_per_day, current.events_per_day),
+            ("storage_bytes", quotas.storage_bytes, current.storage_bytes),
+        ] {
+            if let Some(now) = now.filter(|now| value.is_none_or(|v| v > *now)) {
+                return Err(ApiError::Forbidden(format!(
+                    "{name} above its current limit ({now}) is the operator's to set"
+                )));
+            }
+        }
+        let (default, rate) = (state.pipeline.default_rate(), state.pipeline.rate(&tenant));
+        let default_budget = state.pipeline.default_plugin_budget_ms();
+        for (name, value, default, now) in [
+            ("events_per_second", quotas.events_per_second, default.per_second, rate.per_second),
+            ("events_burst", quotas.events_burst, default.burst, rate.burst),
+            (
+                "plugin_ms_per_second",
+                quotas.plugin_ms_per_second,
+                default_budget,
+                state.pipeline.plugin_budget_ms(&tenant),
+            ),
+        ] {
+            if value.map_or(default, |v| v as f64) > now {
+                return Err(ApiError::Forbidden(format!(
+                    "{name} above its current limit ({now}) is the operator's to set"
+                )));
+            }
         }
     }
     state.store.set_quotas(tenant.clone(), quotas).await?;

@@ -364,6 +364,11 @@ impl Pipeline {
         self.rates.default()
     }
 
+    /// The quotas last set for a tenant (none set: all `None`).
+    pub fn quotas(&self, tenant: &str) -> Quotas {
+        self.quotas.lock().get(tenant).copied().unwrap_or_default()
+    }
+
     /// The ingest rate a tenant is held to.
     pub fn rate(&self, tenant: &str) -> Rate {
         self.rates.of(tenant)

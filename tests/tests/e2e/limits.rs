@@ -356,3 +356,33 @@ async fn the_store_runs_duckdb_with_the_configured_worker_threads() {
     let app = spawn_app_with(|s| s.store_threads = 3).await;
     assert_eq!(threads(&app).await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_cannot_lift_the_limits_the_operator_set_on_it() {
+    let app = spawn_app_with(|_| {}).await;
+    let tenant = app.create_tenant("capped").await;
+    let set = json!({"events_per_day": 3, "storage_bytes": 100000, "events_per_second": 5, "events_burst": 5, "plugin_ms_per_second": 10});
+    let (status, body) = app.put(ADMIN_TOKEN, "/v1/quotas?tenant=capped", &set).await;
+    assert_eq!(status, 200, "{body}");
+    // Each way of loosening one of them (the PUT replaces the record).
+    for loosened in [
+        json!({}),
+        json!({"events_per_day": null, "storage_bytes": 100000, "events_per_second": 5, "events_burst": 5, "plugin_ms_per_second": 10}),
+        json!({"events_per_day": 4, "storage_bytes": 100000, "events_per_second": 5, "events_burst": 5, "plugin_ms_per_second": 10}),
+        json!({"events_per_day": 3, "storage_bytes": 100001, "events_per_second": 5, "events_burst": 5, "plugin_ms_per_second": 10}),
+        json!({"events_per_day": 3, "storage_bytes": 100000, "events_per_second": 6, "events_burst": 5, "plugin_ms_per_second": 10}),
+        json!({"events_per_day": 3, "storage_bytes": 100000, "events_per_second": 5, "events_burst": null, "plugin_ms_per_second": 10}),
+        json!({"events_per_day": 3, "storage_bytes": 100000, "events_per_second": 5, "events_burst": 5, "plugin_ms_per_second": 11}),
+    ] {
+        let (status, body) = app.put(&tenant, "/v1/quotas", &loosened).await;
+        assert_eq!(status, 403, "{loosened}: {body}");
+    }
+    let (_, shown) = app.get(&tenant, "/v1/quotas").await;
+    assert_eq!(shown["events_per_day"]["limit"], 3, "{shown}");
+    // Tightening is the tenant's own to do.
+    let tighter = json!({"events_per_day": 2, "storage_bytes": 50000, "events_per_second": 4, "events_burst": 4, "plugin_ms_per_second": 5});
+    let (status, body) = app.put(&tenant, "/v1/quotas", &tighter).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, shown) = app.get(&tenant, "/v1/quotas").await;
+    assert_eq!(shown["events_per_day"]["limit"], 2, "{shown}");
+}
