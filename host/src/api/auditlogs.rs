@@ -33,6 +33,7 @@ fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(Stri
         StatusCode::FORBIDDEN => 7,
         StatusCode::NOT_FOUND => 5,
         StatusCode::CONFLICT => 10,
+        StatusCode::TOO_MANY_REQUESTS => 8,
         StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::BAD_GATEWAY => 14,
         _ => 13,

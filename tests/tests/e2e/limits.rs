@@ -97,6 +97,9 @@ async fn a_tenant_over_its_ingest_rate_gets_429_in_each_familys_shape_and_others
         let answer: Value = r.json().await.unwrap();
         assert!(!answer[field].is_null(), "{path}: {answer}");
         assert!(answer.to_string().contains("ingest rate"), "{path}: {answer}");
+        if field == "code" {
+            assert_eq!(answer["code"], 8, "google.rpc RESOURCE_EXHAUSTED: {answer}");
+        }
         // Another tenant is not held to it.
         let quiet_path = path.replace("noisy", "quiet");
         let (status, answer) = app.post(&quiet, &quiet_path, &body).await;
