@@ -50,6 +50,11 @@ pub struct Settings {
     /// plugin it calls.
     #[arg(long, env = "SLUICE_PLUGIN_WORKERS", default_value_t = 0)]
     pub plugin_workers: usize,
+    /// How many of them one tenant holds at once (0: half of them and half
+    /// of the cores, at least one). A deployment with one tenant raises it
+    /// to use every core.
+    #[arg(long, env = "SLUICE_PLUGIN_TENANT_WORKERS", default_value_t = 0)]
+    pub plugin_tenant_workers: usize,
     /// Memory DuckDB may use for storage and queries (its `memory_limit`).
     #[arg(long, env = "SLUICE_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     pub duckdb_memory_limit: String,
@@ -143,6 +148,7 @@ impl Settings {
             max_plugin_instances: 512,
             write_queue_depth: 512,
             plugin_workers: 0,
+            plugin_tenant_workers: 0,
             duckdb_memory_limit: "4GB".into(),
             checkpoint_threshold: "512MB".into(),
             store_threads: 1,

@@ -69,7 +69,12 @@ impl Application {
             epoch_interruption: true,
             max_instances: settings.max_plugin_instances,
         })?);
-        let pipeline = Pipeline::load(runtime, store.clone(), settings.plugin_dir(), settings.plugin_workers)?
+        let pipeline = Pipeline::load(
+            runtime,
+            store.clone(),
+            settings.plugin_dir(),
+            (settings.plugin_workers, settings.plugin_tenant_workers),
+        )?
             .with_max_stored_events(settings.max_stored_events)
             .with_plugin_time_budget(settings.tenant_plugin_ms_per_sec)
             .with_max_compiles(settings.compile_concurrency)

@@ -238,8 +238,9 @@ const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Pipeline {
     /// Load every installed plugin from the store and the artifact directory;
-    /// at most `workers` batches (0: two per core) run plugins at once, at
-    /// most half of them (at least one) of one tenant.
+    /// at most `workers.0` batches (0: two per core) run plugins at once, at
+    /// most `workers.1` of one tenant (0: half of them and half of the
+    /// cores, at least one).
     ///
     /// # Errors
     ///
@@ -249,7 +250,7 @@ impl Pipeline {
         runtime: Arc<Runtime>,
         store: EventStore,
         plugin_dir: PathBuf,
-        workers: usize,
+        (workers, tenant_workers): (usize, usize),
     ) -> Result<Pipeline, PluginError> {
         let mut tenants: HashMap<String, TenantPlugins> = HashMap::new();
         for (tenant, name, settings) in store.load_plugins()? {
@@ -283,7 +284,7 @@ impl Pipeline {
             control: Default::default(),
             compiling: Default::default(),
             max_compiles: usize::MAX,
-            workers: workers::Workers::new(workers).map_err(|e| PluginError::Host(e.to_string()))?,
+            workers: workers::Workers::new(workers, tenant_workers).map_err(|e| PluginError::Host(e.to_string()))?,
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
             plugin_time: Arc::new(admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY })),

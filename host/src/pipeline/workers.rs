@@ -2,11 +2,20 @@
 //!
 //! At most `total` batches run plugins at once (each holds one blocking
 //! thread and one instance of each plugin it calls). A tenant may hold at
-//! most half of them (at least one), and its further batches wait behind its
-//! own gate, not in the shared queue: a tenant with a deep backlog of slow
-//! plugin calls leaves the other half to everyone else, and each other
-//! tenant's batch waits behind at most its share of anyone's, not behind the
-//! whole backlog. A tenant's live and test spaces share one gate.
+//! most its share of them: by default half of them and half of the cores
+//! (at least one), and its further batches wait behind its own gate, not in
+//! the shared queue: a tenant with a deep backlog of slow plugin calls leaves
+//! the rest to everyone else, and each other tenant's batch waits behind at
+//! most its share of anyone's, not behind the whole backlog. A tenant's live
+//! and test spaces share one gate.
+//!
+//! The share is bounded by the cores, not only by the workers, because a
+//! tenant whose plugins keep every core busy slows everyone even at a lower
+//! priority: measured on two cores, one tenant's plugin spinning on both
+//! cores starved the kernel's own threads (softirq, RCU, workqueues) for up
+//! to 400 ms, and another tenant's plugin-free requests stalled with them
+//! (p99 7-800 ms between runs); with one core left to the rest, 3-5 ms
+//! (BENCHMARKS.md, issue #14).
 //!
 //! The batches run on threads of their own at nice [`PLUGIN_NICE`]: tenants'
 //! plugin code competes with itself for the cores, while the service's own
@@ -49,14 +58,24 @@ impl Drop for Permit {
 }
 
 impl Workers {
+    /// `total` workers, of which one tenant holds at most `share` (0: half
+    /// of them and half of the cores, at least one; never more than all).
+    ///
     /// # Errors
     ///
     /// When a thread cannot be started.
-    pub fn new(total: usize) -> std::io::Result<Workers> {
+    pub fn new(total: usize, share: usize) -> std::io::Result<Workers> {
         let total = total.max(1);
+        let share = match share {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                (total / 2).min(cores / 2).max(1)
+            }
+            n => n.min(total),
+        };
         Ok(Workers {
             all: Arc::new(Semaphore::new(total)),
-            share: (total / 2).max(1),
+            share,
             tenants: parking_lot::Mutex::new(HashMap::new()),
             threads: crate::sandbox::Threads::start("sluice-plugin", total, PLUGIN_NICE)?,
         })

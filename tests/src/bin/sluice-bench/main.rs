@@ -41,6 +41,10 @@ struct Args {
     /// Sluice's side of the Extism comparison (`scripts/bench-extism`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only the fairness scenarios whose description contains this (e.g.
+    /// `spinning`, `query`, `fan-out`); the quiet tenant alone always runs.
+    #[arg(long)]
+    scenario: Option<String>,
 }
 
 impl Args {
@@ -184,7 +188,7 @@ async fn main() -> Result<()> {
     }
 
     if args.runs("fairness") {
-        fairness(&mut figures, phase).await?;
+        fairness(&mut figures, phase, args.scenario.as_deref().unwrap_or("")).await?;
     }
 
     if args.runs("query") && args.stored > 0 {
@@ -200,7 +204,7 @@ async fn main() -> Result<()> {
 /// noisy tenant, on a fresh server with the default per-tenant limits: the
 /// noisy tenant fans each event out 100 times from two connections, or
 /// spins a plugin to its deadline, or runs a heavy query in a loop.
-async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
+async fn fairness(figures: &mut Figures, phase: Duration, only: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start_with_default_limits(dir.path()).await?;
     let quiet = server.tenant("quiet").await?;
@@ -237,7 +241,7 @@ async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
             On429::Ignore,
         ),
     ];
-    for (what, path, noisy_body, connections, on_429) in scenarios {
+    for (what, path, noisy_body, connections, on_429) in scenarios.into_iter().filter(|s| s.0.contains(only)) {
         // A pause between phases: one phase's tail does not run into the next.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let what = match on_429 {
@@ -254,6 +258,11 @@ async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
         );
     }
     // A heavy analyst query of the noisy tenant, in a loop on two connections.
+    const QUERY: &str = "a heavy query in a loop";
+    if !QUERY.contains(only) {
+        server.stop().await;
+        return Ok(());
+    }
     let heavy = Arc::new(serde_json::to_vec(
         &json!({"sql": "SELECT count(DISTINCT a.task_id * b.task_id) FROM events a, events b"}),
     )?);
@@ -262,7 +271,7 @@ async fn fairness(figures: &mut Figures, phase: Duration) -> Result<()> {
         load::flood(&server, &noisy, "/v1/query", &heavy, 2, phase, On429::Ignore)
     );
     figures.add(
-        "fairness: quiet beside a heavy query in a loop",
+        &format!("fairness: quiet beside {QUERY}"),
         format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)),
     );
     server.stop().await;
