@@ -75,13 +75,13 @@ impl Application {
             settings.plugin_dir(),
             (settings.plugin_workers, settings.plugin_tenant_workers),
         )?
-            .with_max_stored_events(settings.max_stored_events)
-            .with_plugin_time_budget(settings.tenant_plugin_ms_per_sec)
-            .with_max_compiles(settings.compile_concurrency)
-            .with_default_rate(Rate {
-                per_second: settings.tenant_events_per_sec.max(1) as f64,
-                burst: settings.tenant_events_burst.max(1) as f64,
-            });
+        .with_max_stored_events(settings.max_stored_events)
+        .with_plugin_time_budget(settings.tenant_plugin_ms_per_sec)
+        .with_max_compiles(settings.compile_concurrency)
+        .with_default_rate(Rate {
+            per_second: settings.tenant_events_per_sec.max(1) as f64,
+            burst: settings.tenant_events_burst.max(1) as f64,
+        });
         for (tenant, quotas) in store.load_quotas()? {
             pipeline.set_quotas(&tenant, quotas);
         }

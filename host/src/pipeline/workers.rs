@@ -77,7 +77,7 @@ impl Workers {
             all: Arc::new(Semaphore::new(total)),
             share,
             tenants: parking_lot::Mutex::new(HashMap::new()),
-            threads: crate::sandbox::Threads::start("sluice-plugin", total, PLUGIN_NICE)?,
+            threads: crate::sandbox::Threads::start("sluice-plugin", total, PLUGIN_NICE, false)?,
         })
     }
 
@@ -116,5 +116,21 @@ impl Workers {
         let all = self.all.clone().acquire_owned().await?;
         crate::metrics::plugin_workers(owner, self.share - gate.available_permits());
         Ok(Permit { tenant: owner.to_string(), gate, share: self.share, _mine: mine, _all: all })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_holds_at_most_half_of_the_workers_and_half_of_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(Workers::new(4 * cores, 0).unwrap().share, (cores / 2).max(1));
+        assert_eq!(Workers::new(2, 0).unwrap().share, 1);
+        assert_eq!(Workers::new(1, 0).unwrap().share, 1);
+        // Set explicitly: as given, but never more than all of them.
+        assert_eq!(Workers::new(4, 3).unwrap().share, 3);
+        assert_eq!(Workers::new(4, 100).unwrap().share, 4);
     }
 }

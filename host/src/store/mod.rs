@@ -293,7 +293,7 @@ impl EventStore {
             memory_limit
         ))?;
         let (lanes, sequencer) = writer::spawn(&conn, queue_depth)?;
-        let background = crate::sandbox::Threads::start("sluice-analyst", query.options.max_concurrent, 10)?;
+        let background = crate::sandbox::Threads::start("sluice-analyst", query.options.max_concurrent, 10, true)?;
         Ok(EventStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),

@@ -35,6 +35,9 @@ pub fn main() -> anyhow::Result<()> {
     // when the server dies first: every thread busy for the whole deadline.
     let cpu = job.limits.timeout.as_secs().saturating_add(1).saturating_mul(THREADS as u64);
     crate::sandbox::limit_resources(job.address_space, Some(cpu))?;
+    // Before DuckDB starts its threads, which inherit it: analysts' queries
+    // share the upper half of the cores, whatever their number.
+    crate::sandbox::keep_off_first_cores();
     let (reply, body) = match answer(&job) {
         Ok((truncated, confined, body)) => (WorkerReply::Ok { truncated, confined }, body),
         Err(reply) => (reply, Vec::new()),
@@ -48,7 +51,7 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 /// DuckDB threads of a worker: at most this many, so one query takes at
-/// most this many cores (and at nice 10).
+/// most this many cores (at nice 10, of the upper half of the cores).
 const THREADS: usize = 4;
 
 fn failed(e: duckdb::Error) -> WorkerReply {
