@@ -181,7 +181,9 @@ impl From<PluginError> for ApiError {
             // family's own 503 dialect (each maps `Unavailable`).
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
-            PluginError::RateLimited { retry_after, .. } | PluginError::PluginTimeExceeded { retry_after, .. } => {
+            PluginError::RateLimited { retry_after, .. }
+            | PluginError::PluginTimeExceeded { retry_after, .. }
+            | PluginError::PluginWorkersBusy { retry_after, .. } => {
                 ApiError::TooManyRequests(e.to_string(), ceil_secs(retry_after))
             }
             PluginError::QuotaExceeded { metric, quotas } => ApiError::QuotaExceeded { metric, quotas },

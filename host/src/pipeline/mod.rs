@@ -54,6 +54,12 @@ pub enum PluginError {
     /// `storage_bytes`).
     #[error("quota exceeded for {metric}")]
     QuotaExceeded { metric: &'static str, quotas: Vec<QuotaUse> },
+    /// The tenant already has as many batches waiting for its plugin
+    /// workers as it may: retry after the given time.
+    #[error(
+        "this tenant already has {waiting} batches waiting for its {share} plugin worker(s); retry in {retry_after:?}"
+    )]
+    PluginWorkersBusy { waiting: usize, share: usize, retry_after: std::time::Duration },
     /// The plugins' output would store more events than one request may.
     #[error("the plugins' output would store {stored} events; one request may store at most {limit} (SLUICE_MAX_STORED_EVENTS)")]
     TooManyEvents { stored: usize, limit: usize },
@@ -528,7 +534,12 @@ impl Pipeline {
             return Ok(run::run_chain(&chain, inputs, mode));
         }
         let tenant = chain.first().map_or_else(String::new, |i| i.tenant.clone());
-        let permit = self.workers.acquire(&tenant).await.map_err(|e| PluginError::Host(e.to_string()))?;
+        let permit = self.workers.acquire(&tenant).await.map_err(|refused| match refused {
+            workers::Refused::Backlog { waiting, share } => {
+                PluginError::PluginWorkersBusy { waiting, share, retry_after: std::time::Duration::from_secs(1) }
+            }
+            workers::Refused::Closed(e) => PluginError::Host(e.to_string()),
+        })?;
         // The run is charged on its thread: a request abandoned meanwhile
         // still pays for what its plugins used (and holds its worker until
         // they are done).

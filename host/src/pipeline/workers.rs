@@ -7,7 +7,10 @@
 //! the shared queue: a tenant with a deep backlog of slow plugin calls leaves
 //! the rest to everyone else, and each other tenant's batch waits behind at
 //! most its share of anyone's, not behind the whole backlog. A tenant's live
-//! and test spaces share one gate.
+//! and test spaces share one gate. At most [`WAITING_PER_WORKER`] batches
+//! per worker of its share wait there; a batch beyond that is held for a
+//! second and then refused (429) unless room was made meanwhile, so a
+//! backlog cannot grow without bound in the server.
 //!
 //! The share is bounded by the cores, not only by the workers, because a
 //! tenant whose plugins keep every core busy slows everyone even at a lower
@@ -31,10 +34,45 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 /// The nice value of the threads that run plugins.
 pub const PLUGIN_NICE: i32 = 5;
 
+/// Batches of one tenant that may wait for its plugin workers, per worker
+/// of its share.
+pub const WAITING_PER_WORKER: usize = 4;
+
+/// How long a batch beyond the backlog is held before it is refused.
+const HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A tenant's gate: its share of the workers, and how many of its batches
+/// wait for one.
+struct Gate {
+    permits: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// One batch's place in its tenant's wait (given back when it stops
+/// waiting, also when its request is abandoned).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Why a batch got no worker.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The tenant already has `waiting` batches waiting for its `share`.
+    Backlog {
+        waiting: usize,
+        share: usize,
+    },
+    Closed(AcquireError),
+}
+
 pub(super) struct Workers {
     all: Arc<Semaphore>,
     share: usize,
-    tenants: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
+    tenants: parking_lot::Mutex<HashMap<String, Arc<Gate>>>,
     /// As many threads as permits, so a batch that holds a permit never
     /// waits for a thread.
     threads: crate::sandbox::Threads,
@@ -103,19 +141,45 @@ impl Workers {
     ///
     /// # Errors
     ///
-    /// Only when the semaphores are closed (never, today).
-    pub async fn acquire(&self, tenant: &str) -> Result<Permit, AcquireError> {
+    /// [`Refused::Backlog`] when the tenant already has its most batches
+    /// waiting; [`Refused::Closed`] when the semaphores are closed (never,
+    /// today).
+    pub async fn acquire(&self, tenant: &str) -> Result<Permit, Refused> {
+        use std::sync::atomic::Ordering::Relaxed;
         let owner = tenant.split(':').next().unwrap_or(tenant);
         let gate = self
             .tenants
             .lock()
             .entry(owner.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
+            .or_insert_with(|| {
+                Arc::new(Gate { permits: Arc::new(Semaphore::new(self.share)), waiting: Default::default() })
+            })
             .clone();
-        let mine = gate.clone().acquire_owned().await?;
-        let all = self.all.clone().acquire_owned().await?;
-        crate::metrics::plugin_workers(owner, self.share - gate.available_permits());
-        Ok(Permit { tenant: owner.to_string(), gate, share: self.share, _mine: mine, _all: all })
+        let most = self.share.saturating_mul(WAITING_PER_WORKER);
+        let mut held = false;
+        let place = loop {
+            let waiting = gate.waiting.fetch_add(1, Relaxed);
+            let place = Waiting(&gate.waiting);
+            if waiting < most || gate.permits.available_permits() > 0 {
+                break place;
+            }
+            drop(place);
+            if held {
+                crate::metrics::throttled(owner, "plugin_workers");
+                return Err(Refused::Backlog { waiting, share: self.share });
+            }
+            // Held before the refusal, like the pipeline's other ones: a
+            // client that retries at once costs a request per second, not a
+            // loop of refusals; and if the backlog shrank meanwhile, the
+            // batch takes its place in it.
+            held = true;
+            tokio::time::sleep(HOLD).await;
+        };
+        let mine = gate.permits.clone().acquire_owned().await.map_err(Refused::Closed)?;
+        drop(place);
+        let all = self.all.clone().acquire_owned().await.map_err(Refused::Closed)?;
+        crate::metrics::plugin_workers(owner, self.share - gate.permits.available_permits());
+        Ok(Permit { tenant: owner.to_string(), gate: gate.permits.clone(), share: self.share, _mine: mine, _all: all })
     }
 }
 

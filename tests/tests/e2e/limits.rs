@@ -303,6 +303,55 @@ async fn the_operator_sets_one_tenants_plugin_time_budget_and_others_keep_the_de
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_backlog_for_its_plugin_workers_is_bounded_and_others_are_served() {
+    // Two workers, one per tenant: one of noisy's batches runs, four wait
+    // (four per worker of its share), and further ones are held a second
+    // and refused (the first run takes 2 s: no room is made meanwhile).
+    let app = spawn_app_with(|s| {
+        s.plugin_workers = 2;
+        s.plugin_tenant_workers = 1;
+    })
+    .await;
+    let noisy = app.create_tenant("backlogged").await;
+    let quiet = app.create_tenant("served").await;
+    let settings = json!({"event_names": ["spin.*"], "failure_policy": "skip", "limits": {"deadline_ms": 2000}, "max_consecutive_failures": 1000});
+    app.install(&noisy, "spin", "hostile-loop", settings).await;
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = (0..7)
+        .map(|_| {
+            let (client, url, token) = (app.client.clone(), app.url("/v1/events"), noisy.clone());
+            tokio::spawn(async move {
+                let r =
+                    client.post(url).bearer_auth(token).json(&json!({"event_type": "spin.x"})).send().await.unwrap();
+                let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), retry_after, r.json::<Value>().await.unwrap(), started.elapsed())
+            })
+        })
+        .collect();
+    // Meanwhile another tenant's plugins (the shipped customer-prefix) run
+    // on the other worker, without waiting for noisy's backlog.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    let (status, body) = app.post(&quiet, "/session/v1/audit", &json!({"event_name": "x", "session_id": "s"})).await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    assert!(asked.elapsed() < std::time::Duration::from_millis(900), "waited {:?}", asked.elapsed());
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!(answers.iter().filter(|a| a.0 == 200).count(), 5, "{answers:?}");
+    assert_eq!(refused.len(), 2, "{answers:?}");
+    for (_, retry_after, body, elapsed) in refused {
+        assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+        assert!(body["detail"].as_str().is_some_and(|d| d.contains("waiting for its 1 plugin worker")), "{body}");
+        // Refused after the hold, not after waiting its turn.
+        let hold = std::time::Duration::from_millis(900)..std::time::Duration::from_millis(1900);
+        assert!(hold.contains(elapsed), "{elapsed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_request_abandoned_while_its_plugin_runs_still_pays_its_plugin_time() {
     // 50 ms of plugin time per second (100 ms at once).
     let app = spawn_app_with(|s| s.tenant_plugin_ms_per_sec = 50).await;
