@@ -162,18 +162,10 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a [u8], max_events: usize) -> Res
 }
 
 fn check_len(errors: &mut Vec<FieldError>, loc: &[Value], field: &str, value: Option<&str>, min: usize, max: usize) {
-    if let Some(v) = value {
-        let n = v.chars().count();
-        if n < min || n > max {
-            let mut loc = loc.to_vec();
-            loc.push(field.into());
-            let (msg, kind) = if n < min {
-                (format!("String should have at least {min} characters"), "string_too_short")
-            } else {
-                (format!("String should have at most {max} characters"), "string_too_long")
-            };
-            errors.push(FieldError::new(loc, msg, kind));
-        }
+    if let Some((msg, kind)) = value.and_then(|v| super::validate::length_error(v.chars().count(), min, max)) {
+        let mut loc = loc.to_vec();
+        loc.push(field.into());
+        errors.push(FieldError::new(loc, msg, kind));
     }
 }
 

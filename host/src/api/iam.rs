@@ -16,6 +16,7 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 
 use super::events::ingest_with;
+use super::validate::{self, Validator};
 use super::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::Event;
@@ -75,6 +76,13 @@ fn check_shape(value: &Value, shape: &Value, loc: &mut Vec<Value>, errors: &mut 
                 }
             }
         }
+        // The document's examples hold a date-time exactly where its
+        // tables say `string (date-time)` (bans' `endDate`).
+        (Value::String(v), Value::String(s)) if validate::date_time(s).is_ok() => {
+            if let Err(message) = validate::date_time(v) {
+                errors.push(FieldError::new(loc.clone(), message, "datetime_parsing"));
+            }
+        }
         (v, s) if type_name(v) == type_name(s) => {}
         (v, s) => errors.push(FieldError::new(
             loc.clone(),
@@ -104,53 +112,18 @@ pub(crate) fn to_event(
     let Some(env) = raw.as_object() else {
         return Err(vec![FieldError::new(base.clone(), "Input should be a valid dictionary", "dict_type")]);
     };
-    let mut errors = Vec::new();
-    let mut text = |key: &str, required: bool, max: usize| -> Option<String> {
-        match env.get(key) {
-            None | Some(Value::Null) => {
-                if required {
-                    errors.push(FieldError::new(at(key), "Field required", "missing"));
-                }
-                None
-            }
-            Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => Some(s.clone()),
-            Some(Value::String(_)) => {
-                errors.push(FieldError::new(
-                    at(key),
-                    format!("String should have 1..{max} characters"),
-                    "string_length",
-                ));
-                None
-            }
-            Some(_) => {
-                errors.push(FieldError::new(at(key), "Input should be a valid string", "string_type"));
-                None
-            }
-        }
-    };
-    let id = text("id", false, 128);
-    let name = text("name", true, 256);
-    let namespace = text("namespace", false, 256);
-    let parent = text("parentNamespace", false, 256);
-    let client = text("clientId", false, 1024);
-    let user = text("userId", false, 1024);
-    let trace = text("traceId", false, 1024);
-    let session = text("sessionId", false, 1024);
-    let timestamp = text("timestamp", false, 64);
-    if env.get("version").is_some_and(|v| !v.is_null() && !v.is_i64()) {
-        errors.push(FieldError::new(at("version"), "Input should be a valid integer", "int_type"));
-    }
-    let occurred_at = match &timestamp {
-        None => received_at,
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t).map(|t| t.timestamp_micros()).unwrap_or_else(|e| {
-            errors.push(FieldError::new(
-                at("timestamp"),
-                format!("Input should be a valid datetime, {e}"),
-                "datetime_parsing",
-            ));
-            0
-        }),
-    };
+    let mut v = Validator::default();
+    let id = v.string(env, "id", &base, false, 1, 128);
+    let name = v.string(env, "name", &base, true, 1, 256);
+    let namespace = v.string(env, "namespace", &base, false, 1, 256);
+    let parent = v.string(env, "parentNamespace", &base, false, 1, 256);
+    let client = v.string(env, "clientId", &base, false, 1, 1024);
+    let user = v.string(env, "userId", &base, false, 1, 1024);
+    let trace = v.string(env, "traceId", &base, false, 1, 1024);
+    let session = v.string(env, "sessionId", &base, false, 1, 1024);
+    let occurred_at = v.date_time(env, "timestamp", &base, false, 64).unwrap_or(received_at);
+    let version = v.integer(env, "version", &base, false, None, None);
+    let mut errors = v.errors;
     let payload = match env.get("payload") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(p @ Value::Object(_)) => p.clone(),
@@ -180,7 +153,7 @@ pub(crate) fn to_event(
     if let Some(p) = parent {
         attributes.push(("parent_namespace".into(), p));
     }
-    if let Some(v) = env.get("version").and_then(Value::as_i64) {
+    if let Some(v) = version {
         attributes.push(("version".into(), v.to_string()));
     }
     Ok(Event {

@@ -26,6 +26,26 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
+/// pydantic's error for a string of `chars` characters outside
+/// `min..=max`: its message and type.
+pub fn length_error(chars: usize, min: usize, max: usize) -> Option<(String, &'static str)> {
+    if chars < min {
+        Some((format!("String should have at least {}", plural(min, "character")), "string_too_short"))
+    } else if chars > max {
+        Some((format!("String should have at most {}", plural(max, "character")), "string_too_long"))
+    } else {
+        None
+    }
+}
+
+/// An RFC 3339 date-time, as microseconds since the epoch; or pydantic's
+/// error message (type `datetime_parsing`).
+pub fn date_time(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| format!("Input should be a valid datetime, {e}"))
+}
+
 impl Validator {
     fn error(&mut self, loc: Vec<Value>, msg: impl Into<String>, kind: &str) {
         self.errors.push(FieldError::new(loc, msg, kind));
@@ -46,16 +66,27 @@ impl Validator {
     }
 
     fn check_len(&mut self, loc: Vec<Value>, s: &str, min: usize, max: usize) -> bool {
-        let n = s.chars().count();
-        if n < min {
-            self.error(loc, format!("String should have at least {}", plural(min, "character")), "string_too_short");
-            false
-        } else if n > max {
-            self.error(loc, format!("String should have at most {}", plural(max, "character")), "string_too_long");
-            false
-        } else {
-            true
+        match length_error(s.chars().count(), min, max) {
+            Some((message, kind)) => {
+                self.error(loc, message, kind);
+                false
+            }
+            None => true,
         }
+    }
+
+    /// An RFC 3339 date-time string of at most `max` characters, as
+    /// microseconds since the epoch.
+    pub fn date_time(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        loc: &[Value],
+        required: bool,
+        max: usize,
+    ) -> Option<i64> {
+        let text = self.string(obj, key, loc, required, 1, max)?;
+        date_time(&text).map_err(|message| self.error(at(loc, key), message, "datetime_parsing")).ok()
     }
 
     /// A string of `min..=max` characters.
@@ -241,5 +272,43 @@ impl Validator {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lengths_are_worded_and_typed_as_pydantic_does() {
+        assert_eq!(length_error(0, 1, 5), Some(("String should have at least 1 character".into(), "string_too_short")));
+        assert_eq!(
+            length_error(1, 2, 5),
+            Some(("String should have at least 2 characters".into(), "string_too_short"))
+        );
+        assert_eq!(length_error(6, 1, 5), Some(("String should have at most 5 characters".into(), "string_too_long")));
+        assert_eq!(length_error(2, 1, 1), Some(("String should have at most 1 character".into(), "string_too_long")));
+        assert_eq!(length_error(5, 1, 5), None);
+        assert_eq!(length_error(1, 1, 5), None);
+    }
+
+    #[test]
+    fn date_times_are_rfc3339_with_an_offset() {
+        assert_eq!(date_time("1970-01-01T00:00:01Z"), Ok(1_000_000));
+        assert_eq!(date_time("1970-01-01T01:00:01+01:00"), Ok(1_000_000));
+        for bad in ["soon", "2030-13-01T00:00:00Z", "2030-01-01", "2030-01-01T00:00:00"] {
+            assert!(date_time(bad).is_err_and(|m| m.starts_with("Input should be a valid datetime, ")), "{bad}");
+        }
+        let mut v = Validator::default();
+        let obj = json!({"at": "later", "fine": "2030-01-01T00:00:00Z", "empty": ""});
+        let obj = obj.as_object().unwrap();
+        let loc = [Value::from("body")];
+        assert_eq!(v.date_time(obj, "at", &loc, false, 64), None);
+        assert_eq!(v.date_time(obj, "fine", &loc, false, 64), Some(1_893_456_000_000_000));
+        assert_eq!(v.date_time(obj, "empty", &loc, false, 64), None);
+        assert_eq!(v.date_time(obj, "absent", &loc, true, 64), None);
+        let kinds: Vec<_> = v.errors.iter().map(|e| serde_json::to_value(e).unwrap()["type"].clone()).collect();
+        assert_eq!(kinds, [json!("datetime_parsing"), json!("string_too_short"), json!("missing")]);
     }
 }

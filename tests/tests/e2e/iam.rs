@@ -51,6 +51,28 @@ async fn payloads_of_known_kinds_are_type_checked_and_unknown_kinds_kept() {
     assert_eq!(body["detail"][0]["loc"], json!(["body", "payload", "userAccount", "userId"]));
     assert_eq!(body["detail"][0]["type"], "string_type");
 
+    // The document's `string (date-time)` payload fields are date-times:
+    // a ban's `endDate`, alone and in a list of bans.
+    let ban = |end: &str| json!({"userId": "u", "ban": "CHAT_ALL", "endDate": end, "enable": true});
+    for (name, payload, loc) in [
+        (
+            "iam.ban.chat_all",
+            json!({"userFeatureBan": ban("next week")}),
+            json!(["body", "payload", "userFeatureBan", "endDate"]),
+        ),
+        (
+            "iam.account.banned",
+            json!({"userAccountBan": {"ban": [ban("2030-01-01T00:00:00Z"), ban("2030-13-01T00:00:00Z")]}}),
+            json!(["body", "payload", "userAccountBan", "ban", 1, "endDate"]),
+        ),
+    ] {
+        let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &envelope(name, payload.clone())).await;
+        assert_eq!(status, 422, "{name}: {body}");
+        assert_eq!(body["detail"][0]["loc"], loc, "{body}");
+        assert_eq!(body["detail"][0]["type"], "datetime_parsing", "{body}");
+        assert!(body["detail"][0]["msg"].as_str().unwrap().starts_with("Input should be a valid datetime"), "{body}");
+    }
+
     let (status, body) = app
         .post(
             ADMIN_TOKEN,
@@ -73,6 +95,9 @@ async fn payloads_of_known_kinds_are_type_checked_and_unknown_kinds_kept() {
     let (_, kind) =
         app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT attributes FROM events WHERE family = 'iam'"})).await;
     assert!(kind["rows"][0][0].as_str().unwrap().contains("generic"), "{kind}");
+    let fine = envelope("iam.ban.chat_all", json!({"userFeatureBan": ban("2030-01-01T00:00:00+02:00")}));
+    let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &fine).await;
+    assert_eq!(status, 200, "a valid endDate: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,7 +126,11 @@ async fn envelope_strings_are_bounded_at_their_limits() {
             let (status, body) = app.post(ADMIN_TOKEN, "/iam/v1/events", &outside).await;
             assert_eq!(status, 422, "{field} of {} characters: {body}", bad.len());
             assert_eq!(body["detail"][0]["loc"], json!(["body", field]), "{body}");
-            assert_eq!(body["detail"][0]["type"], "string_length");
+            let kind = if bad.is_empty() { "string_too_short" } else { "string_too_long" };
+            assert_eq!(body["detail"][0]["type"], kind, "{body}");
+            let wording =
+                if bad.is_empty() { "at least 1 character".to_string() } else { format!("at most {max} characters") };
+            assert_eq!(body["detail"][0]["msg"], format!("String should have {wording}"), "{body}");
         }
     }
     // In a list the location names the index.
