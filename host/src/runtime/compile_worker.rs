@@ -61,6 +61,10 @@ pub fn main() -> anyhow::Result<()> {
     let job: CompileJob = serde_json::from_slice(&line).context("cannot read the job")?;
     crate::sandbox::limit_resources(job.address_space, Some(job.cpu_seconds))
         .context("cannot set the worker's limits")?;
+    // Cranelift compiles on a thread pool as wide as the CPUs it may use:
+    // the upper half, like analysts' work, so a tenant's compile does not
+    // keep every core busy (the pool's threads inherit this).
+    crate::sandbox::keep_off_first_cores();
     // Compiling needs no file and no network: from here on there are none
     // (stdin and stdout are open already).
     crate::sandbox::confine_files(None).map_err(anyhow::Error::msg).context("cannot confine the worker")?;
