@@ -276,6 +276,20 @@ async fn fairness(figures: &mut Figures, phase: Duration, only: &str) -> Result<
         &format!("fairness: quiet beside {QUERY}"),
         format!("{}; noisy answered {statuses:?}", quiet_latency(&latency?)),
     );
+    // Two noisy loads at once, each within its own bound: the plugin spins
+    // on its half of the CPUs, the query on the upper half, which together
+    // may be every CPU.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spin_body = events("spin.x", 1);
+    let (latency, spun, queried) = tokio::join!(
+        fixed_rate(&server, &quiet, &single, 200.0, phase),
+        load::flood(&server, &noisy, "/v1/events", &spin_body, 8, phase, On429::Wait),
+        load::flood(&server, &noisy, "/v1/query", &heavy, 2, phase, On429::Ignore)
+    );
+    figures.add(
+        "fairness: quiet beside a spinning plugin and a heavy query at once",
+        format!("{}; noisy answered {spun:?} and {queried:?}", quiet_latency(&latency?)),
+    );
     server.stop().await;
     Ok(())
 }
