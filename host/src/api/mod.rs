@@ -181,10 +181,11 @@ impl From<PluginError> for ApiError {
             // family's own 503 dialect (each maps `Unavailable`).
             e @ PluginError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
-            PluginError::RateLimited { retry_after, .. }
-            | PluginError::PluginTimeExceeded { retry_after, .. }
-            | PluginError::PluginWorkersBusy { retry_after, .. } => {
-                ApiError::TooManyRequests(e.to_string(), ceil_secs(retry_after))
+            mut e @ (PluginError::RateLimited { .. }
+            | PluginError::PluginTimeExceeded { .. }
+            | PluginError::PluginWorkersBusy { .. }) => {
+                let secs = e.retry_after().map_or(1, |wait| ceil_secs(*wait));
+                ApiError::TooManyRequests(e.to_string(), secs)
             }
             PluginError::QuotaExceeded { metric, quotas } => ApiError::QuotaExceeded { metric, quotas },
             PluginError::Host(m) => ApiError::Internal(m),

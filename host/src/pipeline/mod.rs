@@ -67,6 +67,20 @@ pub enum PluginError {
     Host(String),
 }
 
+impl PluginError {
+    /// How long until a retry can succeed, for the refusals that say so
+    /// (429: over the ingest rate, the plugin time budget, or the backlog
+    /// at the plugin workers).
+    pub fn retry_after(&mut self) -> Option<&mut std::time::Duration> {
+        match self {
+            PluginError::RateLimited { retry_after, .. }
+            | PluginError::PluginTimeExceeded { retry_after, .. }
+            | PluginError::PluginWorkersBusy { retry_after, .. } => Some(retry_after),
+            _ => None,
+        }
+    }
+}
+
 impl RunOutput {
     /// The output, or [`PluginError::Unavailable`] when the run was
     /// abandoned on a host fault.
@@ -477,27 +491,19 @@ impl Pipeline {
     /// instead of spending the server's cores on refusals.
     async fn admit(&self, tenant: &str, events: usize) -> Result<(), PluginError> {
         let try_admit = || self.admit_plugin_time(tenant).and_then(|()| self.admit_rate(tenant, events));
-        let refusal = match try_admit() {
+        let mut refusal = match try_admit() {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let wait = match &refusal {
-            PluginError::RateLimited { retry_after, .. } | PluginError::PluginTimeExceeded { retry_after, .. } => {
-                *retry_after
-            }
-            _ => return Err(refusal),
+        let Some(wait) = refusal.retry_after() else {
+            return Err(refusal);
         };
-        if wait <= MAX_HOLD {
-            tokio::time::sleep(wait).await;
+        if *wait <= MAX_HOLD {
+            tokio::time::sleep(*wait).await;
             return try_admit();
         }
+        *wait -= MAX_HOLD;
         tokio::time::sleep(MAX_HOLD).await;
-        let mut refusal = refusal;
-        if let PluginError::RateLimited { retry_after, .. } | PluginError::PluginTimeExceeded { retry_after, .. } =
-            &mut refusal
-        {
-            *retry_after -= MAX_HOLD;
-        }
         Err(refusal)
     }
 
@@ -536,7 +542,7 @@ impl Pipeline {
         let tenant = chain.first().map_or_else(String::new, |i| i.tenant.clone());
         let permit = self.workers.acquire(&tenant).await.map_err(|refused| match refused {
             workers::Refused::Backlog { waiting, share } => {
-                PluginError::PluginWorkersBusy { waiting, share, retry_after: std::time::Duration::from_secs(1) }
+                PluginError::PluginWorkersBusy { waiting, share, retry_after: MAX_HOLD }
             }
             workers::Refused::Closed(e) => PluginError::Host(e.to_string()),
         })?;

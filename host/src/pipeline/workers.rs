@@ -38,9 +38,6 @@ pub const PLUGIN_NICE: i32 = 5;
 /// of its share.
 pub const WAITING_PER_WORKER: usize = 4;
 
-/// How long a batch beyond the backlog is held before it is refused.
-const HOLD: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// A tenant's gate: its share of the workers, and how many of its batches
 /// wait for one.
 struct Gate {
@@ -173,7 +170,7 @@ impl Workers {
             // loop of refusals; and if the backlog shrank meanwhile, the
             // batch takes its place in it.
             held = true;
-            tokio::time::sleep(HOLD).await;
+            tokio::time::sleep(super::MAX_HOLD).await;
         };
         let mine = gate.permits.clone().acquire_owned().await.map_err(Refused::Closed)?;
         drop(place);
