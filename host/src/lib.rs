@@ -20,6 +20,7 @@
 //!   plugins and analysts' heavy reads.
 //! - [`metrics`]: Prometheus counters and histograms, rendered at `/metrics`.
 //! - [`cli`]: the command-line client of a running server.
+//! - [`whole`]: integers of request bodies read as pydantic reads them (`5.0` is 5).
 //! - [`config`] and [`startup`]: settings and the `Application` that ties the
 //!   rest together.
 
@@ -36,6 +37,7 @@ pub mod sandbox;
 pub mod shipped;
 pub mod startup;
 pub mod store;
+pub mod whole;
 
 pub use config::Settings;
 pub use startup::Application;

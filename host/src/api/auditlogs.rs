@@ -246,10 +246,7 @@ enum RpcErrors {
     post,
     path = "/v1beta1/organizations/{org_id}/auditlogs",
     tag = "auditlogs",
-    params(
-        ("org_id" = String, Path, description = "The token's tenant"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)"),
-    ),
+    params(("org_id" = String, Path, description = "The token's tenant"), super::idempotency::IdempotencyKey),
     request_body = AuditLogs,
     responses((status = 200, description = "Stored", body = Object), RpcErrors)
 )]

@@ -21,6 +21,7 @@ const MAX_SAMPLES: usize = 1_000;
 #[serde(deny_unknown_fields)]
 struct DryRun {
     /// Sample events in the generic ingest shape.
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
     events: Vec<Value>,
     /// Run them as if they came through this family (default `generic`).
     family: Option<String>,

@@ -41,6 +41,7 @@ pub(crate) struct GenericEvent<'a> {
     /// When it happened (RFC 3339); default: when it was received.
     #[schema(format = DateTime)]
     created_at: Option<String>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     user_id: Option<i64>,
     #[schema(min_length = 1, max_length = 1024)]
     actor_type: Option<String>,
@@ -62,6 +63,7 @@ pub(crate) struct GenericEvent<'a> {
     session_id: Option<String>,
     #[schema(min_length = 1, max_length = 1024)]
     vm_id: Option<String>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     task_id: Option<i64>,
     #[schema(min_length = 1, max_length = 1024)]
     request_id: Option<String>,
@@ -72,6 +74,7 @@ pub(crate) struct GenericEvent<'a> {
     #[schema(min_length = 1, max_length = 1024)]
     path: Option<String>,
     #[schema(minimum = 100, maximum = 599)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     http_status: Option<i64>,
     #[schema(minimum = 0)]
     latency_ms: Option<f64>,
@@ -334,7 +337,7 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) 
     post,
     path = "/v1/events",
     tag = "events",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    params(super::idempotency::IdempotencyKey),
     request_body(content(
         (GenericEvents = "application/json"),
         (String = "application/x-ndjson"),

@@ -220,7 +220,7 @@ pub(crate) enum IamEvents {
     post,
     path = "/iam/v1/events",
     tag = "iam",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    params(super::idempotency::IdempotencyKey),
     request_body = IamEvents,
     responses(
         (status = 200, description = "At least one event accepted", body = super::openapi::IngestReport),

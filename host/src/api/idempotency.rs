@@ -27,6 +27,25 @@ const MAX_KEY: usize = 255;
 /// Keys of events' own ids live beside header keys under this prefix.
 const EVENT_ID_PREFIX: &str = "event-id:";
 
+/// The `Idempotency-Key` request header, as the OpenAPI document describes
+/// it: 1..255 visible ASCII characters, not starting with `event-id:` (the
+/// prefix of the claims an event's own id makes).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct IdempotencyKey {
+    /// Makes retries safe: a retry with the same key and body gets the
+    /// first answer.
+    #[param(
+        rename = "Idempotency-Key",
+        required = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^(?!event-id:)[!-~]+$"
+    )]
+    key: String,
+}
+
 /// Why a key cannot be used now.
 #[derive(Debug)]
 pub enum Refusal {
@@ -157,7 +176,14 @@ pub async fn begin(state: &AppState, tenant: &str, headers: &HeaderMap, body: &[
         return Ok(Begin::Fresh);
     };
     let key = match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY && !key.starts_with(EVENT_ID_PREFIX) => key.to_string(),
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= MAX_KEY
+                && key.bytes().all(|b| b.is_ascii_graphic())
+                && !key.starts_with(EVENT_ID_PREFIX) =>
+        {
+            key.to_string()
+        }
         _ => return Err(Refusal::InvalidKey),
     };
     let claims = claim(state, tenant, std::slice::from_ref(&key), "Idempotency-Key")?;

@@ -163,7 +163,7 @@ enum LogErrors {
     post,
     path = "/logs",
     tag = "logs",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    params(super::idempotency::IdempotencyKey),
     request_body = NewLog,
     responses(
         (status = 201, description = "Stored", body = LogEntry),

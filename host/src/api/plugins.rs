@@ -203,6 +203,7 @@ pub async fn update(
 #[derive(serde::Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rollback {
+    #[serde(default, deserialize_with = "crate::whole::option")]
     version: Option<u32>,
 }
 
@@ -313,6 +314,7 @@ pub async fn dead_letters(
 #[serde(deny_unknown_fields)]
 struct Replay {
     /// Dead-letter ids (`dead_letter_id` in the listing) to replay.
+    #[serde(default, deserialize_with = "crate::whole::option_list")]
     ids: Option<Vec<i64>>,
     /// Replay the tenant's oldest dead letters, up to 1,000.
     #[serde(default)]

@@ -16,12 +16,14 @@ use crate::store::{QueryError, QueryFormat, QueryLimits};
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QueryRequest {
+    /// At most 64 KiB.
+    #[schema(min_length = 1, max_length = 65536)]
     sql: String,
     #[serde(default)]
     params: Vec<Value>,
 }
 
-/// Longest SQL text accepted.
+/// Longest SQL text accepted, in characters.
 const MAX_SQL: usize = 64 << 10;
 
 impl From<QueryError> for ApiError {
@@ -78,10 +80,10 @@ pub async fn run(
 ) -> Result<Response, ApiError> {
     require(&principal, "query:run")?;
     let request: QueryRequest = parse_json(&body)?;
-    if request.sql.len() > MAX_SQL {
+    if request.sql.chars().count() > MAX_SQL {
         return Err(ApiError::field(
             vec!["body".into(), "sql".into()],
-            format!("SQL text should be at most {MAX_SQL} bytes"),
+            format!("SQL text should be at most {MAX_SQL} characters"),
             "string_too_long",
         ));
     }

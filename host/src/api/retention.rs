@@ -14,6 +14,7 @@ use crate::auth::{Principal, ADMIN_SCOPE};
 struct Retention {
     /// Keep events this many days; `null`: forever.
     #[schema(minimum = 1, maximum = 36500)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     days: Option<u32>,
 }
 

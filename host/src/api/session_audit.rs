@@ -422,7 +422,7 @@ enum SessionErrors {
     post,
     path = "/session/v1/audit",
     tag = "session-audit",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe (1..255 characters)")),
+    params(super::idempotency::IdempotencyKey),
     request_body = SessionAuditRequest,
     responses((status = 200, description = "Stored", body = SessionAuditResponse), SessionErrors)
 )]

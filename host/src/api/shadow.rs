@@ -26,8 +26,11 @@ const MAX_DIFFS: usize = 50;
 #[serde(deny_unknown_fields)]
 struct Shadow {
     /// Candidate version (default: the newest uploaded).
+    #[serde(default, deserialize_with = "crate::whole::option")]
     version: Option<u32>,
     /// How many of the last stored events to replay (default 100).
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     events: Option<usize>,
 }
 

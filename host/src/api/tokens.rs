@@ -21,7 +21,9 @@ struct NewToken {
     /// Default: the caller's tenant. Another (existing) tenant only for the
     /// operator: the default tenant's live admin.
     tenant: Option<String>,
+    #[schema(min_items = 1)]
     scopes: Vec<String>,
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
     /// `live` or `test`; default: the caller's mode. A test-mode caller may
     /// create only `test` tokens.
@@ -67,8 +69,8 @@ pub async fn create(
     if tenant != principal.tenant && !state.store.tenant_exists(tenant.clone()).await? {
         return Err(field("tenant", format!("Tenant {tenant:?} does not exist; create it with POST /v1/tenants")));
     }
-    if new.name.is_empty() || new.name.len() > 128 {
-        return Err(field("name", "Name should have 1..128 characters".into()));
+    if let Some((message, _)) = super::validate::length_error(new.name.chars().count(), 1, 128) {
+        return Err(field("name", message));
     }
     if new.scopes.is_empty() {
         return Err(field("scopes", "At least one scope is required".into()));

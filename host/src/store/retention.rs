@@ -7,20 +7,27 @@ use super::{EventStore, StoreError};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub events_per_day: Option<i64>,
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub storage_bytes: Option<i64>,
     /// Sustained ingest rate in events per second (`None`: the server's
     /// default, `SLUICE_TENANT_EVENTS_PER_SEC`).
-    #[serde(default)]
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub events_per_second: Option<i64>,
     /// Events at once before the rate applies (`None`: the server's
     /// default, `SLUICE_TENANT_EVENTS_BURST`).
-    #[serde(default)]
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub events_burst: Option<i64>,
     /// Plugin CPU time per second, in milliseconds, all the tenant's
     /// plugins together (`None`: the server's default,
     /// `SLUICE_TENANT_PLUGIN_MS_PER_SEC`; twice it at once).
-    #[serde(default)]
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub plugin_ms_per_second: Option<i64>,
 }
 

@@ -152,3 +152,43 @@ async fn documented_string_limits_are_the_enforced_ones() {
     }
     assert!(checked >= 39, "only {checked} limits were described");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn integers_and_the_idempotency_key_are_read_as_the_document_says() {
+    let app = spawn_app().await;
+    // JSON Schema's integers: 5681.0 is one, 5681.5 is not.
+    let (status, body) = app.put(ADMIN_TOKEN, "/v1/retention", &json!({"days": 5681.0})).await;
+    assert_eq!((status, &body["days"]), (200, &json!(5681)), "{body}");
+    let (status, body) = app.put(ADMIN_TOKEN, "/v1/retention", &json!({"days": 5681.5})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("fractional part"), "{body}");
+    let (status, body) = app.put(ADMIN_TOKEN, "/v1/quotas", &json!({"events_per_second": 500.0})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "whole", "task_id": 7.0})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rows) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT task_id FROM events"})).await;
+    assert_eq!(rows["rows"][0][0], 7, "{rows}");
+
+    // The header's documented pattern is the rule: visible ASCII only (no
+    // spaces), 1..255 of them, and not the prefix of event-id claims.
+    let spec = spec(&app).await;
+    let header = spec["paths"]["/v1/events"]["post"]["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(header["schema"]["pattern"], r"^(?!event-id:)[!-~]+$", "{header}");
+    assert_eq!((header["schema"]["minLength"].as_u64(), header["schema"]["maxLength"].as_u64()), (Some(1), Some(255)));
+    for (key, accepted) in [("a~!", true), ("two words", false), ("event-id:x", false), (&"k".repeat(256)[..], false)] {
+        let r = app
+            .client
+            .post(app.url("/v1/events"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({"event_type": "keyed"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().is_success(), accepted, "{key:?}: {}", r.status());
+    }
+}
