@@ -117,13 +117,12 @@ pub async fn export(
                     let after = after?;
                     match store.export_page(tenant, filter, after, PAGE).await {
                         Ok((rows, _)) if rows.is_empty() => None,
-                        Ok((rows, last)) => {
+                        Ok((rows, next)) => {
                             let mut chunk = String::new();
                             for row in &rows {
                                 chunk.push_str(&row.to_string());
                                 chunk.push('\n');
                             }
-                            let next = if rows.len() < PAGE { None } else { last };
                             Some((Ok::<_, std::io::Error>(chunk), next))
                         }
                         Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),

@@ -42,6 +42,30 @@ const EVENT_COLUMNS: &str = "id, epoch_us(created_at), user_id, actor_type, acto
      http_method, path, http_status, latency_ms, ip_address, user_agent, node_ip, worker_id, event_payload, \
      error_message, family, epoch_us(received_at), lineage, seq";
 
+/// A row's sequence number and its size, as counted against
+/// [`PAGE_BYTES`]: its payload, the only column of unbounded size.
+const SIZE_COLUMNS: &str = "seq, coalesce(strlen(event_payload), 0)";
+
+/// Most payload bytes in one page of a listing or an export: a page of
+/// large events ends early (its cursor continues it), so what one read
+/// holds, in DuckDB and in the answer, is bounded in bytes and not only in
+/// rows (a tenant whose plugin stores 1 MB events made 200-row pages of
+/// 200 MB; RELIABILITY.md, F17).
+const PAGE_BYTES: i64 = 8 << 20;
+
+/// How many of `sizes` (in page order) fit in [`PAGE_BYTES`]: at least one,
+/// so a page always moves on.
+fn fitting(sizes: &[(i64, i64)]) -> usize {
+    let mut total: i64 = 0;
+    sizes
+        .iter()
+        .position(|&(_, bytes)| {
+            total = total.saturating_add(bytes);
+            total > PAGE_BYTES
+        })
+        .map_or(sizes.len(), |over| over.max(1))
+}
+
 fn json_or_null(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
 }
@@ -179,30 +203,41 @@ impl EventStore {
         // pages then read a few row groups, not the whole table.
         let below = after.unwrap_or(self.committed_seq(&tenant) + 1);
         self.read(move |conn| {
-            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?");
+            let mut conditions = " WHERE tenant = ?".to_string();
             let mut args = vec![DbValue::Text(tenant.clone())];
-            filter.conditions(&mut sql, &mut args);
-            sql.push_str(&format!(" AND seq < ? AND seq >= ? ORDER BY seq DESC LIMIT {}", limit + 1));
-            let mut stmt = conn.prepare_cached(&sql)?;
+            filter.conditions(&mut conditions, &mut args);
+            conditions.push_str(" AND seq < ? AND seq >= ?");
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SIZE_COLUMNS} FROM events{conditions} ORDER BY seq DESC LIMIT {}",
+                limit + 1
+            ))?;
             let mut window: i64 = 16_384;
-            let mut rows: Vec<(i64, Value)> = loop {
+            let sizes: Vec<(i64, i64)> = loop {
                 let floor = below.saturating_sub(window).max(0);
                 let mut bound = args.clone();
                 bound.push(DbValue::BigInt(below));
                 bound.push(DbValue::BigInt(floor));
-                let rows: Vec<(i64, Value)> =
-                    stmt.query_map(params_from_iter(bound), event_row)?.collect::<duckdb::Result<_>>()?;
-                if rows.len() > limit || floor == 0 {
-                    break rows;
+                let sizes: Vec<(i64, i64)> = stmt
+                    .query_map(params_from_iter(bound), |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<duckdb::Result<_>>()?;
+                if sizes.len() > limit || floor == 0 {
+                    break sizes;
                 }
                 window = window.saturating_mul(16);
             };
-            let next_cursor = if rows.len() > limit {
-                rows.truncate(limit);
-                rows.last().map(|(seq, _)| encode_cursor(&key, &tenant, &filter, *seq))
-            } else {
-                None
+            let fit = fitting(&sizes[..sizes.len().min(limit)]);
+            let Some(((newest, _), (oldest, _))) = sizes.first().zip(sizes[..fit].last()) else {
+                return Ok(EventPage { items: Vec::new(), next_cursor: None });
             };
+            // The rows of the page, between its newest and oldest sequence
+            // numbers under the same conditions: exactly those sized above.
+            args.push(DbValue::BigInt(newest + 1));
+            args.push(DbValue::BigInt(*oldest));
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events{conditions} ORDER BY seq DESC"))?;
+            let rows: Vec<(i64, Value)> =
+                stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;
+            let next_cursor = (sizes.len() > fit).then(|| encode_cursor(&key, &tenant, &filter, *oldest));
             Ok(EventPage { items: rows.into_iter().map(|(_, v)| v).collect(), next_cursor })
         })
         .await
@@ -211,8 +246,9 @@ impl EventStore {
     /// Export: up to `limit` of a tenant's events after sequence `after`,
     /// oldest first, in `[from, to)` of `created_at`, no further than what
     /// is committed of the space (a page never passes a range still being
-    /// written, whose rows would land behind it). Returns the rows and the
-    /// last sequence number, to continue from.
+    /// written, whose rows would land behind it), and at most
+    /// [`PAGE_BYTES`] of payloads. Returns the rows and, when more may
+    /// follow, the sequence number to continue after.
     ///
     /// # Errors
     ///
@@ -226,17 +262,32 @@ impl EventStore {
     ) -> Result<(Vec<Value>, Option<i64>), StoreError> {
         let upto = self.committed_seq(&tenant);
         self.read(move |conn| {
-            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?");
+            let mut conditions = " WHERE tenant = ?".to_string();
             let mut args = vec![DbValue::Text(tenant)];
-            filter.conditions(&mut sql, &mut args);
-            sql.push_str(&format!(" AND seq > ? AND seq <= ? ORDER BY seq LIMIT {limit}"));
-            args.push(DbValue::BigInt(after));
-            args.push(DbValue::BigInt(upto));
-            let mut stmt = conn.prepare_cached(&sql)?;
+            filter.conditions(&mut conditions, &mut args);
+            conditions.push_str(" AND seq >= ? AND seq <= ?");
+            let mut bound = args.clone();
+            bound.push(DbValue::BigInt(after + 1));
+            bound.push(DbValue::BigInt(upto));
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {SIZE_COLUMNS} FROM events{conditions} ORDER BY seq LIMIT {limit}"))?;
+            let sizes: Vec<(i64, i64)> = stmt
+                .query_map(params_from_iter(bound), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<duckdb::Result<_>>()?;
+            let fit = fitting(&sizes);
+            let Some(((first, _), (last, _))) = sizes.first().zip(sizes[..fit].last()) else {
+                return Ok((Vec::new(), None));
+            };
+            args.push(DbValue::BigInt(*first));
+            args.push(DbValue::BigInt(*last));
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events{conditions} ORDER BY seq"))?;
             let rows: Vec<(i64, Value)> =
                 stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;
-            let last = rows.last().map(|(seq, _)| *seq);
-            Ok((rows.into_iter().map(|(_, v)| v).collect(), last))
+            // More may follow when the page stopped at its row limit or
+            // at its byte bound.
+            let more = sizes.len() == limit || fit < sizes.len();
+            Ok((rows.into_iter().map(|(_, v)| v).collect(), more.then_some(*last)))
         })
         .await
     }
