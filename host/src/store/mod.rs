@@ -195,6 +195,22 @@ impl Inner {
     }
 }
 
+/// How many of `sizes` (key, bytes), in reading order, fit in `budget`
+/// bytes: at least one, so a page or a copy step always moves on. Reads
+/// that hold whole pages or steps (listings, exports, snapshot catch-ups)
+/// size their rows first with it, so what they hold is bounded in bytes,
+/// not only in rows.
+fn fitting(sizes: &[(i64, i64)], budget: i64) -> usize {
+    let mut total: i64 = 0;
+    sizes
+        .iter()
+        .position(|&(_, bytes)| {
+            total = total.saturating_add(bytes);
+            total > budget
+        })
+        .map_or(sizes.len(), |over| over.max(1))
+}
+
 /// A write request's place in its tenant's share of the queue.
 struct Waiting {
     tenant: String,
@@ -522,5 +538,21 @@ impl EventStore {
 
     pub(crate) fn cursor_key(&self) -> &[u8; 32] {
         &self.inner.cursor_key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_page_takes_the_rows_that_fit_and_always_one() {
+        let sizes = [(1, 4), (2, 4), (3, 4)];
+        assert_eq!(super::fitting(&sizes, 12), 3);
+        assert_eq!(super::fitting(&sizes, 11), 2);
+        assert_eq!(super::fitting(&sizes, 8), 2);
+        assert_eq!(super::fitting(&sizes, 7), 1);
+        // A first row larger than the budget is still taken alone.
+        assert_eq!(super::fitting(&[(1, 100), (2, 1)], 10), 1);
+        assert_eq!(super::fitting(&[], 10), 0);
+        assert_eq!(super::fitting(&[(1, i64::MAX), (2, i64::MAX)], i64::MAX), 2);
     }
 }

@@ -53,19 +53,6 @@ const SIZE_COLUMNS: &str = "seq, coalesce(strlen(event_payload), 0)";
 /// 200 MB; RELIABILITY.md, F17).
 const PAGE_BYTES: i64 = 8 << 20;
 
-/// How many of `sizes` (in page order) fit in [`PAGE_BYTES`]: at least one,
-/// so a page always moves on.
-fn fitting(sizes: &[(i64, i64)]) -> usize {
-    let mut total: i64 = 0;
-    sizes
-        .iter()
-        .position(|&(_, bytes)| {
-            total = total.saturating_add(bytes);
-            total > PAGE_BYTES
-        })
-        .map_or(sizes.len(), |over| over.max(1))
-}
-
 fn json_or_null(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
 }
@@ -225,7 +212,7 @@ impl EventStore {
                 }
                 window = window.saturating_mul(16);
             };
-            let fit = fitting(&sizes[..sizes.len().min(limit)]);
+            let fit = super::fitting(&sizes[..sizes.len().min(limit)], PAGE_BYTES);
             let Some(((newest, _), (oldest, _))) = sizes.first().zip(sizes[..fit].last()) else {
                 return Ok(EventPage { items: Vec::new(), next_cursor: None });
             };
@@ -274,7 +261,7 @@ impl EventStore {
             let sizes: Vec<(i64, i64)> = stmt
                 .query_map(params_from_iter(bound), |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<duckdb::Result<_>>()?;
-            let fit = fitting(&sizes);
+            let fit = super::fitting(&sizes, PAGE_BYTES);
             let Some(((first, _), (last, _))) = sizes.first().zip(sizes[..fit].last()) else {
                 return Ok((Vec::new(), None));
             };

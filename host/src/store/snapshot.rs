@@ -55,13 +55,39 @@ fn ensure_table(snap: &Connection, table: &str, columns: &[(String, String)]) ->
 }
 
 /// Rows copied per step. DuckDB materializes each step's result, so this
-/// bounds the server's memory during a catch-up: events are at most ~1 MiB
-/// of payload and raw input, typically a few KiB.
+/// and [`STEP_BYTES`] bound the server's memory during a catch-up.
 const CHUNK: usize = 2048;
+
+/// Most bytes of text and blob columns copied per step: rows are sized
+/// first, so a space of large rows (a plugin may store events of up to
+/// 8 MiB) is copied in smaller steps (RELIABILITY.md, F19: 2,048 rows of
+/// 1 MB took the server to 9.1 GB).
+const STEP_BYTES: i64 = 32 << 20;
+
+/// The size of a row, as counted against [`STEP_BYTES`]: its text and blob
+/// columns, the only ones of unbounded size.
+fn size_of_row(columns: &[(String, String)]) -> String {
+    let sizes: Vec<String> = columns
+        .iter()
+        .filter_map(|(name, kind)| {
+            let name = format!("\"{}\"", name.replace('"', "\"\""));
+            match kind.as_str() {
+                "VARCHAR" | "JSON" => Some(format!("coalesce(strlen({name}), 0)")),
+                "BLOB" => Some(format!("coalesce(octet_length({name}), 0)")),
+                _ => None,
+            }
+        })
+        .collect();
+    if sizes.is_empty() {
+        "0".into()
+    } else {
+        sizes.join(" + ")
+    }
+}
 
 /// Append to the snapshot's `table` the rows of the main database's `table`
 /// for `space` with `key` in `(after, upto]`, in key order, at most
-/// [`CHUNK`] rows per step. `key` is `seq` or `rowid` (selected first and
+/// [`CHUNK`] rows and [`STEP_BYTES`] per step (`columns`: the table's). `key` is `seq` or `rowid` (selected first and
 /// dropped from what is appended). Each step reads a window of keys: it
 /// grows while the space's rows are sparse (other tenants' rows between
 /// them) and falls back when a step fills, so a catch-up reads each row of
@@ -70,21 +96,30 @@ fn copy(
     main: &Connection,
     snap: &Connection,
     table: &str,
+    columns: &[(String, String)],
     key: &str,
     space: &str,
     mut after: i64,
     upto: i64,
 ) -> Result<(), StoreError> {
     let (select, skip) = if key == "rowid" { ("rowid, *", true) } else { ("*", false) };
-    let sql = format!(
-        "SELECT {select} EXCLUDE (tenant) FROM main.{table} WHERE tenant = ? AND {key} > ? AND {key} <= ? \
-         ORDER BY {key} LIMIT {CHUNK}"
-    );
-    let mut stmt = main.prepare(&sql)?;
+    let range = format!("FROM main.{table} WHERE tenant = ? AND {key} > ? AND {key} <= ? ORDER BY {key} LIMIT {CHUNK}");
+    let mut sizing = main.prepare(&format!("SELECT {key}, {} {range}", size_of_row(columns)))?;
+    let mut stmt = main.prepare(&format!("SELECT {select} EXCLUDE (tenant) {range}"))?;
     let mut appender = snap.appender(table)?;
     let mut window = CHUNK as i64;
     while after < upto {
-        let end = after.saturating_add(window).min(upto);
+        let mut end = after.saturating_add(window).min(upto);
+        let sizes: Vec<(i64, i64)> = sizing
+            .query_map(duckdb::params![space, after, end], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<duckdb::Result<_>>()?;
+        let fit = super::fitting(&sizes, STEP_BYTES);
+        // A step cut short by its bytes ends at its last row that fits, and
+        // continues after it like a step that filled.
+        let cut = fit < sizes.len();
+        if cut {
+            end = sizes[fit - 1].0;
+        }
         let batches: Vec<_> = stmt.query_arrow(duckdb::params![space, after, end])?.collect();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut last = after;
@@ -105,7 +140,7 @@ fn copy(
             };
             appender.append_record_batch(batch)?;
         }
-        if rows == CHUNK {
+        if rows == CHUNK || cut {
             // The window held more: continue after the last row copied.
             after = last;
             window = (window / 2).max(CHUNK as i64);
@@ -148,7 +183,7 @@ fn refresh_views(
                     0
                 };
                 if committed > after {
-                    copy(main, snap, table, "seq", space, after, committed)?;
+                    copy(main, snap, table, &columns, "seq", space, after, committed)?;
                 }
             }
             "plugin_runs" | "plugin_logs" => {
@@ -179,7 +214,7 @@ fn refresh_views(
                     }
                 };
                 if main_max > after {
-                    copy(main, snap, table, "rowid", space, after, main_max)?;
+                    copy(main, snap, table, &columns, "rowid", space, after, main_max)?;
                 }
                 marks.insert(table.to_string(), main_max);
             }

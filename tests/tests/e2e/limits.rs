@@ -449,11 +449,12 @@ async fn a_tenant_cannot_lift_the_limits_the_operator_set_on_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_of_large_events_are_bounded_in_bytes_and_paging_loses_nothing() {
-    // 40 events of ~250 KB: 10 MB of payloads, over a page's 8 MiB.
+    // 160 events of ~250 KB: 40 MB of payloads, over a page's 8 MiB and a
+    // snapshot copy step's 32 MiB.
     let app = spawn_app_with(|_| {}).await;
     let tenant = app.create_tenant("large-rows").await;
     let payload = json!({"blob": "x".repeat(250_000)});
-    for batch in 0..4 {
+    for batch in 0..16 {
         let events: Vec<Value> = (0..10)
             .map(|i| json!({"event_type": "big", "task_id": batch * 10 + i, "event_payload": payload}))
             .collect();
@@ -463,13 +464,13 @@ async fn pages_of_large_events_are_bounded_in_bytes_and_paging_loses_nothing() {
     let (status, first) = app.get(&tenant, "/v1/audit/events?limit=100").await;
     assert_eq!(status, 200, "{first}");
     let shown = first["items"].as_array().unwrap().len();
-    assert!((1..40).contains(&shown), "a page of {shown} events of 250 KB");
+    assert!((1..100).contains(&shown), "a page of {shown} events of 250 KB");
     assert!(first["next_cursor"].is_string(), "the page says more follow");
     // Paging and the NDJSON export both yield each event exactly once.
     let mut listed: Vec<i64> =
         app.all_events(&tenant, "").await.iter().map(|e| e["task_id"].as_i64().unwrap()).collect();
     listed.sort_unstable();
-    assert_eq!(listed, (0..40).collect::<Vec<_>>());
+    assert_eq!(listed, (0..160).collect::<Vec<_>>());
     let export = app
         .client
         .get(app.url("/v1/export?format=ndjson"))
@@ -483,5 +484,11 @@ async fn pages_of_large_events_are_bounded_in_bytes_and_paging_loses_nothing() {
     let mut exported: Vec<i64> =
         export.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["task_id"].as_i64().unwrap()).collect();
     exported.sort_unstable();
-    assert_eq!(exported, (0..40).collect::<Vec<_>>());
+    assert_eq!(exported, (0..160).collect::<Vec<_>>());
+    // The query snapshot copies them in steps bounded in bytes: each row
+    // once.
+    let sql = json!({"sql": "SELECT count(*), count(DISTINCT task_id), sum(task_id) FROM events"});
+    let (status, answer) = app.post(&tenant, "/v1/query", &sql).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"][0], json!([160, 160, 12720]), "{answer}");
 }
