@@ -157,6 +157,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Overloaded => ApiError::Unavailable("the store is overloaded; retry later".into()),
+            e @ StoreError::OutOfMemory(_) => {
+                tracing::warn!(error = %e, "store out of memory");
+                ApiError::Unavailable("the store is short of memory; retry later".into())
+            }
             StoreError::Busy(message) => ApiError::TooManyRequests(message, 1),
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::BadCursor => {

@@ -104,7 +104,11 @@ pub enum StoreError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("database error: {0}")]
-    Db(#[from] duckdb::Error),
+    Db(duckdb::Error),
+    /// DuckDB ran out of its memory (`SLUICE_DUCKDB_MEMORY_LIMIT`) for this
+    /// statement: the host's condition, not the request's (503, retryable).
+    #[error("the store is short of memory; retry later ({0})")]
+    OutOfMemory(duckdb::Error),
     #[error("invalid cursor")]
     BadCursor,
     #[error("I/O error: {0}")]
@@ -118,6 +122,18 @@ pub enum StoreError {
     /// replayed twice at once.
     #[error("{0}")]
     Conflict(String),
+}
+
+impl From<duckdb::Error> for StoreError {
+    fn from(e: duckdb::Error) -> Self {
+        // DuckDB's C API gives every error the same code; its message names
+        // the kind first.
+        if e.to_string().starts_with("Out of Memory Error") {
+            StoreError::OutOfMemory(e)
+        } else {
+            StoreError::Db(e)
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce(&Connection) + Send>;
@@ -543,6 +559,20 @@ impl EventStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn out_of_memory_is_told_apart_from_other_database_errors() {
+        let conn = duckdb::Connection::open_in_memory().unwrap();
+        conn.execute_batch("SET memory_limit = '8MB'; SET threads = 1;").unwrap();
+        let oom = conn
+            .query_row("SELECT count(DISTINCT x::VARCHAR || repeat('y', 100)) FROM range(2000000) t(x)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap_err();
+        assert!(matches!(super::StoreError::from(oom), super::StoreError::OutOfMemory(_)));
+        let other = conn.execute_batch("SELECT * FROM no_such_table").unwrap_err();
+        assert!(matches!(super::StoreError::from(other), super::StoreError::Db(_)));
+    }
+
     #[test]
     fn a_page_takes_the_rows_that_fit_and_always_one() {
         let sizes = [(1, 4), (2, 4), (3, 4)];
