@@ -87,8 +87,9 @@ fn size_of_row(columns: &[(String, String)]) -> String {
 
 /// Append to the snapshot's `table` the rows of the main database's `table`
 /// for `space` with `key` in `(after, upto]`, in key order, at most
-/// [`CHUNK`] rows and [`STEP_BYTES`] per step (`columns`: the table's). `key` is `seq` or `rowid` (selected first and
-/// dropped from what is appended). Each step reads a window of keys: it
+/// [`CHUNK`] rows and [`STEP_BYTES`] per step (`columns`: the table's).
+/// `key` is `seq` or `rowid` (selected first and dropped from what is
+/// appended). Each step reads a window of keys: it
 /// grows while the space's rows are sparse (other tenants' rows between
 /// them) and falls back when a step fills, so a catch-up reads each row of
 /// the table about once.
