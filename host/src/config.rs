@@ -89,6 +89,14 @@ pub struct Settings {
     /// Events a tenant may ingest at once before its rate applies.
     #[arg(long, env = "SLUICE_TENANT_EVENTS_BURST", default_value_t = 100_000)]
     pub tenant_events_burst: u64,
+    /// Bytes a tenant may store per second (payloads and raw inputs, after
+    /// its plugins' fan-out), all families together; beyond it, once the
+    /// burst is spent, its requests get 429 until the debt is paid.
+    #[arg(long, env = "SLUICE_TENANT_BYTES_PER_SEC", default_value_t = 32 << 20)]
+    pub tenant_bytes_per_sec: u64,
+    /// Bytes a tenant may store at once before its byte rate applies.
+    #[arg(long, env = "SLUICE_TENANT_BYTES_BURST", default_value_t = 128 << 20)]
+    pub tenant_bytes_burst: u64,
     /// Plugin time a tenant's plugins may use per second, all together, in
     /// milliseconds (1000: one core's worth); beyond it, once the burst of
     /// twice that is spent, its requests get 429 until the debt is paid.
@@ -158,6 +166,8 @@ impl Settings {
             fuel_metering: true,
             tenant_events_per_sec: 50_000,
             tenant_events_burst: 100_000,
+            tenant_bytes_per_sec: 32 << 20,
+            tenant_bytes_burst: 128 << 20,
             tenant_plugin_ms_per_sec: 1000,
             max_stored_events: 20_000,
             worker_program: None,

@@ -78,6 +78,10 @@ impl Application {
         .with_max_stored_events(settings.max_stored_events)
         .with_plugin_time_budget(settings.tenant_plugin_ms_per_sec)
         .with_max_compiles(settings.compile_concurrency)
+        .with_byte_rate(Rate {
+            per_second: settings.tenant_bytes_per_sec.max(1) as f64,
+            burst: settings.tenant_bytes_burst.max(1) as f64,
+        })
         .with_default_rate(Rate {
             per_second: settings.tenant_events_per_sec.max(1) as f64,
             burst: settings.tenant_events_burst.max(1) as f64,

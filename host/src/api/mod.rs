@@ -187,6 +187,7 @@ impl From<PluginError> for ApiError {
             e @ PluginError::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
             mut e @ (PluginError::RateLimited { .. }
             | PluginError::PluginTimeExceeded { .. }
+            | PluginError::ByteRateLimited { .. }
             | PluginError::PluginWorkersBusy { .. }) => {
                 let secs = e.retry_after().map_or(1, |wait| ceil_secs(*wait));
                 ApiError::TooManyRequests(e.to_string(), secs)

@@ -54,6 +54,10 @@ pub enum PluginError {
     /// `storage_bytes`).
     #[error("quota exceeded for {metric}")]
     QuotaExceeded { metric: &'static str, quotas: Vec<QuotaUse> },
+    /// The tenant stores (after its plugins) more bytes per second than
+    /// its byte rate: retry after the given time.
+    #[error("this tenant stores more than its {per_second} bytes/s (burst {burst}); retry in {retry_after:?}")]
+    ByteRateLimited { per_second: f64, burst: f64, retry_after: std::time::Duration },
     /// The tenant already has as many batches waiting for its plugin
     /// workers as it may: retry after the given time.
     #[error(
@@ -75,6 +79,7 @@ impl PluginError {
         match self {
             PluginError::RateLimited { retry_after, .. }
             | PluginError::PluginTimeExceeded { retry_after, .. }
+            | PluginError::ByteRateLimited { retry_after, .. }
             | PluginError::PluginWorkersBusy { retry_after, .. } => Some(retry_after),
             _ => None,
         }
@@ -222,6 +227,11 @@ pub struct Pipeline {
     max_stored: usize,
     /// Each tenant's ingest rate (see `admission.rs`).
     rates: admission::Rates,
+    /// Each tenant's byte rate: what its runs store (payloads and raw
+    /// inputs, after fan-out), charged after each run like the fan-out, so
+    /// a tenant cannot fill the store's write-ahead log (and force
+    /// everyone's checkpoint pauses) faster than this.
+    bytes: admission::Rates,
     /// Each tenant's plugin time budget, in microseconds per second, all
     /// its plugins together: a run starts only while the tenant is not in
     /// debt, and each run is charged the CPU time its calls used (each call is
@@ -307,9 +317,17 @@ impl Pipeline {
             workers: workers::Workers::new(workers, tenant_workers).map_err(|e| PluginError::Host(e.to_string()))?,
             max_stored: usize::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
+            bytes: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
             plugin_time: Arc::new(admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY })),
             quotas: Default::default(),
         })
+    }
+
+    /// Hold every tenant to `rate` bytes stored per second (payloads and raw
+    /// inputs, after its plugins).
+    pub fn with_byte_rate(mut self, rate: Rate) -> Pipeline {
+        self.bytes = admission::Rates::new(rate);
+        self
     }
 
     /// Hold tenants to `default` events per second unless [`Pipeline::set_rate`]
@@ -438,6 +456,7 @@ impl Pipeline {
         // The fan-out is charged even when refused: the plugins did the
         // work, and a request refused this way must not be free to repeat.
         self.rates.charge(tenant, stored.saturating_sub(received));
+        self.bytes.charge(tenant, output.batch.stored_bytes());
         if stored > self.max_stored {
             crate::metrics::throttled(tenant, "stored_events");
             return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
@@ -490,7 +509,11 @@ impl Pipeline {
     /// keeps each of its connections to one refused request per second
     /// instead of spending the server's cores on refusals.
     async fn admit(&self, tenant: &str, events: usize) -> Result<(), PluginError> {
-        let try_admit = || self.admit_plugin_time(tenant).and_then(|()| self.admit_rate(tenant, events));
+        let try_admit = || {
+            self.admit_plugin_time(tenant)
+                .and_then(|()| self.admit_bytes(tenant))
+                .and_then(|()| self.admit_rate(tenant, events))
+        };
         let mut refusal = match try_admit() {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -513,6 +536,15 @@ impl Pipeline {
             crate::metrics::throttled(tenant, "rate");
             let rate = self.rates.of(tenant);
             PluginError::RateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
+        })
+    }
+
+    /// Refuse a run while the tenant is in debt on its byte rate.
+    fn admit_bytes(&self, tenant: &str) -> Result<(), PluginError> {
+        self.bytes.admit(tenant, 0).map_err(|retry_after| {
+            crate::metrics::throttled(tenant, "bytes");
+            let rate = self.bytes.of(tenant);
+            PluginError::ByteRateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
         })
     }
 

@@ -80,6 +80,14 @@ pub struct IdempotencyRecord {
 }
 
 impl WriteBatch {
+    /// Bytes of text the batch stores in its rows: the events' and dead
+    /// letters' payloads and raw inputs (what can be large).
+    pub fn stored_bytes(&self) -> usize {
+        let events = self.events.iter().map(|e| e.event.payload.len() + e.raw.len());
+        let letters = self.dead_letters.iter().map(|d| d.event.payload.len() + d.raw.len());
+        events.chain(letters).sum()
+    }
+
     /// Rows numbered by the sequence: events and dead letters.
     pub(crate) fn rows(&self) -> usize {
         self.events.len() + self.dead_letters.len()

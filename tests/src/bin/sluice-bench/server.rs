@@ -43,13 +43,15 @@ fn spawn(bin: &Path, dir: &Path, port: u16, unlimited: bool) -> Result<Child> {
         .env("SLUICE_MAX_BATCH_EVENTS", "10000");
     if unlimited {
         // What one tenant can push through the server: the per-tenant rate,
-        // fan-out, plugin time and plugin worker bounds (defaults 50,000
-        // events/s, 20,000 per request, one core, half the cores) would cap
-        // the figures themselves.
+        // byte rate, fan-out, plugin time and plugin worker bounds
+        // (defaults 50,000 events/s, 32 MiB/s, 20,000 per request, one
+        // core, half the cores) would cap the figures themselves.
         command
             .env("SLUICE_PLUGIN_TENANT_WORKERS", "1000")
             .env("SLUICE_TENANT_EVENTS_PER_SEC", "100000000")
             .env("SLUICE_TENANT_EVENTS_BURST", "100000000")
+            .env("SLUICE_TENANT_BYTES_PER_SEC", "100000000000")
+            .env("SLUICE_TENANT_BYTES_BURST", "100000000000")
             .env("SLUICE_MAX_STORED_EVENTS", "10000000")
             .env("SLUICE_TENANT_PLUGIN_MS_PER_SEC", "1000000");
     }
