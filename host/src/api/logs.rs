@@ -375,6 +375,7 @@ pub async fn put_quotas(
         ("events_per_second", quotas.events_per_second),
         ("events_burst", quotas.events_burst),
         ("plugin_ms_per_second", quotas.plugin_ms_per_second),
+        ("bytes_per_second", quotas.bytes_per_second),
     ] {
         if value.is_some_and(|v| v < 1) {
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 1", "value_error"));
@@ -405,6 +406,12 @@ pub async fn put_quotas(
                 default_budget,
                 state.pipeline.plugin_budget_ms(&tenant),
             ),
+            (
+                "bytes_per_second",
+                quotas.bytes_per_second,
+                state.pipeline.default_byte_rate().per_second,
+                state.pipeline.byte_rate(&tenant).per_second,
+            ),
         ] {
             if value.map_or(default, |v| v as f64) > now {
                 return Err(ApiError::Forbidden(format!(
@@ -428,7 +435,7 @@ pub async fn put_quotas(
 pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;
     let (quotas, today, bytes) = state.store.quota_usage(principal.tenant.clone(), principal.space()).await?;
-    let rate = state.pipeline.rate(&principal.tenant);
+    let (rate, byte_rate) = (state.pipeline.rate(&principal.tenant), state.pipeline.byte_rate(&principal.tenant));
     Ok(Json(json!({
         "events_per_day": {"limit": quotas.events_per_day, "used": today},
         "storage_bytes": {"limit": quotas.storage_bytes, "used": bytes},
@@ -436,5 +443,6 @@ pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> 
         // server's default.
         "events_per_second": {"limit": rate.per_second, "burst": rate.burst},
         "plugin_ms_per_second": {"limit": state.pipeline.plugin_budget_ms(&principal.tenant)},
+        "bytes_per_second": {"limit": byte_rate.per_second, "burst": byte_rate.burst},
     })))
 }

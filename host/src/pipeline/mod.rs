@@ -343,6 +343,8 @@ impl Pipeline {
         self.set_rate(tenant, quotas.events_per_second, quotas.events_burst);
         let budget = quotas.plugin_ms_per_second.map(|ms| budget_of(ms.max(1) as u64));
         self.plugin_time.set(tenant, budget);
+        let bytes = quotas.bytes_per_second.map(|b| Rate { per_second: b.max(1) as f64, burst: 4.0 * b.max(1) as f64 });
+        self.bytes.set(tenant, bytes);
         self.quotas.lock().insert(tenant.to_string(), quotas);
     }
 
@@ -406,6 +408,16 @@ impl Pipeline {
     /// The quotas last set for a tenant (none set: all `None`).
     pub fn quotas(&self, tenant: &str) -> Quotas {
         self.quotas.lock().get(tenant).copied().unwrap_or_default()
+    }
+
+    /// The byte rate a tenant is held to (its own, or the server's).
+    pub fn byte_rate(&self, tenant: &str) -> Rate {
+        self.bytes.of(tenant)
+    }
+
+    /// The byte rate of tenants without their own.
+    pub fn default_byte_rate(&self) -> Rate {
+        self.bytes.default()
     }
 
     /// The ingest rate a tenant is held to.

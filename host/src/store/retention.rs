@@ -29,6 +29,11 @@ pub struct Quotas {
     #[schema(minimum = 1)]
     #[serde(default, deserialize_with = "crate::whole::option")]
     pub plugin_ms_per_second: Option<i64>,
+    /// Bytes its runs may store per second, four times that at once
+    /// (`None`: the server's default, `SLUICE_TENANT_BYTES_PER_SEC`).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
+    pub bytes_per_second: Option<i64>,
 }
 
 /// One quota a space has, and what it uses of it.
@@ -55,7 +60,8 @@ impl Quotas {
 
 /// The quota columns of `tenants`, in the order [`quotas_at`] reads them.
 const QUOTA_COLUMNS: &str =
-    "quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst, quota_plugin_ms_per_second";
+    "quota_events_per_day, quota_storage_bytes, quota_events_per_second, quota_events_burst, quota_plugin_ms_per_second, \
+     quota_bytes_per_second";
 
 fn quotas_at(row: &duckdb::Row<'_>, first: usize) -> duckdb::Result<Quotas> {
     Ok(Quotas {
@@ -64,6 +70,7 @@ fn quotas_at(row: &duckdb::Row<'_>, first: usize) -> duckdb::Result<Quotas> {
         events_per_second: row.get(first + 2)?,
         events_burst: row.get(first + 3)?,
         plugin_ms_per_second: row.get(first + 4)?,
+        bytes_per_second: row.get(first + 5)?,
     })
 }
 
@@ -123,13 +130,15 @@ impl EventStore {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE tenants SET quota_events_per_day = ?, quota_storage_bytes = ?, \
-                 quota_events_per_second = ?, quota_events_burst = ?, quota_plugin_ms_per_second = ? WHERE id = ?",
+                 quota_events_per_second = ?, quota_events_burst = ?, quota_plugin_ms_per_second = ?, \
+                 quota_bytes_per_second = ? WHERE id = ?",
                 duckdb::params![
                     quotas.events_per_day,
                     quotas.storage_bytes,
                     quotas.events_per_second,
                     quotas.events_burst,
                     quotas.plugin_ms_per_second,
+                    quotas.bytes_per_second,
                     tenant
                 ],
             )?;
@@ -148,7 +157,8 @@ impl EventStore {
             let mut stmt = conn.prepare(&format!(
                 "SELECT id, {QUOTA_COLUMNS} FROM tenants WHERE quota_events_per_day IS NOT NULL \
                  OR quota_storage_bytes IS NOT NULL OR quota_events_per_second IS NOT NULL \
-                 OR quota_events_burst IS NOT NULL OR quota_plugin_ms_per_second IS NOT NULL"
+                 OR quota_events_burst IS NOT NULL OR quota_plugin_ms_per_second IS NOT NULL \
+                 OR quota_bytes_per_second IS NOT NULL"
             ))?;
             let rows = stmt.query_map([], |row| Ok((row.get(0)?, quotas_at(row, 1)?)))?;
             Ok(rows.collect::<duckdb::Result<_>>()?)

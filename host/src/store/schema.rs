@@ -147,6 +147,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ",
     ),
     (7, "ALTER TABLE tenants ADD COLUMN quota_plugin_ms_per_second BIGINT;"),
+    (8, "ALTER TABLE tenants ADD COLUMN quota_bytes_per_second BIGINT;"),
 ];
 
 /// Bring the database up to the newest schema.

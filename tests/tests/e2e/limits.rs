@@ -525,4 +525,18 @@ async fn a_tenant_storing_more_bytes_than_its_byte_rate_gets_429_and_others_carr
     let (status, body) = app.post_events(&light, &json!({"event_type": "small"})).await;
     assert_eq!(status, 200, "{body}");
     assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+    // Per tenant: a tenant may not loosen its own; the operator sets any
+    // tenant's (four times it at once).
+    let (status, body) = app.put(&light, "/v1/quotas", &json!({"bytes_per_second": 4 << 20})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        app.put(ADMIN_TOKEN, "/v1/quotas?tenant=bytes-light", &json!({"bytes_per_second": 3_000_000})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, shown) = app.get(&light, "/v1/quotas").await;
+    assert_eq!(shown["bytes_per_second"], json!({"limit": 3e6, "burst": 1.2e7}), "{shown}");
+    // 5 MB: within the new burst; the tenant is not in debt afterwards.
+    let (status, body) = app.post_events(&light, &big).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.post_events(&light, &json!({"event_type": "small"})).await;
+    assert_eq!(status, 200, "{body}");
 }
