@@ -196,6 +196,11 @@ fn rss() -> u64 {
 /// Query workers of `app` still running (they run in a scratch directory
 /// under the app's data directory; other tests' apps share this process).
 fn workers(app: &TestApp) -> usize {
+    worker_dirs(app).len()
+}
+
+/// The `/proc` directories of this app's running query workers.
+fn worker_dirs(app: &TestApp) -> Vec<std::path::PathBuf> {
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -208,7 +213,49 @@ fn workers(app: &TestApp) -> usize {
             let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
             parent == me && cmdline.contains("query-worker") && cwd.starts_with(&app.data_dir)
         })
-        .count()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The CPUs a task may run on, from its `status` (`Cpus_allowed_list`).
+fn cpus_allowed(status: &std::path::Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(status).unwrap_or_default();
+    let list = text.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap_or("").trim();
+    list.split(',')
+        .filter(|part| !part.is_empty())
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => a.parse().unwrap()..=b.parse().unwrap(),
+            None => part.parse().unwrap()..=part.parse().unwrap(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_worker_and_its_threads_keep_to_the_upper_half_of_the_cpus() {
+    let app = spawn_app_with(|s| s.query_timeout_secs = 3).await;
+    let all = cpus_allowed(std::path::Path::new("/proc/self/status"));
+    let expected: Vec<u32> = all[all.len() / 2..].to_vec();
+    let slow = "SELECT levenshtein(repeat('a', 100000), repeat('b', 100000))";
+    let running = {
+        let (client, url) = (app.client.clone(), app.url("/v1/query"));
+        tokio::spawn(async move { client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"sql": slow})).send().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let worker = loop {
+        if let Some(dir) = worker_dirs(&app).pop() {
+            break dir;
+        }
+        assert!(Instant::now() < deadline, "no query worker started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Give DuckDB a moment to start its threads, then look at every one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let threads: Vec<_> = std::fs::read_dir(worker.join("task")).unwrap().flatten().collect();
+    assert!(!threads.is_empty());
+    for thread in threads {
+        assert_eq!(cpus_allowed(&thread.path().join("status")), expected, "{:?} of {all:?}", thread.path());
+    }
+    let _ = running.await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
