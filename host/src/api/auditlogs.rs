@@ -354,7 +354,7 @@ pub async fn create(
             output.batch.idempotency.extend(event_ids.record(*i, &result));
         }
     }
-    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), status, &body).await {
+    if let Err(e) = commit_whole(&state, &principal, output.batch, ticket.as_ref(), status, &body).await {
         return from_api(e);
     }
     let failed = output.dispositions.iter().find_map(|d| match d {

@@ -1,7 +1,9 @@
 //! Dry runs: `POST /v1/plugins/{name}/test` and `POST /v1/pipeline/test` run
 //! sample events through one plugin or the whole chain and report outcomes,
 //! output events, plugin logs, and time and fuel per plugin. Nothing is
-//! stored and plugin health is not touched.
+//! stored and plugin health is not touched. The output events shown are
+//! bounded in bytes ([`ANSWER_BYTES`]; `events_omitted` counts the rest), and
+//! what the run made is charged to the tenant's byte rate.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -9,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::events::to_event;
-use super::{disposition_json, parse_json, require, ApiError, AppState, FieldError};
+use super::{disposition_json, parse_json, require, within_bytes, ApiError, AppState, FieldError, ANSWER_BYTES};
 use crate::auth::Principal;
 use crate::event::{now_micros, rfc3339};
 use crate::pipeline::{Input, RunOutput};
@@ -66,16 +68,16 @@ fn inputs(tenant: &str, body: &[u8]) -> Result<Vec<Input>, ApiError> {
 fn report(output: RunOutput) -> Json<Value> {
     let results: Vec<Value> =
         output.dispositions.iter().enumerate().map(|(index, d)| disposition_json(d, "index", index.into())).collect();
-    let events: Vec<Value> = output
-        .batch
-        .events
-        .iter()
-        .map(|s| {
+    // Built one by one while they fit: the rest are only counted.
+    let mut left = ANSWER_BYTES;
+    let (events, omitted) = within_bytes(
+        output.batch.events.iter().map(|s| {
             let mut v = s.event.to_json();
             v["lineage"] = serde_json::to_value(&*s.lineage).unwrap_or(Value::Null);
             v
-        })
-        .collect();
+        }),
+        &mut left,
+    );
     let logs: Vec<Value> = output
         .batch
         .logs
@@ -94,7 +96,7 @@ fn report(output: RunOutput) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "results": results, "events": events, "logs": logs, "runs": runs }))
+    Json(json!({ "results": results, "events": events, "events_omitted": omitted, "logs": logs, "runs": runs }))
 }
 
 /// Dry run of sample events through one plugin (even a disabled one):

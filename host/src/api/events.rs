@@ -433,7 +433,7 @@ pub(crate) async fn ingest_with(
     if !status.is_server_error() {
         batch.idempotency.extend(ticket.as_ref().map(|t| t.record(status, &report)));
     }
-    state.store.commit(batch).await?;
+    super::ingest::commit(state, principal, batch).await?;
     Ok((status, Json(report)).into_response())
 }
 

@@ -41,6 +41,7 @@ pub(crate) async fn run_whole(
 /// 503 when the store is overloaded (nothing stored), 500 on store failure.
 pub(crate) async fn commit_whole(
     state: &AppState,
+    principal: &Principal,
     mut batch: WriteBatch,
     ticket: Option<&Ticket>,
     status: StatusCode,
@@ -49,6 +50,19 @@ pub(crate) async fn commit_whole(
     if status.is_success() {
         batch.idempotency.extend(ticket.map(|t| t.record(status, body)));
     }
+    commit(state, principal, batch).await
+}
+
+/// Commit a request's batch. The answers it remembers (under its
+/// `Idempotency-Key` and its events' ids) are charged to the tenant's byte
+/// rate like what its run stores: they are kept for a day (RELIABILITY.md,
+/// F22).
+///
+/// # Errors
+///
+/// 503 when the store is overloaded (nothing stored), 500 on store failure.
+pub(crate) async fn commit(state: &AppState, principal: &Principal, batch: WriteBatch) -> Result<(), ApiError> {
+    state.pipeline.charge_bytes(&principal.tenant, batch.remembered_bytes());
     state.store.commit(batch).await?;
     Ok(())
 }

@@ -244,7 +244,7 @@ pub async fn create(
             (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
         }
     };
-    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), status, &body).await {
+    if let Err(e) = commit_whole(&state, &principal, output.batch, ticket.as_ref(), status, &body).await {
         return store_error(e);
     }
     (status, Json(body)).into_response()

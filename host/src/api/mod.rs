@@ -316,6 +316,32 @@ pub fn disposition_json(d: &crate::pipeline::Disposition, key: &str, position: V
     v
 }
 
+/// Most bytes of events one dry-run or shadow-run answer shows, like a
+/// listing page's bound: the rest are counted, not shown (RELIABILITY.md,
+/// F23, F24: a plugin padding its events made answers of 100-500 MB).
+pub const ANSWER_BYTES: usize = 8 << 20;
+
+/// The values that fit in `left` bytes (serialized), in order, and how many
+/// did not; `left` is reduced by what was kept. Once one value does not fit,
+/// no later one is made or kept, so what is shown is a prefix.
+pub fn within_bytes<I>(values: I, left: &mut usize) -> (Vec<Value>, usize)
+where
+    I: IntoIterator<Item = Value>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut values = values.into_iter();
+    let mut kept = Vec::new();
+    while let Some(value) = values.next() {
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        if size > *left {
+            return (kept, 1 + values.len());
+        }
+        *left -= size;
+        kept.push(value);
+    }
+    (kept, 0)
+}
+
 /// Liveness: no authentication, so it says nothing about the deployment.
 #[utoipa::path(
     get,

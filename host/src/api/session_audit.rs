@@ -505,7 +505,7 @@ pub async fn create(
         .collect();
     let count = ids.len();
     let body = json!({ "event_ids": ids });
-    if let Err(e) = commit_whole(&state, output.batch, ticket.as_ref(), StatusCode::OK, &body).await {
+    if let Err(e) = commit_whole(&state, &principal, output.batch, ticket.as_ref(), StatusCode::OK, &body).await {
         return shaped(e);
     }
     crate::metrics::ingest(FAMILY, count, 0, 0, 0);

@@ -1,7 +1,10 @@
 //! Shadow runs: `POST /v1/plugins/{name}/shadow` runs a candidate version of
 //! a plugin (inside the tenant's current chain) over the raw inputs of the
 //! tenant's last N stored events and reports how the result would differ
-//! from what was stored. Nothing is stored.
+//! from what was stored. Nothing is stored. What it reads is bounded in
+//! bytes (32 MiB of the newest events), the run is charged to the tenant's
+//! byte rate and bound of events per request, and the diffs' events are
+//! shown within [`ANSWER_BYTES`] (the rest counted).
 
 use std::collections::BTreeMap;
 
@@ -11,7 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::events::to_event;
-use super::{parse_json_or_default, require, ApiError, AppState};
+use super::{parse_json_or_default, require, within_bytes, ApiError, AppState, ANSWER_BYTES};
 use crate::auth::Principal;
 use crate::event::Event;
 use crate::event::{COLUMN_ATTRIBUTES, CORE_FIELDS};
@@ -103,12 +106,21 @@ pub async fn shadow(
         ));
     }
     let (chain, version) = state.pipeline.candidate_chain(&principal.tenant, &name, request.version).await?;
-    // Events that share a raw input came from one request item (fan-out):
-    // replay each input once and compare it with all it produced.
-    let mut groups: BTreeMap<String, (Value, String, Vec<Value>)> = BTreeMap::new();
-    for (event, raw) in state.store.recent_with_raw(principal.space(), n).await? {
+    // Events that share a raw input and the time it was received came from
+    // one request item (a fan-out): replay each input once and compare it
+    // with all it produced. The same input sent in two requests is two
+    // groups (their receipt times differ).
+    let mut groups: BTreeMap<(String, String), (Value, String, Vec<Value>)> = BTreeMap::new();
+    let recent = state.store.recent_with_raw(principal.space(), n).await?;
+    let read = recent.len();
+    for (event, raw) in recent {
         let family = event["family"].as_str().unwrap_or("generic").to_string();
-        groups.entry(raw.to_string()).or_insert_with(|| (raw, family, Vec::new())).2.push(comparable(&event));
+        let received = event["received_at"].as_str().unwrap_or_default().to_string();
+        groups
+            .entry((raw.to_string(), received))
+            .or_insert_with(|| (raw, family, Vec::new()))
+            .2
+            .push(comparable(&event));
     }
     let mut inputs = Vec::new();
     let mut owner = Vec::new();
@@ -127,7 +139,7 @@ pub async fn shadow(
             _ => unsupported += 1,
         }
     }
-    let output = state.pipeline.dry_run_chain(chain, inputs).await?;
+    let output = state.pipeline.dry_run_chain(&principal.tenant, chain, inputs).await?;
     // Per group: what the candidate produced, and the worst outcome of its
     // inputs (failed > rejected > dropped > stored).
     let mut after: Vec<Vec<Value>> = vec![Vec::new(); stored.len()];
@@ -153,6 +165,7 @@ pub async fn shadow(
     }
     let (mut unchanged, mut changed, mut dropped, mut rejected, mut failed) = (0, 0, 0, 0, 0);
     let mut diffs = Vec::new();
+    let mut left = ANSWER_BYTES;
     for ((before, after), d) in stored.iter().zip(&mut after).zip(outcome) {
         let Some(d) = d else { continue };
         sort_group(after);
@@ -181,12 +194,20 @@ pub async fn shadow(
             }
         };
         if diffs.len() < MAX_DIFFS {
-            diffs.push(json!({"kind": kind, "stored": before, "candidate": after, "outcome": d}));
+            // Both sides shown while they fit the answer's bytes; the rest
+            // of each side is counted.
+            let (stored, stored_omitted) = within_bytes(before, &mut left);
+            let (candidate, candidate_omitted) = within_bytes(std::mem::take(after), &mut left);
+            diffs.push(json!({
+                "kind": kind, "stored": stored, "stored_omitted": stored_omitted,
+                "candidate": candidate, "candidate_omitted": candidate_omitted, "outcome": d,
+            }));
         }
     }
     Ok(Json(json!({
         "plugin": name,
         "candidate_version": version,
+        "events": read,
         "inputs": stored.len(),
         "unchanged": unchanged,
         "changed": changed,

@@ -425,8 +425,9 @@ impl Pipeline {
         self.rates.of(tenant)
     }
 
-    /// Refuse live runs whose output would store more than `limit` events
-    /// (a tenant's fan-out cannot turn one request into millions of rows).
+    /// Refuse runs (live, dry and shadow) whose output would hold more than
+    /// `limit` events (a tenant's fan-out cannot turn one request into
+    /// millions of rows).
     pub fn with_max_stored_events(mut self, limit: usize) -> Pipeline {
         self.max_stored = limit.max(1);
         self
@@ -464,16 +465,31 @@ impl Pipeline {
             }
         }
         let output = output.completed()?;
-        let stored = output.batch.events.len();
         // The fan-out is charged even when refused: the plugins did the
         // work, and a request refused this way must not be free to repeat.
-        self.rates.charge(tenant, stored.saturating_sub(received));
+        self.rates.charge(tenant, output.batch.events.len().saturating_sub(received));
+        self.settle(tenant, output)
+    }
+
+    /// Charge what a run made (its events' bytes) to the tenant's byte
+    /// rate, and refuse a run that made more than the per-request bound of
+    /// events: live runs, and dry and shadow runs, whose output is held in
+    /// memory and answered whole (RELIABILITY.md, F23, F24).
+    fn settle(&self, tenant: &str, output: RunOutput) -> Result<RunOutput, PluginError> {
         self.bytes.charge(tenant, output.batch.stored_bytes());
+        let stored = output.batch.events.len();
         if stored > self.max_stored {
             crate::metrics::throttled(tenant, "stored_events");
             return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
         }
         Ok(output)
+    }
+
+    /// Charge `bytes` to a tenant's byte rate: what its requests make the
+    /// server keep besides their events (the answers remembered under
+    /// idempotency keys).
+    pub fn charge_bytes(&self, tenant: &str, bytes: usize) {
+        self.bytes.charge(tenant, bytes);
     }
 
     /// Run `inputs` through one plugin (`Some(name)`, even when disabled) or
@@ -495,10 +511,10 @@ impl Pipeline {
             Some(name) => (Arc::new([self.installation(tenant, name)?]), Mode::Dry),
             None => (self.chain(tenant), Mode::Test),
         };
-        // Dry runs spend plugin time too: the same budget.
-        self.admit_plugin_time(tenant)?;
-        let output = self.run_on(chain, inputs, mode).await?;
-        output.completed()
+        // Dry runs spend plugin time and make bytes too: the same budgets.
+        self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
+        let output = self.run_on(chain, inputs, mode).await?.completed()?;
+        self.settle(tenant, output)
     }
 
     /// Refuse a tenant's request before its body is even parsed while the
@@ -643,18 +659,23 @@ impl Pipeline {
         Ok((chain, target.version))
     }
 
-    /// Run `inputs` through a given chain as a dry run.
+    /// Run `inputs` through a given chain of `tenant` as a dry run, under
+    /// the tenant's plugin time budget and byte rate.
     ///
     /// # Errors
     ///
-    /// [`PluginError::Unavailable`] when the host failed a plugin call;
-    /// otherwise only at shutdown.
+    /// [`PluginError::Unavailable`] when the host failed a plugin call,
+    /// [`PluginError::TooManyEvents`] over the bound of events per request,
+    /// 429s of the budgets.
     pub async fn dry_run_chain(
         &self,
+        tenant: &str,
         chain: Arc<[Arc<Installation>]>,
         inputs: Vec<Input>,
     ) -> Result<RunOutput, PluginError> {
-        self.run_on(chain, inputs, Mode::Dry).await?.completed()
+        self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
+        let output = self.run_on(chain, inputs, Mode::Dry).await?.completed()?;
+        self.settle(tenant, output)
     }
 
     /// Views of a tenant's plugins in chain order.

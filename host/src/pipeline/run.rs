@@ -87,6 +87,30 @@ pub struct RunOutput {
 /// Longest rejection code and message passed on to clients.
 const MAX_CODE: usize = 64;
 const MAX_MESSAGE: usize = 2048;
+/// Longest rejected field name passed on.
+const MAX_FIELD: usize = 256;
+/// Bytes of plugin-written text (drop reasons, rejection codes, messages
+/// and fields) one run passes on in full. Beyond it each is cut to
+/// [`CUT_SHORT`]: an answer (and the copy of it remembered under an
+/// `Idempotency-Key`) stays within a few MB whatever the plugin writes
+/// (RELIABILITY.md, F22: 10,000 rejections of 4 KB made a 43 MB answer).
+const MESSAGE_BUDGET: usize = 256 << 10;
+const CUT_SHORT: usize = 64;
+
+/// What is left of a run's [`MESSAGE_BUDGET`].
+struct Messages {
+    left: usize,
+}
+
+impl Messages {
+    /// `s` cut to `max` bytes, or to [`CUT_SHORT`] once the budget is spent.
+    fn cut(&mut self, s: String, max: usize) -> String {
+        let max = if self.left >= max.min(s.len()) { max } else { CUT_SHORT.min(max) };
+        let s = truncate(s, max);
+        self.left = self.left.saturating_sub(s.len());
+        s
+    }
+}
 /// Longest event id a plugin may set.
 const MAX_ID: usize = 128;
 
@@ -306,6 +330,7 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
     let mut out = RunOutput { dispositions: Vec::with_capacity(n), ..Default::default() };
     let mut finals: Vec<Option<Disposition>> = vec![None; n];
     let mut last_drop: Vec<Option<(String, String)>> = vec![None; n];
+    let mut messages = Messages { left: MESSAGE_BUDGET };
     let policies: Vec<FailurePolicy> = chain.iter().map(|inst| inst.failure_policy()).collect();
     let originals: Vec<Event> = if policies.contains(&FailurePolicy::DeadLetter) {
         inputs.iter().map(|i| i.event.clone()).collect()
@@ -445,14 +470,14 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
                             }
                         }
                         Some(types::Outcome::Drop(reason)) => {
-                            last_drop[item.input] = Some((truncate(reason, MAX_MESSAGE), inst.name.clone()));
+                            last_drop[item.input] = Some((messages.cut(reason, MAX_MESSAGE), inst.name.clone()));
                         }
                         Some(types::Outcome::Reject(r)) => {
                             finals[item.input].get_or_insert(Disposition::Rejected {
                                 error: Rejection {
-                                    code: truncate(r.code, MAX_CODE),
-                                    message: truncate(r.message, MAX_MESSAGE),
-                                    field: r.field.map(|f| truncate(f, 256)),
+                                    code: messages.cut(r.code, MAX_CODE),
+                                    message: messages.cut(r.message, MAX_MESSAGE),
+                                    field: r.field.map(|f| messages.cut(f, MAX_FIELD)),
                                     plugin: inst.name.clone(),
                                     by: RejectedBy::Plugin,
                                 },

@@ -88,6 +88,11 @@ impl WriteBatch {
         events.chain(letters).sum()
     }
 
+    /// Bytes of the answers the batch remembers.
+    pub fn remembered_bytes(&self) -> usize {
+        self.idempotency.iter().map(|r| r.body.len()).sum()
+    }
+
     /// Rows numbered by the sequence: events and dead letters.
     pub(crate) fn rows(&self) -> usize {
         self.events.len() + self.dead_letters.len()
@@ -513,7 +518,9 @@ impl EventStore {
         ExportFile(self.inner.export_dir.join(format!("{}.{extension}", uuid::Uuid::new_v4())))
     }
 
-    /// The results remembered under these idempotency keys, by key.
+    /// The results remembered under these idempotency keys, by key. The
+    /// lookup reads the indexed keys only; the answers (in a table of their
+    /// own) are read for the keys found, which are retries.
     ///
     /// # Errors
     ///
@@ -526,7 +533,7 @@ impl EventStore {
         self.read(move |conn| {
             let marks = vec!["?"; keys.len()].join(", ");
             let mut stmt = conn.prepare(&format!(
-                "SELECT key, request_hash, status, body FROM idempotency_keys WHERE tenant = ? AND key IN ({marks})"
+                "SELECT key, request_hash, status FROM idempotency_keys WHERE tenant = ? AND key IN ({marks})"
             ))?;
             let params: Vec<&dyn duckdb::ToSql> = std::iter::once(&tenant as &dyn duckdb::ToSql)
                 .chain(keys.iter().map(|k| k as &dyn duckdb::ToSql))
@@ -537,13 +544,30 @@ impl EventStore {
                     key: row.get(0)?,
                     request_hash: row.get(1)?,
                     status: row.get::<_, i32>(2)? as u16,
-                    body: row.get(3)?,
+                    body: String::new(),
                 })
             })?;
             let mut found = HashMap::new();
             for row in rows {
                 let record = row?;
                 found.insert(record.key.clone(), record);
+            }
+            if !found.is_empty() {
+                let marks = vec!["?"; found.len()].join(", ");
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT key, body FROM idempotency_answers WHERE tenant = ? AND key IN ({marks})"
+                ))?;
+                let params: Vec<&dyn duckdb::ToSql> = std::iter::once(&tenant as &dyn duckdb::ToSql)
+                    .chain(found.keys().map(|k| k as &dyn duckdb::ToSql))
+                    .collect();
+                let answers: Vec<(String, String)> = stmt
+                    .query_map(params.as_slice(), |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (key, body) in answers {
+                    if let Some(record) = found.get_mut(&key) {
+                        record.body = body;
+                    }
+                }
             }
             Ok(found)
         })

@@ -53,6 +53,10 @@ const SIZE_COLUMNS: &str = "seq, coalesce(strlen(event_payload), 0)";
 /// 200 MB; RELIABILITY.md, F17).
 const PAGE_BYTES: i64 = 8 << 20;
 
+/// Most bytes (payloads and raw inputs) of stored events one shadow run
+/// reads and replays (RELIABILITY.md, F23).
+const SHADOW_BYTES: i64 = 32 << 20;
+
 fn json_or_null(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
 }
@@ -317,16 +321,30 @@ impl EventStore {
     }
 
     /// The tenant's last `n` stored events (newest first), each with the raw
-    /// input it came from: the material of a shadow run.
+    /// input it came from: the material of a shadow run. Bounded in bytes
+    /// too: the newest events whose payloads and raw inputs fit in
+    /// [`SHADOW_BYTES`] (at least one), sized first like a listing page.
     ///
     /// # Errors
     ///
     /// Database errors.
     pub async fn recent_with_raw(&self, tenant: String, n: usize) -> Result<Vec<(Value, Value)>, StoreError> {
         self.read(move |conn| {
-            let sql = format!("SELECT {EVENT_COLUMNS}, raw FROM events WHERE tenant = ? ORDER BY seq DESC LIMIT {n}");
+            let mut stmt = conn.prepare(&format!(
+                "SELECT seq, coalesce(strlen(event_payload), 0) + strlen(raw) FROM events WHERE tenant = ? \
+                 ORDER BY seq DESC LIMIT {n}"
+            ))?;
+            let sizes: Vec<(i64, i64)> =
+                stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
+            let fit = super::fitting(&sizes, SHADOW_BYTES);
+            let Some(((newest, _), (oldest, _))) = sizes.first().zip(sizes[..fit].last()) else {
+                return Ok(Vec::new());
+            };
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, raw FROM events WHERE tenant = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC"
+            );
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map([tenant], |row| {
+            let rows = stmt.query_map(duckdb::params![tenant, oldest, newest], |row| {
                 let (_, event) = event_row(row)?;
                 Ok((event, json_or_null(row.get(30)?)))
             })?;

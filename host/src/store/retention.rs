@@ -228,11 +228,11 @@ impl EventStore {
     /// Database errors.
     pub async fn sweep_expired(&self) -> Result<u64, StoreError> {
         // Idempotency keys are kept for a day: long enough for any retry.
-        let mut total = self
-            .write_bulk(|conn| {
-                conn.execute("DELETE FROM idempotency_keys WHERE created_at < now()::TIMESTAMP - INTERVAL 1 DAY", [])
-            })
-            .await? as u64;
+        let mut total = 0;
+        for table in ["idempotency_keys", "idempotency_answers"] {
+            let sql = format!("DELETE FROM {table} WHERE created_at < now()::TIMESTAMP - INTERVAL 1 DAY");
+            total += self.write_bulk(move |conn| conn.execute(&sql, [])).await? as u64;
+        }
         for (table, column) in AGED {
             loop {
                 let sql = format!(

@@ -148,6 +148,36 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (7, "ALTER TABLE tenants ADD COLUMN quota_plugin_ms_per_second BIGINT;"),
     (8, "ALTER TABLE tenants ADD COLUMN quota_bytes_per_second BIGINT;"),
+    // Remembered answers move out of the indexed table: DuckDB's insert
+    // into a table with a primary key costs time in proportion to the
+    // bytes the table holds (~100 ms per insert beside 1.7 GB of answers),
+    // which one tenant's large answers charged to every tenant's keyed
+    // ingest (RELIABILITY.md, F22). The keys keep their index; the answers
+    // table has none, and is read only by a retry.
+    (
+        9,
+        "
+        CREATE TABLE idempotency_answers (
+            tenant VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            body VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        INSERT INTO idempotency_answers SELECT tenant, key, body, created_at FROM idempotency_keys;
+        CREATE TEMP TABLE keys_before AS SELECT tenant, key, request_hash, status, created_at FROM idempotency_keys;
+        DROP TABLE idempotency_keys;
+        CREATE TABLE idempotency_keys (
+            tenant VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            request_hash VARCHAR NOT NULL,
+            status INTEGER NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (tenant, key)
+        );
+        INSERT INTO idempotency_keys SELECT * FROM keys_before;
+        DROP TABLE keys_before;
+        ",
+    ),
 ];
 
 /// Bring the database up to the newest schema.

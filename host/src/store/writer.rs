@@ -389,7 +389,12 @@ impl Writer {
             let now = ts(crate::event::now_micros());
             let mut appender = self.conn.appender("idempotency_keys")?;
             for r in batches.iter().flat_map(|b| &b.idempotency) {
-                appender.append_row(params![r.tenant, r.key, r.request_hash, r.status, r.body, now])?;
+                appender.append_row(params![r.tenant, r.key, r.request_hash, r.status, now])?;
+            }
+            appender.flush()?;
+            let mut appender = self.conn.appender("idempotency_answers")?;
+            for r in batches.iter().flat_map(|b| &b.idempotency) {
+                appender.append_row(params![r.tenant, r.key, r.body, now])?;
             }
             appender.flush()?;
         }

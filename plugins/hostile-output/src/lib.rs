@@ -4,13 +4,15 @@
 //! - `fanout`: `config.copies` (default 100000) copies of each event;
 //! - `twins`: each event kept twice under the same id;
 //! - `tenant`: the event moved to tenant `config.tenant`;
-//! - `count`: one outcome too many for the batch.
+//! - `count`: one outcome too many for the batch;
+//! - `reject`: each event rejected with a code, message and field of
+//!   `config.bytes` bytes each (default 4096), different for every event.
 //!
 //! It uses the raw bindings, not the SDK's safe types, to say what the SDK
 //! would never let a plugin say.
 
 use sluice_sdk::bindings::exports::sluice::plugin::handler::Guest;
-use sluice_sdk::bindings::sluice::plugin::types::{Event, Outcome};
+use sluice_sdk::bindings::sluice::plugin::types::{Event, Outcome, Rejection};
 
 struct Hostile;
 
@@ -49,6 +51,14 @@ impl Guest for Hostile {
                     Outcome::Keep(vec![event])
                 }
                 "count" => Outcome::Keep(vec![event]),
+                "reject" => {
+                    let bytes = config("bytes").as_u64().unwrap_or(4096) as usize;
+                    let long = |what: &str| {
+                        let unit = format!("{what}-{}-", event.id);
+                        unit.repeat(bytes / unit.len() + 1)[..bytes].to_string()
+                    };
+                    Outcome::Reject(Rejection { code: long("c"), message: long("m"), field: Some(long("f")) })
+                }
                 _ => {
                     let bytes = config("bytes").as_u64().unwrap_or(4 << 20) as usize;
                     event.payload = format!("\"{}\"", "x".repeat(bytes));

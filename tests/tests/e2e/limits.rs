@@ -540,3 +540,126 @@ async fn a_tenant_storing_more_bytes_than_its_byte_rate_gets_429_and_others_carr
     let (status, body) = app.post_events(&light, &json!({"event_type": "small"})).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A request's answer and its length in bytes.
+async fn post_sized(
+    app: &sluice_e2e::TestApp,
+    token: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, usize, Value) {
+    let mut request = app.client.post(app.url(path)).bearer_auth(token).json(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (status, bytes.len(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remembered_answers_are_bounded_in_bytes_and_charged_to_the_byte_rate() {
+    // 100 kB/s, 200 kB at once.
+    let app = spawn_app_with(|s| {
+        s.tenant_bytes_per_sec = 100_000;
+        s.tenant_bytes_burst = 200_000;
+    })
+    .await;
+    let t = app.create_tenant("remembers").await;
+    let settings = json!({"families": ["generic"], "config": {"mode": "reject", "bytes": 4096}});
+    app.install(&t, "rejects", "hostile-output", settings).await;
+    // 2,000 rejections, each with a 4 KB code, message and field: 49 MB
+    // of plugin text, twice over in the answer, without a bound.
+    let events: Value = (0..2000).map(|i| json!({"event_type": "x", "id": format!("e-{i}")})).collect();
+    let (status, size, answer) = post_sized(&app, &t, "/v1/events", None, &events).await;
+    assert_eq!(status, 422, "{}", &answer.to_string()[..300]);
+    assert!(size < 2_000_000, "the answer is {size} bytes");
+    let errors = |answer: &Value| -> Vec<Value> {
+        answer["results"].as_array().unwrap().iter().map(|r| r["error"].clone()).collect()
+    };
+    let first = &errors(&answer)[0];
+    assert_eq!(first["message"].as_str().unwrap().len(), 2048, "the first messages are whole (to 2 KB)");
+    assert_eq!(first["code"].as_str().unwrap().len(), 64);
+    let last = errors(&answer).pop().unwrap();
+    assert!(last["message"].as_str().unwrap().len() <= 64 && last["message"].as_str().unwrap().starts_with("m-e-1999"));
+    // Nothing stored and nothing remembered: not charged, so not in debt.
+    let (status, _, _) = post_sized(&app, &t, "/v1/events", None, &events).await;
+    assert_eq!(status, 422, "an answer that is not remembered is not charged");
+    // Remembered under a key: its bytes are charged, and the tenant is in debt.
+    let (status, size, first_answer) = post_sized(&app, &t, "/v1/events", Some("big-answer"), &events).await;
+    assert_eq!(status, 422);
+    assert!(size > 200_000, "{size}");
+    let (status, _, refusal) = post_sized(&app, &t, "/v1/events", None, &json!({"event_type": "x"})).await;
+    assert_eq!(status, 429, "the remembered answer is charged: {refusal}");
+    // A retry is still answered from the key, in debt, with the same answer.
+    let (status, replayed, answer) = app.post_keyed(&t, "/v1/events", "big-answer", &events).await;
+    assert_eq!((status, replayed), (422, true));
+    assert_eq!(answer, first_answer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_show_a_bounded_prefix_of_their_events_and_are_charged() {
+    // 1 MB/s, 2 MB at once.
+    let app = spawn_app_with(|s| {
+        s.tenant_bytes_per_sec = 1_000_000;
+        s.tenant_bytes_burst = 2_000_000;
+    })
+    .await;
+    let t = app.create_tenant("pads").await;
+    let settings =
+        json!({"families": ["generic"], "enabled": false, "config": {"mode": "oversized", "bytes": 500_000}});
+    app.install(&t, "pad", "hostile-output", settings).await;
+    // 30 samples padded to 500 kB each: 15 MB of output events.
+    let samples: Value = (0..30).map(|i| json!({"event_type": format!("s{i}")})).collect();
+    let (status, size, answer) = post_sized(&app, &t, "/v1/plugins/pad/test", None, &json!({"events": samples})).await;
+    assert_eq!(status, 200, "{answer}");
+    let shown = answer["events"].as_array().unwrap().len();
+    assert!((10..=16).contains(&shown), "{shown} events shown");
+    assert_eq!(answer["events_omitted"].as_u64(), Some(30 - shown as u64));
+    assert_eq!(answer["results"].as_array().unwrap().len(), 30, "every outcome is reported");
+    assert!(size < (8 << 20) + 100_000, "the answer is {size} bytes");
+    // What it made is charged: the next dry run waits for the debt.
+    let (status, _, refusal) =
+        post_sized(&app, &t, "/v1/plugins/pad/test", None, &json!({"events": [{"event_type": "x"}]})).await;
+    assert_eq!(status, 429, "{refusal}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_runs_group_by_request_and_show_their_diffs_within_bytes() {
+    let app = spawn_app_with(|_| {}).await;
+    let config = json!({"mode": "oversized", "bytes": 400_000});
+    app.install(ADMIN_TOKEN, "pad", "customer-prefix", json!({"families": ["generic"], "config": config})).await;
+    // The same input in two requests is two inputs, not one fan-out.
+    for _ in 0..2 {
+        let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "same"})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, report) = app.post(ADMIN_TOKEN, "/v1/plugins/pad/shadow", &json!({"version": 1, "events": 2})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!((report["inputs"].as_u64(), report["unchanged"].as_u64()), (Some(2), Some(2)), "{report}");
+    // A candidate that pads every event to 400 kB: 30 diffs of 12 MB.
+    let batch: Value = (0..28).map(|i| json!({"event_type": format!("e{i}")})).collect();
+    app.post_events(ADMIN_TOKEN, &batch).await;
+    let (status, body) = app.upload_bytes(ADMIN_TOKEN, "pad", sluice_e2e::plugin_wasm("hostile-output")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/plugins/pad/rollback", &json!({"version": 1})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, size, report) =
+        post_sized(&app, ADMIN_TOKEN, "/v1/plugins/pad/shadow", None, &json!({"version": 2, "events": 30})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["events"].as_u64(), report["changed"].as_u64()),
+        (Some(30), Some(30)),
+        "{}",
+        &report.to_string()[..500]
+    );
+    let diffs = report["diffs"].as_array().unwrap();
+    assert_eq!(diffs.len(), 30);
+    let shown: usize = diffs.iter().map(|d| d["candidate"].as_array().unwrap().len()).sum();
+    let omitted: u64 = diffs.iter().map(|d| d["candidate_omitted"].as_u64().unwrap()).sum();
+    assert!((15..=21).contains(&shown) && shown as u64 + omitted == 30, "{shown} shown, {omitted} omitted");
+    assert!(diffs.iter().all(|d| d["stored"].as_array().unwrap().len() == 1), "the small stored sides fit");
+    assert!(size < (8 << 20) + 200_000, "the answer is {size} bytes");
+}

@@ -70,12 +70,13 @@ async fn ask(app: &TestApp, token: &str, sql: &str, accept: &str) -> (u16, Strin
 const FORMATS: [&str; 3] = ["application/json", "text/csv", "application/vnd.apache.parquet"];
 
 /// Tables and catalog views no query may read.
-const HIDDEN: [&str; 11] = [
+const HIDDEN: [&str; 12] = [
     "tokens",
     "tenants",
     "plugins",
     "plugin_versions",
     "idempotency_keys",
+    "idempotency_answers",
     "schema_migrations",
     "pg_settings",
     "duckdb_databases",
