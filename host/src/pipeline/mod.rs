@@ -349,19 +349,36 @@ impl Pipeline {
     }
 
     /// Refuse a run of the tenant's space (`mode` tells live from test)
-    /// that has used up one of the tenant's quotas.
-    async fn check_quotas(&self, tenant: &str, mode: Mode) -> Result<(), PluginError> {
+    /// that has used up one of the tenant's quotas. With `claim` (events,
+    /// bytes: what a finished run will store), check again and reserve the
+    /// claim under the same lock, for the run's batch to carry to its
+    /// commit: concurrent requests then cannot all pass on the use counted
+    /// before any of them committed (RELIABILITY.md, F20).
+    async fn check_quotas(
+        &self,
+        tenant: &str,
+        mode: Mode,
+        claim: Option<(i64, i64)>,
+    ) -> Result<Option<crate::store::Reservation>, PluginError> {
         let quotas = self.quotas.lock().get(tenant).copied();
         let Some(quotas) = quotas.filter(|q| q.events_per_day.is_some() || q.storage_bytes.is_some()) else {
-            return Ok(());
+            return Ok(None);
         };
         let space = match mode {
             Mode::Test => format!("{tenant}{}", crate::auth::TEST_SPACE_SUFFIX),
             _ => tenant.to_string(),
         };
-        let (today, bytes) = self.store.space_usage(space).await?;
+        let (reservation, (today, bytes)) = match claim {
+            None => (None, self.store.space_usage(space).await?),
+            Some((events, bytes)) => {
+                match self.store.reserve_usage(space, events, bytes, |t, b| quotas.exceeded(t, b).1.is_none()).await? {
+                    Ok(reservation) => return Ok(Some(reservation)),
+                    Err(used) => (None, used),
+                }
+            }
+        };
         match quotas.exceeded(today, bytes) {
-            (_, None) => Ok(()),
+            (_, None) => Ok(reservation),
             (quotas, Some(metric)) => {
                 crate::metrics::throttled(tenant, "quota");
                 Err(PluginError::QuotaExceeded { metric, quotas })
@@ -451,7 +468,7 @@ impl Pipeline {
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
-        self.check_quotas(tenant, mode).await?;
+        self.check_quotas(tenant, mode, None).await?;
         self.admit(tenant, received).await?;
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
@@ -468,7 +485,10 @@ impl Pipeline {
         // The fan-out is charged even when refused: the plugins did the
         // work, and a request refused this way must not be free to repeat.
         self.rates.charge(tenant, output.batch.events.len().saturating_sub(received));
-        self.settle(tenant, output)
+        let mut output = self.settle(tenant, output)?;
+        let claim = (output.batch.events.len() as i64, output.batch.stored_bytes() as i64);
+        output.batch.reservation = self.check_quotas(tenant, mode, Some(claim)).await?;
+        Ok(output)
     }
 
     /// Charge what a run made (its events' bytes) to the tenant's byte

@@ -66,6 +66,8 @@ pub struct WriteBatch {
     /// events' own ids, committed with the events so a retry finds both or
     /// neither.
     pub idempotency: Vec<IdempotencyRecord>,
+    /// The run's claim on its space's quotas, counted as use by the commit.
+    pub reservation: Option<Reservation>,
 }
 
 /// A response remembered under an `Idempotency-Key`.
@@ -202,7 +204,7 @@ struct Inner {
     changes: std::sync::atomic::AtomicU64,
     /// What each space uses of its quotas, by space (see
     /// `EventStore::space_usage`).
-    usage: Mutex<HashMap<String, Usage>>,
+    usage: Mutex<(HashMap<String, Usage>, HashMap<String, Pending>)>,
     /// Write requests waiting for the writer, by tenant: one tenant may
     /// hold at most a quarter of the queue, so its backlog cannot leave
     /// everyone else a full queue (503).
@@ -284,6 +286,56 @@ struct Usage {
     bytes: i64,
 }
 
+/// What runs that passed their quota check will store, until their commit
+/// counts it as used (or they are dropped): concurrent requests see each
+/// other's, so a quota is overshot by at most the one request that crossed
+/// it (RELIABILITY.md, F20).
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    events: i64,
+    bytes: i64,
+}
+
+/// A run's claim on its space's quotas ([`EventStore::reserve_usage`]):
+/// carried by its batch, turned into use by the commit under the same lock,
+/// released if the batch is dropped uncommitted.
+pub struct Reservation {
+    store: Arc<Inner>,
+    space: String,
+    pending: Pending,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation").field("space", &self.space).field("pending", &self.pending).finish()
+    }
+}
+
+impl Reservation {
+    fn release(&mut self, pending: &mut HashMap<String, Pending>) {
+        if let Some(p) = pending.get_mut(&self.space) {
+            p.events = (p.events - self.pending.events).max(0);
+            p.bytes = (p.bytes - self.pending.bytes).max(0);
+            if p.events == 0 && p.bytes == 0 {
+                pending.remove(&self.space);
+            }
+        }
+        self.pending = Pending::default();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // Released already by its commit (which holds the lock meanwhile).
+        if self.pending.events == 0 && self.pending.bytes == 0 {
+            return;
+        }
+        let store = self.store.clone();
+        let mut usage = store.usage.lock();
+        self.release(&mut usage.1);
+    }
+}
+
 /// Refuse a size setting that is not like `512MB`.
 fn check_size(name: &str, value: &str) -> Result<(), StoreError> {
     let size = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
@@ -351,7 +403,7 @@ impl EventStore {
                 query,
                 background,
                 changes: std::sync::atomic::AtomicU64::new(0),
-                usage: Mutex::new(HashMap::new()),
+                usage: Mutex::new((HashMap::new(), HashMap::new())),
                 waiting: Arc::new(Mutex::new(HashMap::new())),
                 tenant_queue_depth: (queue_depth / 4).max(1),
             }),
@@ -370,7 +422,7 @@ impl EventStore {
     /// [`StoreError::Busy`] when the batch's tenant holds its share of the
     /// queue (a quarter) already, or the database error that rolled the batch
     /// back.
-    pub async fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    pub async fn commit(&self, mut batch: WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -391,6 +443,7 @@ impl EventStore {
                 None => added.push((stored.event.tenant.clone(), 1, bytes)),
             }
         }
+        let reservation = batch.reservation.take();
         let (done, wait) = oneshot::channel();
         let lane = if batch.rows() > writer::BULK_ROWS { &self.inner.writer.bulk } else { &self.inner.writer.main };
         lane.try_send(Command::Write { batch, done }).map_err(|e| match e {
@@ -402,14 +455,19 @@ impl EventStore {
         })?;
         let committed = wait.await.map_err(|_| StoreError::Closed)?;
         self.inner.changes.fetch_add(1, Ordering::AcqRel);
-        if committed.is_ok() && !added.is_empty() {
+        if committed.is_ok() && (!added.is_empty() || reservation.is_some()) {
             let midnight = retention::midnight_micros();
             let mut usage = self.inner.usage.lock();
+            let (used, pending) = &mut *usage;
             for (space, events, bytes) in added {
-                if let Some(u) = usage.get_mut(&space).filter(|u| u.midnight == midnight) {
+                if let Some(u) = used.get_mut(&space).filter(|u| u.midnight == midnight) {
                     u.today += events;
                     u.bytes += bytes;
                 }
+            }
+            // Under the same lock: what was reserved is now used.
+            if let Some(mut reservation) = reservation {
+                reservation.release(pending);
             }
         }
         committed

@@ -188,19 +188,61 @@ impl EventStore {
     }
 
     /// What a space uses of its tenant's quotas: events received since
-    /// midnight UTC and bytes stored. Counted once from the table, then kept
-    /// up to date by each commit (so a check costs no scan); recounted after
-    /// a retention sweep removed rows, and at midnight.
+    /// midnight UTC and bytes stored, with what runs that passed their
+    /// quota check are about to store. Counted once from the table, then
+    /// kept up to date by each commit (so a check costs no scan); recounted
+    /// after a retention sweep removed rows, and at midnight.
     ///
     /// # Errors
     ///
     /// Database errors.
     pub async fn space_usage(&self, space: String) -> Result<(i64, i64), StoreError> {
-        let midnight = midnight_micros();
-        if let Some(u) = self.inner.usage.lock().get(&space).filter(|u| u.midnight == midnight) {
-            return Ok((u.today, u.bytes));
+        self.counted(&space).await?;
+        let usage = self.inner.usage.lock();
+        let (used, pending) = &*usage;
+        let u = used.get(&space).copied().map_or((0, 0), |u| (u.today, u.bytes));
+        let p = pending.get(&space).copied().unwrap_or_default();
+        Ok((u.0 + p.events, u.1 + p.bytes))
+    }
+
+    /// Reserve `events` and `bytes` of a space's quotas for a run about to
+    /// be committed, if `admit` admits what the space uses (as
+    /// [`EventStore::space_usage`] counts it) — checked and reserved under
+    /// one lock, so of concurrent runs only one can cross a quota. `Err`
+    /// with the use when refused.
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn reserve_usage(
+        &self,
+        space: String,
+        events: i64,
+        bytes: i64,
+        admit: impl FnOnce(i64, i64) -> bool,
+    ) -> Result<Result<super::Reservation, (i64, i64)>, StoreError> {
+        self.counted(&space).await?;
+        let mut usage = self.inner.usage.lock();
+        let (used, pending) = &mut *usage;
+        let u = used.get(&space).copied().map_or((0, 0), |u| (u.today, u.bytes));
+        let p = pending.entry(space.clone()).or_default();
+        let now = (u.0 + p.events, u.1 + p.bytes);
+        if !admit(now.0, now.1) {
+            return Ok(Err(now));
         }
-        let key = space.clone();
+        p.events += events;
+        p.bytes += bytes;
+        let pending = super::Pending { events, bytes };
+        Ok(Ok(super::Reservation { store: self.inner.clone(), space, pending }))
+    }
+
+    /// Count a space's use from the table unless it is counted for today.
+    async fn counted(&self, space: &str) -> Result<(), StoreError> {
+        let midnight = midnight_micros();
+        if self.inner.usage.lock().0.get(space).is_some_and(|u| u.midnight == midnight) {
+            return Ok(());
+        }
+        let key = space.to_string();
         let (today, bytes): (i64, i64) = self
             .read(move |conn| {
                 Ok(conn.query_row(
@@ -213,11 +255,11 @@ impl EventStore {
             })
             .await?;
         let mut usage = self.inner.usage.lock();
-        let entry = usage.entry(space).or_insert(super::Usage { midnight, today, bytes });
+        let entry = usage.0.entry(space.to_string()).or_insert(super::Usage { midnight, today, bytes });
         if entry.midnight != midnight {
             *entry = super::Usage { midnight, today, bytes };
         }
-        Ok((entry.today, entry.bytes))
+        Ok(())
     }
 
     /// Delete every row older than its tenant's retention period (test
@@ -249,7 +291,7 @@ impl EventStore {
         }
         if total > 0 {
             // Rows went: what spaces use is counted again when next asked.
-            self.inner.usage.lock().clear();
+            self.inner.usage.lock().0.clear();
         }
         Ok(total)
     }

@@ -663,3 +663,42 @@ async fn shadow_runs_group_by_request_and_show_their_diffs_within_bytes() {
     assert!(diffs.iter().all(|d| d["stored"].as_array().unwrap().len() == 1), "the small stored sides fit");
     assert!(size < (8 << 20) + 200_000, "the answer is {size} bytes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_overshoot_a_quota_by_at_most_the_one_that_crossed_it() {
+    let app = spawn_app_with(|_| {}).await;
+    for (metric, quota) in
+        [("storage_bytes", json!({"storage_bytes": 50_000})), ("events_per_day", json!({"events_per_day": 30}))]
+    {
+        let token = app.create_tenant(&format!("crowd-{}", metric.replace('_', "-"))).await;
+        let (status, answer) = app.put(&token, "/v1/quotas", &quota).await;
+        assert_eq!(status, 200, "{answer}");
+        // 24 requests at once, each of 10 events and ~20 kB (payloads and
+        // raw inputs): all would pass a check of the use before any commit.
+        let body: Value =
+            (0..10).map(|_| json!({"event_type": "crowd", "event_payload": {"p": "x".repeat(1000)}})).collect();
+        let requests: Vec<_> = (0..24)
+            .map(|_| {
+                let (client, url, token, body) =
+                    (app.client.clone(), app.url("/v1/events"), token.clone(), body.clone());
+                tokio::spawn(async move {
+                    client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status().as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap());
+        }
+        let stored = statuses.iter().filter(|s| **s == 200).count();
+        assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+        let (_, shown) = app.get(&token, "/v1/quotas").await;
+        let used = shown[metric]["used"].as_i64().unwrap();
+        let limit = shown[metric]["limit"].as_i64().unwrap();
+        let (_, count) = app.post(&token, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+        assert_eq!(count["rows"][0][0], 10 * stored as u64, "{metric}: what was answered 200 is stored");
+        // One request is ~20 kB, 10 events: the quota is crossed by one at most.
+        let one = if metric == "storage_bytes" { 21_000 } else { 10 };
+        assert!(stored >= 1 && used < limit + one, "{metric}: {stored} stored, {used} used of {limit}: {statuses:?}");
+    }
+}
