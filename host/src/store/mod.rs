@@ -186,6 +186,9 @@ struct Inner {
     path: PathBuf,
     writer: writer::Lanes,
     readers: Mutex<Vec<Connection>>,
+    /// Per tenant (live and test space together), the reads of its
+    /// listings, exports and lookups that may run at once.
+    tenant_reads: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// A connection kept only to clone readers from.
     base: Mutex<Connection>,
     cursor_key: [u8; 32],
@@ -274,6 +277,10 @@ fn batch_tenant(batch: &WriteBatch) -> Option<String> {
         .or_else(|| batch.idempotency.first().map(|i| &i.tenant))?;
     Some(space.split(':').next().unwrap_or(space).to_string())
 }
+
+/// Reads of one tenant's listings, exports and lookups at once
+/// ([`EventStore::read_as`]).
+pub const TENANT_READS: usize = 2;
 
 /// A space's quota use as of its last commit.
 #[derive(Debug, Clone, Copy)]
@@ -396,6 +403,7 @@ impl EventStore {
                 path: path.to_path_buf(),
                 writer: lanes,
                 readers: Mutex::new(Vec::new()),
+                tenant_reads: Mutex::new(HashMap::new()),
                 base: Mutex::new(conn),
                 cursor_key,
                 export_dir,
@@ -542,6 +550,33 @@ impl EventStore {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.on_reader(f)).await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A read for tenant space `space` (a listing page, an export page, a
+    /// lookup): like [`EventStore::read`], but at most
+    /// [`TENANT_READS`] of one tenant's run at once; more wait their turn,
+    /// so a tenant asking for many large pages at once queues behind its
+    /// own reads and holds no more of the cores (RELIABILITY.md, F17).
+    ///
+    /// # Errors
+    ///
+    /// The closure's error, or [`StoreError::Closed`] when the threads are
+    /// gone.
+    pub async fn read_as<T, F>(&self, space: &str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let owner = space.split(':').next().unwrap_or(space);
+        let gate = self
+            .inner
+            .tenant_reads
+            .lock()
+            .entry(owner.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TENANT_READS)))
+            .clone();
+        let _turn = gate.acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        self.read(f).await
     }
 
     /// A read for an analyst (a snapshot copy, an export) on the store's

@@ -54,8 +54,28 @@ const SIZE_COLUMNS: &str = "seq, coalesce(strlen(event_payload), 0)";
 const PAGE_BYTES: i64 = 8 << 20;
 
 /// Most bytes (payloads and raw inputs) of stored events one shadow run
-/// reads and replays (RELIABILITY.md, F23).
-const SHADOW_BYTES: i64 = 32 << 20;
+/// reads and replays, and of dead letters one replay reads (RELIABILITY.md,
+/// F23).
+const REPLAY_BYTES: i64 = 32 << 20;
+
+/// The sequence range (oldest, newest) of a tenant's newest `limit` dead
+/// letters whose events and raw inputs fit in `budget` bytes (at least
+/// one); `None` when it has none.
+fn newest_letters_fitting(
+    conn: &duckdb::Connection,
+    tenant: &str,
+    limit: usize,
+    budget: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ? ORDER BY seq DESC LIMIT ?",
+    )?;
+    let sizes: Vec<(i64, i64)> = stmt
+        .query_map(duckdb::params![tenant, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<duckdb::Result<_>>()?;
+    let fit = super::fitting(&sizes, budget);
+    Ok(sizes.first().zip(sizes[..fit].last()).map(|((newest, _), (oldest, _))| (*oldest, *newest)))
+}
 
 fn json_or_null(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
@@ -193,7 +213,7 @@ impl EventStore {
         // is full or the window covers the table: the first page and deep
         // pages then read a few row groups, not the whole table.
         let below = after.unwrap_or(self.committed_seq(&tenant) + 1);
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
             let mut conditions = " WHERE tenant = ?".to_string();
             let mut args = vec![DbValue::Text(tenant.clone())];
             filter.conditions(&mut conditions, &mut args);
@@ -252,7 +272,7 @@ impl EventStore {
         limit: usize,
     ) -> Result<(Vec<Value>, Option<i64>), StoreError> {
         let upto = self.committed_seq(&tenant);
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
             let mut conditions = " WHERE tenant = ?".to_string();
             let mut args = vec![DbValue::Text(tenant)];
             filter.conditions(&mut conditions, &mut args);
@@ -323,20 +343,20 @@ impl EventStore {
     /// The tenant's last `n` stored events (newest first), each with the raw
     /// input it came from: the material of a shadow run. Bounded in bytes
     /// too: the newest events whose payloads and raw inputs fit in
-    /// [`SHADOW_BYTES`] (at least one), sized first like a listing page.
+    /// [`REPLAY_BYTES`] (at least one), sized first like a listing page.
     ///
     /// # Errors
     ///
     /// Database errors.
     pub async fn recent_with_raw(&self, tenant: String, n: usize) -> Result<Vec<(Value, Value)>, StoreError> {
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT seq, coalesce(strlen(event_payload), 0) + strlen(raw) FROM events WHERE tenant = ? \
                  ORDER BY seq DESC LIMIT {n}"
             ))?;
             let sizes: Vec<(i64, i64)> =
                 stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
-            let fit = super::fitting(&sizes, SHADOW_BYTES);
+            let fit = super::fitting(&sizes, REPLAY_BYTES);
             let Some(((newest, _), (oldest, _))) = sizes.first().zip(sizes[..fit].last()) else {
                 return Ok(Vec::new());
             };
@@ -359,7 +379,7 @@ impl EventStore {
     ///
     /// Database errors.
     pub async fn get_event(&self, tenant: String, id: String) -> Result<Option<Value>, StoreError> {
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND id = ? ORDER BY seq LIMIT 1");
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query_map([tenant, id], event_row)?;
@@ -368,18 +388,22 @@ impl EventStore {
         .await
     }
 
-    /// A tenant's dead letters, newest first.
+    /// A tenant's dead letters, newest first: up to `limit`, and at most
+    /// [`PAGE_BYTES`] of their events and raw inputs (at least one).
     ///
     /// # Errors
     ///
     /// Database errors.
     pub async fn list_dead_letters(&self, tenant: String, limit: usize) -> Result<Vec<Value>, StoreError> {
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
+            let Some((oldest, newest)) = newest_letters_fitting(conn, &tenant, limit, PAGE_BYTES)? else {
+                return Ok(Vec::new());
+            };
             let mut stmt = conn.prepare_cached(
                 "SELECT id, family, epoch_us(received_at), plugin, plugin_version, reason, event, raw, seq \
-                 FROM dead_letters WHERE tenant = ? ORDER BY seq DESC LIMIT ?",
+                 FROM dead_letters WHERE tenant = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC",
             )?;
-            let rows = stmt.query_map(duckdb::params![tenant, limit as i64], |row| {
+            let rows = stmt.query_map(duckdb::params![tenant, oldest, newest], |row| {
                 Ok(serde_json::json!({
                     "id": row.get::<_, String>(0)?,
                     "family": row.get::<_, String>(1)?,
@@ -398,8 +422,9 @@ impl EventStore {
     }
 
     /// Dead letters to replay, oldest first: all of the tenant's (up to
-    /// `limit`) or those with the given dead-letter ids. Returns
-    /// `(dead_letter_id, event JSON, raw input)`.
+    /// `limit`) or those with the given dead-letter ids, and of those the
+    /// first whose events and raw inputs fit in [`REPLAY_BYTES`] (at least
+    /// one). Returns `(dead_letter_id, event JSON, raw input)`.
     ///
     /// # Errors
     ///
@@ -410,13 +435,27 @@ impl EventStore {
         ids: Option<Vec<i64>>,
         limit: usize,
     ) -> Result<Vec<(i64, Value, Value)>, StoreError> {
-        self.read(move |conn| {
-            let mut sql = "SELECT seq, event, raw FROM dead_letters WHERE tenant = ?".to_string();
+        self.read_as(&tenant.clone(), move |conn| {
+            let mut condition = String::new();
             if let Some(ids) = &ids {
                 let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-                sql.push_str(&format!(" AND seq IN ({})", if list.is_empty() { "NULL".into() } else { list }));
+                condition = format!(" AND seq IN ({})", if list.is_empty() { "NULL".into() } else { list });
             }
-            sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+            // The oldest letters that fit: a replay holds them, and its
+            // run's output, in memory; the next replay goes on.
+            let mut stmt = conn.prepare(&format!(
+                "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ?{condition} \
+                 ORDER BY seq LIMIT {limit}"
+            ))?;
+            let sizes: Vec<(i64, i64)> =
+                stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
+            let fit = super::fitting(&sizes, REPLAY_BYTES);
+            if fit == 0 {
+                return Ok(Vec::new());
+            }
+            let list = sizes[..fit].iter().map(|(seq, _)| seq.to_string()).collect::<Vec<_>>().join(",");
+            let sql =
+                format!("SELECT seq, event, raw FROM dead_letters WHERE tenant = ? AND seq IN ({list}) ORDER BY seq");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([tenant], |row| {
                 Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), json_or_null(row.get(2)?)))
@@ -437,7 +476,7 @@ impl EventStore {
         plugin: Option<String>,
         limit: usize,
     ) -> Result<Vec<Value>, StoreError> {
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT plugin, plugin_version, epoch_us(logged_at), level, message, fields FROM plugin_logs \
                  WHERE tenant = ? AND (? IS NULL OR plugin = ?) ORDER BY logged_at DESC LIMIT ?",

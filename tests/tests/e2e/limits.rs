@@ -702,3 +702,86 @@ async fn concurrent_requests_overshoot_a_quota_by_at_most_the_one_that_crossed_i
         assert!(stored >= 1 && used < limit + one, "{metric}: {stored} stored, {used} used of {limit}: {statuses:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letter_listings_and_replays_are_bounded_in_bytes_and_lose_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let settings =
+        json!({"failure_policy": "dead-letter", "config": {"only_name": "big"}, "max_consecutive_failures": 1000});
+    app.install(ADMIN_TOKEN, "picky", "hostile-panic", settings).await;
+    // 80 letters of ~500 kB each (the event and its raw input): 40 MB.
+    let payload = json!({"blob": "x".repeat(250_000)});
+    for i in 0..8 {
+        let batch: Value =
+            (0..10).map(|j| json!({"event_type": "big", "task_id": i * 10 + j, "event_payload": payload})).collect();
+        let (status, body) = app.post_events(ADMIN_TOKEN, &batch).await;
+        assert_eq!((status, &body["dead_lettered"]), (200, &json!(10)), "{}", &body.to_string()[..200]);
+    }
+    let r = app.client.get(app.url("/v1/dead-letters?limit=100")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let listing: Value = serde_json::from_slice(&bytes).unwrap();
+    let shown = listing["items"].as_array().unwrap();
+    assert!((14..=17).contains(&shown.len()), "{} shown", shown.len());
+    let task = |letter: &Value| letter["event"]["task_id"].as_str().unwrap().parse::<u32>().unwrap();
+    assert!(task(&shown[0]) >= 70, "newest first: {}", task(&shown[0]));
+    assert!(bytes.len() < (8 << 20) + 500_000, "{} bytes", bytes.len());
+    // Replays take what fits, oldest first, and the next goes on: every
+    // letter is replayed once.
+    app.patch(ADMIN_TOKEN, "/v1/plugins/picky", &json!({"config": {"only_name": "nothing"}})).await;
+    let mut rounds = Vec::new();
+    loop {
+        let (status, body) = app.post(ADMIN_TOKEN, "/v1/dead-letters/replay", &json!({"all": true})).await;
+        assert_eq!(status, 200, "{body}");
+        let n = body["replayed"].as_u64().unwrap();
+        if n == 0 {
+            break;
+        }
+        rounds.push(n);
+    }
+    assert!(rounds.len() >= 2 && rounds.iter().sum::<u64>() == 80, "{rounds:?}");
+    let (_, count) = app
+        .post(
+            ADMIN_TOKEN,
+            "/v1/query",
+            &json!({"sql": "SELECT count(DISTINCT task_id) FROM events WHERE event_type = 'big'"}),
+        )
+        .await;
+    assert_eq!(count["rows"][0][0], 80);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_reads_run_two_at_a_time_and_others_do_not_queue_behind_them() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let app = spawn_app_with(|_| {}).await;
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // Six slow reads of one tenant (its live and test space together)...
+    let reads: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, running, most) = (app.store.clone(), running.clone(), most.clone());
+            let space = if i % 2 == 0 { "busy" } else { "busy:test" };
+            tokio::spawn(async move {
+                store
+                    .read_as(space, move |_| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // ...and another tenant's read meanwhile runs at once.
+    let started = std::time::Instant::now();
+    app.store.read_as("other", |_| Ok(())).await.unwrap();
+    let waited = started.elapsed();
+    for r in reads {
+        r.await.unwrap();
+    }
+    assert_eq!(most.load(Ordering::SeqCst), sluice::store::TENANT_READS, "at most two of a tenant's reads at once");
+    assert!(waited < std::time::Duration::from_millis(250), "the other tenant waited {waited:?}");
+}
