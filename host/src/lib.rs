@@ -7,6 +7,9 @@
 //! - [`api`]: the HTTP edge; routes, the one `ApiError`, extractors.
 //! - [`auth`]: tenants and tokens (stored as hashes); who is calling.
 //! - [`event`]: the canonical event every API family is normalized into.
+//! - [`ingest`]: the steps every family's ingest shares: idempotency keys
+//!   and event ids, the chain under the family's policy, the one commit
+//!   per request, the metrics.
 //! - [`pipeline`]: each tenant's plugin chain; running events through it
 //!   under failure policies; installing and configuring plugins; each
 //!   tenant's share of the plugin workers, ingest rate, plugin time and
@@ -30,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod runtime;

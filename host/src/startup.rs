@@ -99,13 +99,9 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let state = AppState {
-            store,
-            pipeline: Arc::new(pipeline),
-            auth,
-            settings: Arc::new(settings),
-            in_flight: Arc::default(),
-        };
+        let pipeline = Arc::new(pipeline);
+        let ingest = Arc::new(crate::ingest::Ingest::new(store.clone(), pipeline.clone()));
+        let state = AppState { store, pipeline, auth, settings: Arc::new(settings), ingest };
         Ok(Application { listener, state, generated_admin_token })
     }
 

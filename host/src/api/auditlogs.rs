@@ -12,10 +12,10 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::idempotency::{self, Begin, Refusal};
-use super::ingest::{commit_whole, run_whole};
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
+use crate::ingest::{Counts, Policy};
 use crate::pipeline::{Disposition, Input};
 
 /// The family name of these events.
@@ -330,7 +330,7 @@ pub async fn create(
             (i, Input { event, raw: texts[i].as_str().into() })
         })
         .unzip();
-    let mut output = match run_whole(&state, &principal, inputs).await {
+    let mut output = match super::ingest::run(&state, &principal, inputs, Policy::Whole).await {
         Ok(output) => output,
         Err(e) => return from_api(e),
     };
@@ -354,9 +354,11 @@ pub async fn create(
             output.batch.idempotency.extend(event_ids.record(*i, &result));
         }
     }
-    if let Err(e) = commit_whole(&state, &principal, output.batch, ticket.as_ref(), status, &body).await {
+    let answer = ticket.as_ref().map(|t| (t, status, &body));
+    if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
         return from_api(e);
     }
+    Counts::of(&output.dispositions).record(FAMILY);
     let failed = output.dispositions.iter().find_map(|d| match d {
         Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
         _ => None,
@@ -367,7 +369,5 @@ pub async fn create(
     if !refused.is_empty() {
         return rpc_error(StatusCode::BAD_REQUEST, "audit logs refused by the organization's plugins", &refused);
     }
-    let stored = output.dispositions.iter().filter(|d| matches!(d, Disposition::Stored { .. })).count();
-    crate::metrics::ingest(FAMILY, stored, output.dispositions.len() - stored, 0, 0);
     (status, Json(body)).into_response()
 }

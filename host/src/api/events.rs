@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 
 use super::idempotency::{self, Begin};
 use super::openapi::{ApiErrors, IngestReport};
-use super::{parse_json, require, run_mode, ApiError, AppState, FieldError};
+use super::{parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
+use crate::ingest::{Counts, Policy};
 use crate::pipeline::{Disposition, Input, RunOutput};
 
 /// Longest id accepted.
@@ -403,7 +404,7 @@ pub(crate) async fn ingest_with(
     let mut output = if fresh.is_empty() {
         RunOutput::default()
     } else {
-        state.pipeline.run(&principal.tenant, fresh, run_mode(principal)).await?
+        super::ingest::run(state, principal, fresh, Policy::Each).await?
     };
     // Every input's result, in request order: retried ones as remembered.
     let mut fresh_results = std::mem::take(&mut output.dispositions).into_iter();
@@ -428,12 +429,8 @@ pub(crate) async fn ingest_with(
         results.push(result);
     }
     let (status, report) = report(family, &results);
-    // A server-side failure (plugins failing) is not remembered: a retry
-    // should find the plugins fixed.
-    if !status.is_server_error() {
-        batch.idempotency.extend(ticket.as_ref().map(|t| t.record(status, &report)));
-    }
-    super::ingest::commit(state, principal, batch).await?;
+    let answer = ticket.as_ref().map(|t| (t, status, &report));
+    super::ingest::commit(state, principal, batch, Policy::Each, answer).await?;
     Ok((status, Json(report)).into_response())
 }
 
@@ -541,7 +538,7 @@ fn report<'a>(family: &'static str, results: &'a [Entry]) -> (StatusCode, Report
             detail.push(json!({ "loc": loc, "msg": message, "type": code }));
         }
     }
-    crate::metrics::ingest(family, stored, dropped, rejected, dead);
+    Counts { stored, dropped, rejected, dead_lettered: dead }.record(family);
     let all_refused = rejected == results.len();
     let report = Report {
         stored,

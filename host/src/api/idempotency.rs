@@ -1,31 +1,14 @@
-//! Safe retries. A request that carries an `Idempotency-Key` header, and an
-//! event that carries its own `id`, is processed at most once per tenant:
-//! the same key (or id) with the same content gets the original result
-//! back without storing anything again; with different content it is a
-//! conflict. The remembered result is committed in the same transaction as
-//! the events it describes, so a retry after a crash finds both or neither.
-//! Keys are kept for a day (see the retention job).
-//!
-//! While a request runs, its keys are claimed in memory, so two concurrent
-//! requests with one key cannot both store.
-
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+//! Safe retries at the HTTP edge: the `Idempotency-Key` header as the
+//! OpenAPI document describes it, the answer of a retry, and refusals as
+//! [`ApiError`]s. The keys themselves live in [`crate::ingest::keys`].
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::store::{IdempotencyRecord, StoreError};
-
-/// Longest `Idempotency-Key` accepted.
-const MAX_KEY: usize = 255;
-
-/// Keys of events' own ids live beside header keys under this prefix.
-const EVENT_ID_PREFIX: &str = "event-id:";
+pub use crate::ingest::{Begin, EventIds, Refusal, Ticket};
 
 /// The `Idempotency-Key` request header, as the OpenAPI document describes
 /// it: 1..255 visible ASCII characters, not starting with `event-id:` (the
@@ -46,44 +29,6 @@ pub(crate) struct IdempotencyKey {
     key: String,
 }
 
-/// Why a key cannot be used now.
-#[derive(Debug)]
-pub enum Refusal {
-    /// The header is empty, too long or not visible ASCII.
-    InvalidKey,
-    /// A request with this key is being processed.
-    InProgress(String),
-    /// The key was used with different content.
-    Mismatch(String),
-    /// Item `index` of the request repeats the id of item `first`.
-    DuplicateId {
-        index: usize,
-        first: usize,
-    },
-    Store(StoreError),
-}
-
-impl Refusal {
-    /// A sentence for the client.
-    pub fn message(&self) -> String {
-        match self {
-            Refusal::InvalidKey => format!("Idempotency-Key should be 1..{MAX_KEY} visible ASCII characters"),
-            Refusal::InProgress(what) => format!("a request with this {what} is in progress; retry later"),
-            Refusal::Mismatch(what) => format!("this {what} was used with different content; use a new one"),
-            Refusal::DuplicateId { first, .. } => {
-                format!("the id of item {first} appears again; each item of a request needs its own id")
-            }
-            Refusal::Store(e) => e.to_string(),
-        }
-    }
-}
-
-impl From<StoreError> for Refusal {
-    fn from(e: StoreError) -> Self {
-        Refusal::Store(e)
-    }
-}
-
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
@@ -99,185 +44,37 @@ impl From<Refusal> for ApiError {
     }
 }
 
-/// Claims on keys while their request runs; released on drop.
-pub struct Claims {
-    set: Arc<parking_lot::Mutex<HashSet<(String, String)>>>,
-    entries: Vec<(String, String)>,
-}
-
-impl Drop for Claims {
-    fn drop(&mut self) {
-        let mut set = self.set.lock();
-        for entry in &self.entries {
-            set.remove(entry);
-        }
-    }
-}
-
-/// Claim every key for `tenant`, or none of them.
-fn claim(state: &AppState, tenant: &str, keys: &[String], what: &str) -> Result<Claims, Refusal> {
-    let mut set = state.in_flight.lock();
-    let entries: Vec<(String, String)> = keys.iter().map(|k| (tenant.to_string(), k.clone())).collect();
-    if entries.iter().any(|e| set.contains(e)) {
-        return Err(Refusal::InProgress(what.into()));
-    }
-    set.extend(entries.iter().cloned());
-    Ok(Claims { set: state.in_flight.clone(), entries })
-}
-
-fn sha256(parts: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part);
-        hasher.update([0]);
-    }
-    hex::encode(hasher.finalize())
-}
-
-/// A request's claim on its `Idempotency-Key`.
-pub struct Ticket {
-    _claims: Claims,
-    tenant: String,
-    key: String,
-    hash: String,
-}
-
-impl Ticket {
-    /// The record that remembers this request's response.
-    pub fn record(&self, status: StatusCode, body: &impl serde::Serialize) -> IdempotencyRecord {
-        IdempotencyRecord {
-            tenant: self.tenant.clone(),
-            key: self.key.clone(),
-            request_hash: self.hash.clone(),
-            status: status.as_u16(),
-            body: serde_json::to_string(body).unwrap_or_default(),
-        }
-    }
-}
-
-/// What to do with a request.
-pub enum Begin {
-    /// No key: process it.
-    Fresh,
-    /// A new key: process it, and remember the response with the ticket.
-    Keyed(Ticket),
-    /// A retry: answer with the remembered response.
-    Replay(StatusCode, Value),
-}
-
-/// Look at the request's `Idempotency-Key` (the content type and body are
-/// the content it is bound to).
+/// Look at the request's `Idempotency-Key` header (the content type and
+/// body are the content it is bound to).
 ///
 /// # Errors
 ///
 /// [`Refusal`] when the key is invalid, in use, or bound to other content.
-pub async fn begin(state: &AppState, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Result<Begin, Refusal> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(Begin::Fresh);
-    };
-    let key = match value.to_str() {
-        Ok(key)
-            if !key.is_empty()
-                && key.len() <= MAX_KEY
-                && key.bytes().all(|b| b.is_ascii_graphic())
-                && !key.starts_with(EVENT_ID_PREFIX) =>
-        {
-            key.to_string()
-        }
-        _ => return Err(Refusal::InvalidKey),
-    };
-    let claims = claim(state, tenant, std::slice::from_ref(&key), "Idempotency-Key")?;
-    let content_type = headers.get(header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
-    let hash = sha256(&[content_type, body]);
-    let found = state.store.find_idempotent(tenant.to_string(), vec![key.clone()]).await?;
-    if let Some(done) = found.get(&key) {
-        if done.request_hash != hash {
-            return Err(Refusal::Mismatch("Idempotency-Key".into()));
-        }
-        let status = StatusCode::from_u16(done.status).unwrap_or(StatusCode::OK);
-        return Ok(Begin::Replay(status, serde_json::from_str(&done.body).unwrap_or(Value::Null)));
-    }
-    Ok(Begin::Keyed(Ticket { _claims: claims, tenant: tenant.to_string(), key, hash }))
+pub async fn begin(state: &AppState, space: &str, headers: &HeaderMap, body: &[u8]) -> Result<Begin, Refusal> {
+    let key = headers.get("idempotency-key").map(HeaderValue::as_bytes);
+    let content_type = headers.get(header::CONTENT_TYPE).map_or(&b""[..], HeaderValue::as_bytes);
+    state.ingest.keys.begin(space, key, content_type, body).await
 }
 
-/// A remembered response, marked as replayed.
-pub fn replay(status: StatusCode, body: Value) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    response
-}
-
-/// The client-chosen ids of a request's events, claimed for its duration.
-pub struct EventIds {
-    _claims: Claims,
-    tenant: String,
-    /// Input index → (key, content hash), for inputs that carry an id.
-    keyed: HashMap<usize, (String, String)>,
-    /// Input index → the result remembered for its id (a retry).
-    pub replayed: HashMap<usize, Value>,
-}
-
-impl EventIds {
-    /// The record that remembers input `index`'s result, if it has an id.
-    pub fn record(&self, index: usize, result: &impl serde::Serialize) -> Option<IdempotencyRecord> {
-        let (key, hash) = self.keyed.get(&index)?;
-        Some(IdempotencyRecord {
-            tenant: self.tenant.clone(),
-            key: key.clone(),
-            request_hash: hash.clone(),
-            status: 200,
-            body: serde_json::to_string(result).unwrap_or_default(),
-        })
-    }
-}
-
-/// Claim the ids that a request's items carry (their `id` field) and find
-/// those already processed: an item whose id was stored before with the
-/// same content is a retry; with other content, a conflict.
+/// Claim the ids that a request's items carry (see
+/// [`crate::ingest::Keys::event_ids`]).
 ///
 /// # Errors
 ///
-/// [`Refusal`] when an id repeats within the request, is in use by a
-/// running request, or was stored with different content.
+/// [`Refusal`] when an id repeats, is in use, or was stored with other
+/// content.
 pub async fn event_ids<'a>(
     state: &AppState,
-    tenant: &str,
+    space: &str,
     items: impl IntoIterator<Item = &'a str>,
 ) -> Result<EventIds, Refusal> {
-    /// The one field looked at first; the rest of the item is skipped.
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: Option<Value>,
-    }
-    let mut seen = HashMap::new();
-    let mut keyed: HashMap<usize, (String, String)> = HashMap::new();
-    for (index, raw) in items.into_iter().enumerate() {
-        // Most items carry no id: a byte search rules them out without
-        // parsing (a key can only spell `id` otherwise through an escape).
-        if !raw.contains("\"id\"") && !raw.contains('\\') {
-            continue;
-        }
-        let Ok(IdOnly { id: Some(Value::String(id)) }) = serde_json::from_str(raw) else { continue };
-        // The content hash is over the parsed item in its canonical form, so
-        // a retry that spaces or orders its keys differently is the same.
-        let canonical = serde_json::from_str::<Value>(raw).map(|v| v.to_string()).unwrap_or_default();
-        let key = format!("{EVENT_ID_PREFIX}{id}");
-        if let Some(first) = seen.insert(id, index) {
-            return Err(Refusal::DuplicateId { index, first });
-        }
-        keyed.insert(index, (key, sha256(&[canonical.as_bytes()])));
-    }
-    let keys: Vec<String> = keyed.values().map(|(k, _)| k.clone()).collect();
-    let claims = claim(state, tenant, &keys, "event id")?;
-    let found = if keys.is_empty() { HashMap::new() } else { state.store.find_idempotent(tenant.into(), keys).await? };
-    let mut replayed = HashMap::new();
-    for (index, (key, hash)) in &keyed {
-        if let Some(done) = found.get(key) {
-            if &done.request_hash != hash {
-                return Err(Refusal::Mismatch(format!("event id (at index {index})")));
-            }
-            replayed.insert(*index, serde_json::from_str(&done.body).unwrap_or(Value::Null));
-        }
-    }
-    Ok(EventIds { _claims: claims, tenant: tenant.to_string(), keyed, replayed })
+    state.ingest.keys.event_ids(space, items).await
+}
+
+/// A remembered response, marked as replayed.
+pub fn replay(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }

@@ -13,11 +13,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::idempotency::{self, Begin, Refusal};
-use super::ingest::{commit_whole, run_whole};
 use super::openapi::LogError;
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};
+use crate::ingest::{Counts, Policy};
 use crate::pipeline::Disposition;
 use crate::store::{EventFilter, Quotas};
 
@@ -221,7 +221,7 @@ pub async fn create(
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
-    let output = match run_whole(&state, &principal, vec![input]).await {
+    let output = match super::ingest::run(&state, &principal, vec![input], Policy::Whole).await {
         Ok(output) => output,
         Err(e) => return store_error(e),
     };
@@ -229,7 +229,6 @@ pub async fn create(
         Disposition::Stored { ids } => {
             let stored = output.batch.events.first().map(|e| e.event.to_json());
             let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
-            crate::metrics::ingest(FAMILY, ids.len(), 0, 0, 0);
             (StatusCode::CREATED, view)
         }
         Disposition::Rejected { error: e } => {
@@ -244,9 +243,11 @@ pub async fn create(
             (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
         }
     };
-    if let Err(e) = commit_whole(&state, &principal, output.batch, ticket.as_ref(), status, &body).await {
+    let answer = ticket.as_ref().map(|t| (t, status, &body));
+    if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
         return store_error(e);
     }
+    Counts::of(&output.dispositions).record(FAMILY);
     (status, Json(body)).into_response()
 }
 

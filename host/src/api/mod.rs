@@ -49,8 +49,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub auth: Arc<Auth>,
     pub settings: Arc<Settings>,
-    /// `(tenant, Idempotency-Key)` of requests being processed now.
-    pub in_flight: Arc<parking_lot::Mutex<std::collections::HashSet<(String, String)>>>,
+    /// The ingest steps every family shares.
+    pub ingest: Arc<crate::ingest::Ingest>,
 }
 
 /// One entry of a 422 `detail` list.

@@ -350,7 +350,8 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
     let mut output = state.pipeline.run(&principal.tenant, inputs, super::run_mode(&principal)).await?;
     let mut batch = std::mem::take(&mut output.batch);
     batch.replayed = replayed.clone();
-    state.store.commit(batch).await?;
+    let no_answer: Option<(&crate::ingest::Ticket, u16, &Value)> = None;
+    state.ingest.commit(&principal.tenant, batch, crate::ingest::Policy::Each, no_answer).await?;
     let results: Vec<Value> = output
         .dispositions
         .iter()

@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::idempotency::{self, Begin, Refusal};
-use super::ingest::{commit_whole, run_whole};
+use super::idempotency::{self, Begin, Refusal, Ticket};
 use super::validate::Validator;
 use super::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
+use crate::ingest::{Counts, Policy};
 use crate::pipeline::{Disposition, Input};
 
 /// The family name of these events.
@@ -474,16 +474,19 @@ pub async fn create(
     let raw = crate::event::raw_of(&raw);
     let inputs =
         to_events(&principal.space(), object).into_iter().map(|event| Input { event, raw: raw.clone() }).collect();
-    let output = match run_whole(&state, &principal, inputs).await {
+    let output = match super::ingest::run(&state, &principal, inputs, Policy::Whole).await {
         Ok(output) => output,
         Err(e) => return shaped(e),
     };
+    let counts = Counts::of(&output.dispositions);
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
             // Nothing of the request is stored; its plugin logs and runs are.
-            if let Err(e) = state.store.commit(output.batch).await {
-                return shaped(e.into());
+            let nothing: Option<(&Ticket, StatusCode, &Value)> = None;
+            if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, nothing).await {
+                return shaped(e);
             }
+            counts.record(FAMILY);
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
                 return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
             }
@@ -503,11 +506,11 @@ pub async fn create(
             _ => Vec::new(),
         })
         .collect();
-    let count = ids.len();
     let body = json!({ "event_ids": ids });
-    if let Err(e) = commit_whole(&state, &principal, output.batch, ticket.as_ref(), StatusCode::OK, &body).await {
+    let answer = ticket.as_ref().map(|t| (t, StatusCode::OK, &body));
+    if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
         return shaped(e);
     }
-    crate::metrics::ingest(FAMILY, count, 0, 0, 0);
+    counts.record(FAMILY);
     Ok((StatusCode::OK, Json(body)).into_response())
 }

@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use admission::Rate;
 pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
-pub use run::{Disposition, Input, Mode, Rejection, RunOutput};
+pub use run::{Disposition, Input, Mode, RejectedBy, Rejection, RunOutput};
 
 use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
 use crate::store::{EventStore, PluginVersion, QuotaUse, Quotas, StoreError};

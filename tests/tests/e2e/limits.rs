@@ -785,3 +785,40 @@ async fn a_tenants_reads_run_two_at_a_time_and_others_do_not_queue_behind_them()
     assert_eq!(most.load(Ordering::SeqCst), sluice::store::TENANT_READS, "at most two of a tenant's reads at once");
     assert!(waited < std::time::Duration::from_millis(250), "the other tenant waited {waited:?}");
 }
+
+/// The value of the ingest counter of `family` and `disposition`.
+async fn ingest_counter(app: &sluice_e2e::TestApp, family: &str, disposition: &str) -> u64 {
+    let r = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    let labels = format!(r#"{{family="{family}",disposition="{disposition}"}}"#);
+    text.lines()
+        .find(|l| l.starts_with("sluice_ingest_events_total") && l.contains(&labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_family_counts_its_dead_letters_and_stored_events_alike() {
+    let app = spawn_app_with(|_| {}).await;
+    for (family, path, _, body) in families() {
+        let tenant = format!("counted-{family}");
+        let token = app.create_tenant(&tenant).await;
+        let path = path.replace("default", &tenant);
+        let stored_before = ingest_counter(&app, family, "stored").await;
+        let (status, answer) = app.post(&token, &path, &body).await;
+        assert!((200..300).contains(&status), "{family}: {status} {answer}");
+        assert!(ingest_counter(&app, family, "stored").await > stored_before, "{family}: stored events are counted");
+        // A plugin that fails on every event, under the dead-letter policy.
+        let settings = json!({"families": [family], "failure_policy": "dead-letter", "max_consecutive_failures": 1000});
+        app.install(&token, "boom", "hostile-panic", settings).await;
+        let letters_before = ingest_counter(&app, family, "dead_lettered").await;
+        let (status, answer) = app.post(&token, &path, &body).await;
+        assert!((200..300).contains(&status), "{family}: {status} {answer}");
+        let (_, letters) = app.get(&token, "/v1/dead-letters").await;
+        assert!(!letters["items"].as_array().unwrap().is_empty(), "{family}: {letters}");
+        assert!(
+            ingest_counter(&app, family, "dead_lettered").await > letters_before,
+            "{family}: dead letters are counted as dead letters"
+        );
+    }
+}
