@@ -106,6 +106,10 @@ pub struct Settings {
     /// (fan-out included); beyond it the request is refused whole with 413.
     #[arg(long, env = "SLUICE_MAX_STORED_EVENTS", default_value_t = 20_000)]
     pub max_stored_events: usize,
+    /// Most bytes of the distinct plugin components one tenant may have
+    /// uploaded (every version is kept); beyond it an upload gets 422.
+    #[arg(long, env = "SLUICE_TENANT_PLUGIN_BYTES", default_value_t = 1 << 30)]
+    pub tenant_plugin_bytes: u64,
     /// Program started for query and compile workers (`sluice query-worker`,
     /// `sluice compile-worker`); default: this executable.
     #[arg(long, env = "SLUICE_WORKER_PROGRAM")]
@@ -170,6 +174,7 @@ impl Settings {
             tenant_bytes_burst: 128 << 20,
             tenant_plugin_ms_per_sec: 1000,
             max_stored_events: 20_000,
+            tenant_plugin_bytes: 1 << 30,
             worker_program: None,
             query_max_bytes: 64 << 20,
             query_memory_limit: "1GB".into(),

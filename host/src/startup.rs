@@ -76,6 +76,7 @@ impl Application {
             (settings.plugin_workers, settings.plugin_tenant_workers),
         )?
         .with_max_stored_events(settings.max_stored_events)
+        .with_tenant_plugin_bytes(settings.tenant_plugin_bytes)
         .with_plugin_time_budget(settings.tenant_plugin_ms_per_sec)
         .with_max_compiles(settings.compile_concurrency)
         .with_byte_rate(Rate {

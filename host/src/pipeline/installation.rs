@@ -144,6 +144,11 @@ impl Installation {
         self.settings.lock().version
     }
 
+    /// Its place in the chain (lower runs first).
+    pub fn position(&self) -> i32 {
+        self.settings.lock().position
+    }
+
     pub fn failure_policy(&self) -> FailurePolicy {
         self.settings.lock().failure_policy
     }
@@ -195,6 +200,19 @@ impl Installation {
     }
 
     /// A JSON view for the API.
+    /// The view in a listing of the chain: without the config (up to
+    /// 1 MiB each), whose size it gives instead; the plugin's own view has
+    /// it (RELIABILITY.md, F26).
+    pub fn summary(&self) -> Value {
+        let mut view = self.view();
+        let size = view["config"].to_string().len();
+        if let Some(map) = view.as_object_mut() {
+            map.remove("config");
+            map.insert("config_bytes".into(), size.into());
+        }
+        view
+    }
+
     pub fn view(&self) -> Value {
         let state = match self.standing() {
             Standing::Active => "enabled",

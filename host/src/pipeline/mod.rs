@@ -184,9 +184,28 @@ impl SettingsPatch {
             }
             settings.max_consecutive_failures = max;
         }
+        let size = serde_json::to_vec(&settings).map_or(usize::MAX, |v| v.len());
+        if size > MAX_SETTINGS_BYTES {
+            return Err(PluginError::Invalid(
+                "config".into(),
+                format!(
+                    "an installation's settings (config, names, families, sources) are at most {MAX_SETTINGS_BYTES} \
+                     bytes serialized; these are {size}"
+                ),
+            ));
+        }
         Ok(settings)
     }
 }
+
+/// Most bytes of one installation's settings, serialized: its config, which
+/// every instance's `init` is handed, is held in the chain and shown by the
+/// API, and an 8 MB config made every change of the tenant's chain take
+/// seconds (RELIABILITY.md, F25).
+pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
+/// Most plugins one tenant may install.
+pub const MAX_PLUGINS_PER_TENANT: usize = 64;
 
 #[derive(Default)]
 struct TenantPlugins {
@@ -198,7 +217,9 @@ struct TenantPlugins {
 impl TenantPlugins {
     fn rebuild(&mut self) {
         let mut chain: Vec<Arc<Installation>> = self.all.values().cloned().collect();
-        chain.sort_by_key(|i| (i.settings().position, i.name.clone()));
+        // The position alone: cloning every installation's settings (its
+        // config) here, under the chain lock, stalled every request.
+        chain.sort_by_cached_key(|i| (i.position(), i.name.clone()));
         self.chain = chain.into();
     }
 }
@@ -225,6 +246,10 @@ pub struct Pipeline {
     workers: workers::Workers,
     /// Most events one live run may store (fan-out included).
     max_stored: usize,
+    /// Most bytes of the distinct components one tenant may have uploaded
+    /// (every version is kept, for rollbacks and shadow runs): a bound on
+    /// the disk one tenant's uploads take.
+    max_plugin_bytes: u64,
     /// Each tenant's ingest rate (see `admission.rs`).
     rates: admission::Rates,
     /// Each tenant's byte rate: what its runs store (payloads and raw
@@ -316,6 +341,7 @@ impl Pipeline {
             max_compiles: usize::MAX,
             workers: workers::Workers::new(workers, tenant_workers).map_err(|e| PluginError::Host(e.to_string()))?,
             max_stored: usize::MAX,
+            max_plugin_bytes: u64::MAX,
             rates: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
             bytes: admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY }),
             plugin_time: Arc::new(admission::Rates::new(Rate { per_second: f64::INFINITY, burst: f64::INFINITY })),
@@ -440,6 +466,13 @@ impl Pipeline {
     /// The ingest rate a tenant is held to.
     pub fn rate(&self, tenant: &str) -> Rate {
         self.rates.of(tenant)
+    }
+
+    /// Refuse uploads that would take a tenant's distinct components past
+    /// `limit` bytes.
+    pub fn with_tenant_plugin_bytes(mut self, limit: u64) -> Pipeline {
+        self.max_plugin_bytes = limit;
+        self
     }
 
     /// Refuse runs (live, dry and shadow) whose output would hold more than
@@ -700,7 +733,7 @@ impl Pipeline {
 
     /// Views of a tenant's plugins in chain order.
     pub fn list(&self, tenant: &str) -> Vec<Value> {
-        self.chain(tenant).iter().map(|i| i.view()).collect()
+        self.chain(tenant).iter().map(|i| i.summary()).collect()
     }
 
     /// The view of one plugin.
@@ -804,6 +837,17 @@ impl Pipeline {
         let _guard = self.lock_tenant(tenant).await;
         let compiled = Arc::new(compiled);
         let sha256 = compiled.sha256().to_string();
+        let kept = self.store.plugin_bytes(tenant.to_string(), sha256.clone()).await?;
+        if kept + size > self.max_plugin_bytes {
+            return Err(PluginError::Invalid(
+                "component".into(),
+                format!(
+                    "this tenant's plugin components take {kept} bytes; with this one they would pass the bound of \
+                     {} (SLUICE_TENANT_PLUGIN_BYTES)",
+                    self.max_plugin_bytes
+                ),
+            ));
+        }
         let (version, _) =
             self.store.add_plugin_version(tenant.to_string(), name.to_string(), sha256.clone(), size).await?;
         let existing = self.installation(tenant, name).ok();
@@ -811,7 +855,14 @@ impl Pipeline {
         let mut settings = match existing {
             Some(inst) => inst.settings(),
             None => {
-                let last = self.chain(tenant).iter().map(|i| i.settings().position).max();
+                let chain = self.chain(tenant);
+                if chain.len() >= MAX_PLUGINS_PER_TENANT {
+                    return Err(PluginError::Invalid(
+                        "name".into(),
+                        format!("a tenant has at most {MAX_PLUGINS_PER_TENANT} plugins; delete one first"),
+                    ));
+                }
+                let last = chain.iter().map(|i| i.position()).max();
                 PluginSettings::new(version, sha256.clone(), last.map_or(0, |p| p + 10))
             }
         };

@@ -165,6 +165,25 @@ impl EventStore {
         self.read_blocking(|conn| Ok(conn.query_row("SELECT count(*) > 0 FROM tokens", [], |row| row.get(0))?))
     }
 
+    /// Bytes of the distinct components a tenant has uploaded, not counting
+    /// `sha256` (a component it uploads again takes no more room).
+    ///
+    /// # Errors
+    ///
+    /// Database errors.
+    pub async fn plugin_bytes(&self, tenant: String, sha256: String) -> Result<u64, StoreError> {
+        self.read_as(&tenant.clone(), move |conn| {
+            let bytes: i64 = conn.query_row(
+                "SELECT coalesce(sum(size), 0)::BIGINT FROM \
+                 (SELECT DISTINCT sha256, size FROM plugin_versions WHERE tenant = ? AND sha256 <> ?)",
+                duckdb::params![tenant, sha256],
+                |row| row.get(0),
+            )?;
+            Ok(bytes.max(0) as u64)
+        })
+        .await
+    }
+
     /// Record an uploaded plugin version; uploading the same bytes again
     /// returns the existing version.
     ///

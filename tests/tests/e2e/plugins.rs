@@ -186,3 +186,36 @@ async fn plugins_and_events_survive_a_restart_and_versions_are_kept() {
     assert_eq!(status, 422);
     assert_eq!(body["detail"][0]["loc"], json!(["body", "failure_policy"]), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_settings_and_a_tenants_components_are_bounded_and_listings_leave_configs_out() {
+    let app = sluice_e2e::spawn_app_with(|s| s.tenant_plugin_bytes = 500_000).await;
+    let t = app.create_tenant("bounded-plugins").await;
+    app.install(&t, "small", "customer-prefix", json!({"config": {"prefix": "c."}})).await;
+    // Settings over 1 MiB are refused, at upload and at a change.
+    let big = json!({"config": {"prefix": "c.", "table": "x".repeat(1_100_000)}});
+    let (status, body) = app.patch(&t, "/v1/plugins/small", &big).await;
+    assert_eq!(status, 422, "{}", &body.to_string()[..200.min(body.to_string().len())]);
+    assert_eq!(body["detail"][0]["loc"][1], "config", "{body}");
+    let (status, _) = app.upload_with_manifest(&t, "large", plugin_wasm("customer-prefix"), &big).await;
+    assert_eq!(status, 422);
+    // The listing gives each config's size; the plugin's own view has it.
+    let (_, list) = app.get(&t, "/v1/plugins").await;
+    let small = list["items"].as_array().unwrap().iter().find(|p| p["name"] == "small").unwrap().clone();
+    assert!(
+        small.get("config").is_none() && small["config_bytes"] == json!({"prefix": "c."}).to_string().len(),
+        "{small}"
+    );
+    let (_, view) = app.get(&t, "/v1/plugins/small").await;
+    assert_eq!(view["config"], json!({"prefix": "c."}));
+    // Components: the shipped one (~220 kB) and geo-enrich (~240 kB) fit
+    // in 500 kB, the same bytes again take no more room, a third does not fit.
+    let geo = json!({"config": {"table": []}});
+    let (status, body) = app.upload_with_manifest(&t, "geo", plugin_wasm("geo-enrich"), &geo).await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, body) = app.upload_with_manifest(&t, "geo-again", plugin_wasm("geo-enrich"), &geo).await;
+    assert!(status == 200 || status == 201, "{body}");
+    let (status, body) = app.upload_bytes(&t, "pii", plugin_wasm("pii-redact")).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("SLUICE_TENANT_PLUGIN_BYTES"), "{body}");
+}
