@@ -141,6 +141,11 @@ pub struct Settings {
     /// Most open client connections; beyond it new ones get 503.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Most open connections from one client address; beyond it its new
+    /// ones get 503, so one client cannot fill the cap for everyone (behind
+    /// a load balancer that hides client addresses, raise it to the cap).
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
 }
 
 impl Settings {
@@ -184,6 +189,7 @@ impl Settings {
             http_header_timeout_secs: 10,
             http_body_timeout_secs: 30,
             max_connections: 1024,
+            max_connections_per_client: 256,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one client address.
+    pub max_connections_per_client: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
 }
@@ -68,6 +70,7 @@ impl HttpLimits {
             body_timeout: Duration::from_secs(settings.http_body_timeout_secs.max(1)),
             // Shutdown waits for every permit in one `acquire_many(u32)`.
             max_connections: settings.max_connections.clamp(1, u32::MAX as usize),
+            max_connections_per_client: settings.max_connections_per_client.max(1),
             shutdown_grace: SHUTDOWN_GRACE,
         }
     }
@@ -96,6 +99,7 @@ pub async fn serve(
     // One permit per open connection; a connection's task holds it until the
     // socket is closed.
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Clients::default();
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     // `stop`: finish the current request, then close. `kill`: close now.
     let stop = CancellationToken::new();
@@ -103,18 +107,20 @@ pub async fn serve(
 
     tokio::pin!(signal);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = &mut signal => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_error(e).await;
                     continue;
                 }
             },
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let permit = connections.clone().try_acquire_owned().ok();
+        let place = permit.and_then(|p| clients.enter(peer.ip(), limits.max_connections_per_client).map(|c| (p, c)));
+        let Some(permit) = place else {
             metrics::counter!("sluice_http_connections_refused_total").increment(1);
             // Answered on a task of its own: a client that reads slowly must
             // not hold up the loop that accepts everyone else.
@@ -155,6 +161,41 @@ pub async fn serve(
         kill.cancel();
     }
     Ok(())
+}
+
+/// Open connections per client address.
+#[derive(Clone, Default)]
+struct Clients(Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// A client's place among its open connections; left on drop.
+struct ClientPlace {
+    clients: Clients,
+    ip: std::net::IpAddr,
+}
+
+impl Clients {
+    /// A place for one more connection of `ip`, unless it has `max` open.
+    fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<ClientPlace> {
+        let mut open = self.0.lock();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientPlace { clients: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Like `axum::serve`: errors of one connection (reset before it was

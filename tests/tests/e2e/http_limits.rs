@@ -161,3 +161,35 @@ async fn requests_sent_at_a_steady_pace_are_served() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["stored"], 50, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_address_cannot_fill_the_connection_cap() {
+    let app = spawn_app_with(|s| {
+        s.max_connections = 64;
+        s.max_connections_per_client = 3;
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(&app).await);
+    }
+    // The client's fourth is refused, though the server has room...
+    let mut fourth = connect(&app).await;
+    let (status, head, _) = parse(&read_until_closed(&mut fourth, Duration::from_secs(3)).await);
+    assert_eq!(status, 503);
+    assert!(head.contains("retry-after: 1"), "{head}");
+    // ...which another client address (here 127.0.0.2) gets.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(app.base.trim_start_matches("http://").parse().unwrap()).await.unwrap();
+    other.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let (status, _, body) = parse(&read_until_closed(&mut other, Duration::from_secs(3)).await);
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    // And the client's own places come back when it closes one.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect(&app).await;
+    again.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let (status, _, _) = parse(&read_until_closed(&mut again, Duration::from_secs(3)).await);
+    assert_eq!(status, 200);
+}
