@@ -2,6 +2,7 @@
 //! caller's events, oldest first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -109,22 +110,20 @@ pub async fn export(
         "ndjson" => {
             let store = state.store.clone();
             let tenant = principal.space();
+            // One of the tenant's analyst slots, like a Parquet export or a
+            // query, held until the stream ends or the client leaves.
+            let slot = Arc::new(state.store.analyst_slot(&tenant)?);
             // Keyset paging on the insertion sequence: each step reads the
             // next page; nothing is held beyond one page.
             let pages = stream::unfold(Some(0i64), move |after| {
-                let (store, tenant, filter) = (store.clone(), tenant.clone(), filter.clone());
+                let (store, tenant, filter, slot) = (store.clone(), tenant.clone(), filter.clone(), slot.clone());
                 async move {
                     let after = after?;
-                    match store.export_page(tenant, filter, after, PAGE).await {
-                        Ok((rows, _)) if rows.is_empty() => None,
-                        Ok((rows, next)) => {
-                            let mut chunk = String::new();
-                            for row in &rows {
-                                chunk.push_str(&row.to_string());
-                                chunk.push('\n');
-                            }
-                            Some((Ok::<_, std::io::Error>(chunk), next))
-                        }
+                    let page = store.export_page(tenant, filter, after, PAGE).await;
+                    drop(slot);
+                    match page {
+                        Ok((text, _)) if text.is_empty() => None,
+                        Ok((text, next)) => Some((Ok::<_, std::io::Error>(text), next)),
                         Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
                     }
                 }

@@ -32,7 +32,7 @@ use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 
 pub use control::{PluginVersion, TokenInfo, TokenRecord};
 pub use query::{QueryAnswer, QueryError, QueryFormat, QueryLimits, QueryOptions, QUERY_VIEWS};
-pub use read::{EventFilter, EventPage};
+pub use read::{AnalystSlot, EventFilter, EventPage};
 pub use retention::{QuotaUse, Quotas};
 
 /// A file being written or read under the export directory; dropping the

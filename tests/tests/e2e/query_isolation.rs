@@ -678,3 +678,31 @@ async fn plugin_runs_and_logs_are_copied_incrementally_and_exactly() {
     let (_, body) = app.post(&b, "/v1/query", &runs).await;
     assert_eq!(body["rows"][0][0], 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ndjson_export_holds_an_analyst_slot_while_it_streams() {
+    let app = spawn_app_with(|s| s.query_tenant_concurrency = 1).await;
+    let batch: Vec<Value> = (0..3000).map(|i| json!({"event_type": "bulk", "task_id": i})).collect();
+    let (status, _) = app.post_events(ADMIN_TOKEN, &Value::Array(batch)).await;
+    assert_eq!(status, 200);
+    let sql = json!({"sql": "SELECT count(*) FROM events"});
+    let query = || app.post(ADMIN_TOKEN, "/v1/query", &sql);
+    // An export being streamed (its client reads slowly) takes the slot...
+    let export = app.client.get(app.url("/v1/export?format=ndjson")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(export.status(), 200);
+    let (status, body) = query().await;
+    assert_eq!(status, 429, "{body}");
+    // ...and gives it back when it is done.
+    let text = export.text().await.unwrap();
+    assert_eq!(text.lines().count(), 3000);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = query().await;
+        if status == 200 {
+            assert_eq!(body["rows"][0][0], 3000);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
