@@ -286,14 +286,16 @@ async fn shadow_runs_replay_every_family_including_fan_out() {
     .await;
     let (status, report) = app.post(ADMIN_TOKEN, "/v1/plugins/customer-prefix/shadow", &json!({"version": 1})).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["inputs"], 4, "one input per request item: {report}");
+    // One input per request item, and per player of a session fan-out
+    // (each player's event keeps the request naming that player).
+    assert_eq!(report["inputs"], 5, "{report}");
     assert_eq!(report["unsupported"], 0);
-    assert_eq!(report["unchanged"], 4, "{report}");
-    // A candidate that rewrites payloads changes the session group (both copies).
+    assert_eq!(report["unchanged"], 5, "{report}");
+    // A candidate that rewrites payloads changes both players' events.
     app.upload_bytes(ADMIN_TOKEN, "customer-prefix", plugin_wasm("hostile-escape")).await;
     let (_, report) = app.post(ADMIN_TOKEN, "/v1/plugins/customer-prefix/shadow", &json!({"version": 2})).await;
-    assert_eq!((report["changed"].as_u64(), report["unchanged"].as_u64()), (Some(1), Some(3)), "{report}");
-    assert_eq!(report["diffs"][0]["candidate"].as_array().unwrap().len(), 2);
+    assert_eq!((report["changed"].as_u64(), report["unchanged"].as_u64()), (Some(2), Some(3)), "{report}");
+    assert_eq!(report["diffs"][0]["candidate"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -254,3 +254,21 @@ async fn auth_errors_and_plugin_rejections_use_the_documents_shapes() {
     let (status, ok) = post(&app, &writer, &json!({"event_name": "e", "session_id": "known", "map": "dust"})).await;
     assert_eq!(status, 200, "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_players_event_keeps_the_request_naming_that_player_as_its_raw_input() {
+    let app = spawn_app().await;
+    // 1,000 players: the whole 40 kB request as every event's raw input
+    // would store 40 MB.
+    let players: Vec<String> = (0..1000).map(|i| format!("{i:08x}-1111-4111-8111-111111111111")).collect();
+    let (status, body) =
+        post(&app, ADMIN_TOKEN, &json!({"event_name": "joined", "session_id": "s-raw", "players": players})).await;
+    assert_eq!(status, 200, "{body}");
+    let sql = "SELECT count(*), max(strlen(raw)), count(*) FILTER (WHERE json_extract_string(raw, '$.players[0]') = actor_id \
+               AND json_array_length(raw, '$.players') = 1) FROM events WHERE session_id = 's-raw'";
+    let (status, answer) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": sql})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"][0][0], 1000);
+    assert!(answer["rows"][0][1].as_i64().unwrap() < 200, "{answer}");
+    assert_eq!(answer["rows"][0][2], 1000, "each raw input names its own player: {answer}");
+}
