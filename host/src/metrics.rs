@@ -75,6 +75,11 @@ pub fn ingest(family: &'static str, stored: usize, dropped: usize, rejected: usi
     }
 }
 
+/// Record a checkpoint the writer ran while idle, and how long it took.
+pub fn checkpoint(took: std::time::Duration) {
+    histogram!("sluice_store_idle_checkpoint_seconds").record(took.as_secs_f64());
+}
+
 /// Record a group commit of `requests` requests and `rows` rows.
 pub fn commit(requests: usize, rows: usize, took: Duration, ok: bool) {
     counter!("sluice_store_commits_total", "result" => if ok { "ok" } else { "error" }).increment(1);

@@ -50,6 +50,7 @@ impl Application {
             cursor_key: cursor_key(&settings)?,
             memory_limit: settings.duckdb_memory_limit.clone(),
             checkpoint_threshold: settings.checkpoint_threshold.clone(),
+            idle_checkpoint_bytes: settings.idle_checkpoint_bytes,
             threads: settings.store_threads,
             queue_depth: settings.write_queue_depth,
             query: QueryOptions {

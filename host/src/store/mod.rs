@@ -167,6 +167,9 @@ pub struct StoreOptions {
     pub memory_limit: String,
     /// DuckDB's `checkpoint_threshold`, e.g. `512MB`.
     pub checkpoint_threshold: String,
+    /// WAL bytes beyond which the writer checkpoints when no write is
+    /// waiting (0: never).
+    pub idle_checkpoint_bytes: u64,
     /// DuckDB's `threads` (at least 1).
     pub threads: usize,
     /// Most write requests waiting for the writer; beyond it writes are
@@ -362,7 +365,15 @@ impl EventStore {
     ///
     /// When the file cannot be opened or migrated.
     pub fn open(path: &Path, options: StoreOptions) -> Result<EventStore, StoreError> {
-        let StoreOptions { cursor_key, memory_limit, checkpoint_threshold, threads, queue_depth, query } = options;
+        let StoreOptions {
+            cursor_key,
+            memory_limit,
+            checkpoint_threshold,
+            idle_checkpoint_bytes,
+            threads,
+            queue_depth,
+            query,
+        } = options;
         check_size("memory limit", &memory_limit)?;
         check_size("checkpoint threshold", &checkpoint_threshold)?;
         let threads = threads.max(1);
@@ -396,7 +407,12 @@ impl EventStore {
              SET lock_configuration = true;",
             memory_limit
         ))?;
-        let (lanes, sequencer) = writer::spawn(&conn, queue_depth)?;
+        let idle_checkpoint = (idle_checkpoint_bytes > 0).then(|| {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push(".wal");
+            (PathBuf::from(wal), idle_checkpoint_bytes)
+        });
+        let (lanes, sequencer) = writer::spawn(&conn, queue_depth, idle_checkpoint)?;
         let background = crate::sandbox::Threads::start("sluice-analyst", query.options.max_concurrent, 10, true)?;
         Ok(EventStore {
             inner: Arc::new(Inner {

@@ -822,3 +822,29 @@ async fn every_family_counts_its_dead_letters_and_stored_events_alike() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writer_checkpoints_while_idle_so_the_wal_stays_short() {
+    let app = spawn_app_with(|s| s.idle_checkpoint_bytes = 1 << 20).await;
+    let wal = app.data_dir.join("sluice.duckdb.wal");
+    // ~5 MB of events in five requests: past the idle size, far below
+    // DuckDB's own threshold (512 MB).
+    let payload = json!({"blob": "x".repeat(100_000)});
+    for _ in 0..5 {
+        let batch: Value = (0..10).map(|_| json!({"event_type": "wal", "event_payload": payload})).collect();
+        let (status, body) = app.post_events(ADMIN_TOKEN, &batch).await;
+        assert_eq!(status, 200, "{}", &body.to_string()[..100.min(body.to_string().len())]);
+    }
+    // Once nothing is waiting, the writer checkpoints: the WAL is emptied.
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "nudge"})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&wal).map_or(0, |m| m.len()) >= 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the WAL is {} bytes", std::fs::metadata(&wal).unwrap().len());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        app.post_events(ADMIN_TOKEN, &json!({"event_type": "nudge"})).await;
+    }
+    let (_, count) = app
+        .post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events WHERE event_type = 'wal'"}))
+        .await;
+    assert_eq!(count["rows"][0][0], 50, "nothing is lost by the checkpoint");
+}
