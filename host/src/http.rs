@@ -175,7 +175,12 @@ struct ClientPlace {
 
 impl Clients {
     /// A place for one more connection of `ip`, unless it has `max` open.
+    /// An IPv6 client is its /64 (one host usually has the whole prefix).
     fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<ClientPlace> {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        };
         let mut open = self.0.lock();
         let n = open.entry(ip).or_insert(0);
         if *n >= max {

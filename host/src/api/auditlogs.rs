@@ -358,7 +358,7 @@ pub async fn create(
     if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
         return from_api(e);
     }
-    Counts::of(&output.dispositions).record(FAMILY);
+    Counts::of_request(&output.dispositions, Policy::Whole).record(FAMILY);
     let failed = output.dispositions.iter().find_map(|d| match d {
         Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
         _ => None,

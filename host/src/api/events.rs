@@ -406,6 +406,9 @@ pub(crate) async fn ingest_with(
     } else {
         super::ingest::run(state, principal, fresh, Policy::Each).await?
     };
+    // What this request's run did (retried events are not counted again),
+    // counted once it is committed.
+    let counts = Counts::of(&output.dispositions);
     // Every input's result, in request order: retried ones as remembered.
     let mut fresh_results = std::mem::take(&mut output.dispositions).into_iter();
     let total = fresh_results.len() + event_ids.replayed.len();
@@ -428,9 +431,10 @@ pub(crate) async fn ingest_with(
         };
         results.push(result);
     }
-    let (status, report) = report(family, &results);
+    let (status, report) = report(&results);
     let answer = ticket.as_ref().map(|t| (t, status, &report));
     super::ingest::commit(state, principal, batch, Policy::Each, answer).await?;
+    counts.record(family);
     Ok((status, Json(report)).into_response())
 }
 
@@ -483,7 +487,7 @@ impl serde::Serialize for Indexed<'_> {
 /// The per-event report of an ingest request (`results[i]` is input i's
 /// disposition). 200 unless every event was refused: then 422 (plugins
 /// rejected them) or 502 (plugins failed).
-fn report<'a>(family: &'static str, results: &'a [Entry]) -> (StatusCode, Report<'a>) {
+fn report<'a>(results: &'a [Entry]) -> (StatusCode, Report<'a>) {
     let (mut stored, mut dropped, mut rejected, mut dead, mut failed) = (0, 0, 0, 0, 0);
     let mut detail = Vec::new();
     for (index, result) in results.iter().enumerate() {
@@ -538,7 +542,6 @@ fn report<'a>(family: &'static str, results: &'a [Entry]) -> (StatusCode, Report
             detail.push(json!({ "loc": loc, "msg": message, "type": code }));
         }
     }
-    Counts { stored, dropped, rejected, dead_lettered: dead }.record(family);
     let all_refused = rejected == results.len();
     let report = Report {
         stored,

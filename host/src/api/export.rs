@@ -2,7 +2,6 @@
 //! caller's events, oldest first.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -112,22 +111,35 @@ pub async fn export(
             let tenant = principal.space();
             // One of the tenant's analyst slots, like a Parquet export or a
             // query, held until the stream ends or the client leaves.
-            let slot = Arc::new(state.store.analyst_slot(&tenant)?);
+            let slot = state.store.analyst_slot(&tenant)?;
             // Keyset paging on the insertion sequence: each step reads the
             // next page; nothing is held beyond one page.
-            let pages = stream::unfold(Some(0i64), move |after| {
-                let (store, tenant, filter, slot) = (store.clone(), tenant.clone(), filter.clone(), slot.clone());
-                async move {
-                    let after = after?;
-                    let page = store.export_page(tenant, filter, after, PAGE).await;
-                    drop(slot);
-                    match page {
-                        Ok((text, _)) if text.is_empty() => None,
-                        Ok((text, next)) => Some((Ok::<_, std::io::Error>(text), next)),
-                        Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            // A task feeds the pages through a small channel, holding the
+            // slot; a client that stops reading for [`STALLED_READER`] loses
+            // the export, and the slot is given back.
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(2);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let mut after = Some(0i64);
+                while let Some(from) = after {
+                    let page = match store.export_page(tenant.clone(), filter.clone(), from, PAGE).await {
+                        Ok((text, _)) if text.is_empty() => return,
+                        Ok((text, next)) => {
+                            after = next;
+                            Ok(text)
+                        }
+                        Err(e) => {
+                            after = None;
+                            Err(std::io::Error::other(e.to_string()))
+                        }
+                    };
+                    if tx.send_timeout(page, STALLED_READER).await.is_err() {
+                        tracing::info!("an export was left unread and was dropped");
+                        return;
                     }
                 }
             });
+            let pages = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|page| (page, rx)) });
             Ok((
                 StatusCode::OK,
                 [

@@ -247,7 +247,7 @@ pub async fn create(
     if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
         return store_error(e);
     }
-    Counts::of(&output.dispositions).record(FAMILY);
+    Counts::of_request(&output.dispositions, Policy::Whole).record(FAMILY);
     (status, Json(body)).into_response()
 }
 

@@ -205,7 +205,6 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     }
 }
 
-/// The canonical events of a valid request: one, or one per player.
 /// The request's events, each with its raw input: the request itself, or,
 /// for a `players` fan-out, the request as it names that one player (the
 /// whole request per player stored 1,000 copies of a 1,000-player list:
@@ -227,6 +226,7 @@ fn with_raw(body: &Map<String, Value>, events: Vec<Event>) -> Vec<Input> {
         .collect()
 }
 
+/// The canonical events of a valid request: one, or one per player.
 pub(crate) fn to_events(tenant: &str, body: &Map<String, Value>) -> Vec<Event> {
     let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     let received_at = now_micros();
@@ -497,7 +497,7 @@ pub async fn create(
         Ok(output) => output,
         Err(e) => return shaped(e),
     };
-    let counts = Counts::of(&output.dispositions);
+    let counts = Counts::of_request(&output.dispositions, Policy::Whole);
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
             // Nothing of the request is stored; its plugin logs and runs are.

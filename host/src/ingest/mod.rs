@@ -122,6 +122,17 @@ impl Counts {
         counts
     }
 
+    /// The counts of what a request under `policy` kept: a whole request
+    /// with a rejected event keeps none of its events or dead letters.
+    pub fn of_request<'a>(dispositions: impl IntoIterator<Item = &'a Disposition>, policy: Policy) -> Counts {
+        let mut counts = Counts::of(dispositions);
+        if policy == Policy::Whole && counts.rejected > 0 {
+            counts.stored = 0;
+            counts.dead_lettered = 0;
+        }
+        counts
+    }
+
     pub fn add(&mut self, d: &Disposition) {
         match d {
             Disposition::Stored { ids } => self.stored += ids.len(),
@@ -159,5 +170,9 @@ mod tests {
             Disposition::DeadLettered { reason: "r".into(), plugin: "p".into() },
         ];
         assert_eq!(Counts::of(&dispositions), Counts { stored: 2, dropped: 1, rejected: 1, dead_lettered: 2 });
+        // A whole request with a rejection kept none of its events.
+        let kept = Counts::of_request(&dispositions, Policy::Whole);
+        assert_eq!(kept, Counts { stored: 0, dropped: 1, rejected: 1, dead_lettered: 0 });
+        assert_eq!(Counts::of_request(&dispositions[..2], Policy::Whole), Counts::of(&dispositions[..2]));
     }
 }

@@ -199,28 +199,26 @@ impl Installation {
         None
     }
 
-    /// A JSON view for the API.
     /// The view in a listing of the chain: without the config (up to
     /// 1 MiB each), whose size it gives instead; the plugin's own view has
     /// it (RELIABILITY.md, F26).
     pub fn summary(&self) -> Value {
-        let mut view = self.view();
-        let size = view["config"].to_string().len();
-        if let Some(map) = view.as_object_mut() {
-            map.remove("config");
-            map.insert("config_bytes".into(), size.into());
-        }
-        view
+        self.view_with(false)
     }
 
+    /// A JSON view for the API.
     pub fn view(&self) -> Value {
+        self.view_with(true)
+    }
+
+    fn view_with(&self, config: bool) -> Value {
         let state = match self.standing() {
             Standing::Active => "enabled",
             Standing::Disabled => "disabled",
             Standing::AutoDisabled(_) => "auto-disabled",
         };
-        let s = self.settings();
-        serde_json::json!({
+        let s = self.settings.lock();
+        let mut view = serde_json::json!({
             "name": self.name,
             "version": s.version,
             "sha256": s.sha256,
@@ -228,7 +226,6 @@ impl Installation {
             "enabled": s.enabled,
             "disabled_reason": s.disabled_reason,
             "position": s.position,
-            "config": s.config,
             "limits": s.limits,
             "failure_policy": s.failure_policy,
             "families": s.families,
@@ -236,6 +233,12 @@ impl Installation {
             "sources": s.sources,
             "max_consecutive_failures": s.max_consecutive_failures,
             "consecutive_failures": self.consecutive_failures(),
-        })
+        });
+        if config {
+            view["config"] = s.config.clone();
+        } else {
+            view["config_bytes"] = serde_json::to_vec(&s.config).map_or(0, |v| v.len()).into();
+        }
+        view
     }
 }

@@ -811,6 +811,10 @@ impl Pipeline {
         worker: &Path,
     ) -> Result<(Value, bool), PluginError> {
         check_name(name)?;
+        // Refused before the compile and before anything is written to disk
+        // (checked again under the tenant's lock at install).
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        self.admit_upload(slot.tenant(), name, &sha256, bytes.len() as u64).await?;
         let artifact = self.runtime.compile_in_worker(worker, &bytes).await?;
         let (runtime, dir, size) = (self.runtime.clone(), self.plugin_dir.clone(), bytes.len() as u64);
         let compiled = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
@@ -837,7 +841,40 @@ impl Pipeline {
         let _guard = self.lock_tenant(tenant).await;
         let compiled = Arc::new(compiled);
         let sha256 = compiled.sha256().to_string();
-        let kept = self.store.plugin_bytes(tenant.to_string(), sha256.clone()).await?;
+        // Every check before anything is recorded: a refused upload leaves
+        // no version behind.
+        self.admit_upload(tenant, name, &sha256, size).await?;
+        let existing = self.installation(tenant, name).ok();
+        let is_new = existing.is_none();
+        let mut settings = match existing {
+            Some(inst) => inst.settings(),
+            None => {
+                let last = self.chain(tenant).iter().map(|i| i.position()).max();
+                PluginSettings::new(0, sha256.clone(), last.map_or(0, |p| p + 10))
+            }
+        };
+        settings.sha256 = sha256.clone();
+        settings.disabled_reason = None;
+        let mut settings = patch.apply(settings)?;
+        let (version, _) = self.store.add_plugin_version(tenant.to_string(), name.to_string(), sha256, size).await?;
+        settings.version = version;
+        let inst = Installation::new(tenant.to_string(), name.to_string(), settings, compiled);
+        self.activate(inst).await?;
+        Ok((self.get(tenant, name)?, is_new))
+    }
+
+    /// Refuse an upload of a component (`sha256`, `size` bytes) as `name`
+    /// that would take the tenant past [`MAX_PLUGINS_PER_TENANT`] or past
+    /// its bound of component bytes (`SLUICE_TENANT_PLUGIN_BYTES`).
+    async fn admit_upload(&self, tenant: &str, name: &str, sha256: &str, size: u64) -> Result<(), PluginError> {
+        let chain = self.chain(tenant);
+        if chain.len() >= MAX_PLUGINS_PER_TENANT && !chain.iter().any(|i| i.name == name) {
+            return Err(PluginError::Invalid(
+                "name".into(),
+                format!("a tenant has at most {MAX_PLUGINS_PER_TENANT} plugins; delete one first"),
+            ));
+        }
+        let kept = self.store.plugin_bytes(tenant.to_string(), sha256.to_string()).await?;
         if kept + size > self.max_plugin_bytes {
             return Err(PluginError::Invalid(
                 "component".into(),
@@ -848,31 +885,7 @@ impl Pipeline {
                 ),
             ));
         }
-        let (version, _) =
-            self.store.add_plugin_version(tenant.to_string(), name.to_string(), sha256.clone(), size).await?;
-        let existing = self.installation(tenant, name).ok();
-        let is_new = existing.is_none();
-        let mut settings = match existing {
-            Some(inst) => inst.settings(),
-            None => {
-                let chain = self.chain(tenant);
-                if chain.len() >= MAX_PLUGINS_PER_TENANT {
-                    return Err(PluginError::Invalid(
-                        "name".into(),
-                        format!("a tenant has at most {MAX_PLUGINS_PER_TENANT} plugins; delete one first"),
-                    ));
-                }
-                let last = chain.iter().map(|i| i.position()).max();
-                PluginSettings::new(version, sha256.clone(), last.map_or(0, |p| p + 10))
-            }
-        };
-        settings.version = version;
-        settings.sha256 = sha256;
-        settings.disabled_reason = None;
-        let settings = patch.apply(settings)?;
-        let inst = Installation::new(tenant.to_string(), name.to_string(), settings, compiled);
-        self.activate(inst).await?;
-        Ok((self.get(tenant, name)?, is_new))
+        Ok(())
     }
 
     /// Change an installation's settings. A new config or new limits are

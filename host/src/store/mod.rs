@@ -477,24 +477,33 @@ impl EventStore {
             }
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })?;
-        let committed = wait.await.map_err(|_| StoreError::Closed)?;
-        self.inner.changes.fetch_add(1, Ordering::AcqRel);
-        if committed.is_ok() && (!added.is_empty() || reservation.is_some()) {
-            let midnight = retention::midnight_micros();
-            let mut usage = self.inner.usage.lock();
-            let (used, pending) = &mut *usage;
-            for (space, events, bytes) in added {
-                if let Some(u) = used.get_mut(&space).filter(|u| u.midnight == midnight) {
-                    u.today += events;
-                    u.bytes += bytes;
+        // Awaited on a task of its own: a caller that goes away (its client
+        // left) does not stop the writer, so the commit's use must still be
+        // counted, and its place and reservation held until then.
+        let inner = self.inner.clone();
+        let settled = tokio::spawn(async move {
+            let committed = wait.await.map_err(|_| StoreError::Closed)?;
+            inner.changes.fetch_add(1, Ordering::AcqRel);
+            if committed.is_ok() && (!added.is_empty() || reservation.is_some()) {
+                let midnight = retention::midnight_micros();
+                let mut usage = inner.usage.lock();
+                let (used, pending) = &mut *usage;
+                for (space, events, bytes) in added {
+                    if let Some(u) = used.get_mut(&space).filter(|u| u.midnight == midnight) {
+                        u.today += events;
+                        u.bytes += bytes;
+                    }
+                }
+                // Under the same lock: what was reserved is now used. (Its
+                // drop then finds nothing left to release, and does not lock.)
+                if let Some(mut reservation) = reservation {
+                    reservation.release(pending);
                 }
             }
-            // Under the same lock: what was reserved is now used.
-            if let Some(mut reservation) = reservation {
-                reservation.release(pending);
-            }
-        }
-        committed
+            drop(_place);
+            committed
+        });
+        settled.await.map_err(|_| StoreError::Closed)?
     }
 
     /// A place in the tenant's share of the write queue, or

@@ -63,23 +63,9 @@ pub struct AnalystSlot {
     _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
 }
 
-/// The sequence range (oldest, newest) of a tenant's newest `limit` dead
-/// letters whose events and raw inputs fit in `budget` bytes (at least
-/// one); `None` when it has none.
-fn newest_letters_fitting(
-    conn: &duckdb::Connection,
-    tenant: &str,
-    limit: usize,
-    budget: i64,
-) -> Result<Option<(i64, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ? ORDER BY seq DESC LIMIT ?",
-    )?;
-    let sizes: Vec<(i64, i64)> = stmt
-        .query_map(duckdb::params![tenant, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<duckdb::Result<_>>()?;
-    let fit = super::fitting(&sizes, budget);
-    Ok(sizes.first().zip(sizes[..fit].last()).map(|((newest, _), (oldest, _))| (*oldest, *newest)))
+/// The sequence numbers of sized rows, for an `IN (...)` list.
+fn seq_list(sizes: &[(i64, i64)]) -> String {
+    sizes.iter().map(|(seq, _)| seq.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn json_or_null(text: Option<String>) -> Value {
@@ -381,14 +367,17 @@ impl EventStore {
             let sizes: Vec<(i64, i64)> =
                 stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
             let fit = super::fitting(&sizes, REPLAY_BYTES);
-            let Some(((newest, _), (oldest, _))) = sizes.first().zip(sizes[..fit].last()) else {
+            if fit == 0 {
                 return Ok(Vec::new());
-            };
+            }
+            // The rows sized, by their numbers: a range could take in rows
+            // committed since into a gap of the sequence, unsized.
             let sql = format!(
-                "SELECT {EVENT_COLUMNS}, raw FROM events WHERE tenant = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC"
+                "SELECT {EVENT_COLUMNS}, raw FROM events WHERE tenant = ? AND seq IN ({}) ORDER BY seq DESC",
+                seq_list(&sizes[..fit])
             );
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(duckdb::params![tenant, oldest, newest], |row| {
+            let rows = stmt.query_map([&tenant], |row| {
                 let (_, event) = event_row(row)?;
                 Ok((event, json_or_null(row.get(30)?)))
             })?;
@@ -420,14 +409,22 @@ impl EventStore {
     /// Database errors.
     pub async fn list_dead_letters(&self, tenant: String, limit: usize) -> Result<Vec<Value>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
-            let Some((oldest, newest)) = newest_letters_fitting(conn, &tenant, limit, PAGE_BYTES)? else {
-                return Ok(Vec::new());
-            };
             let mut stmt = conn.prepare_cached(
-                "SELECT id, family, epoch_us(received_at), plugin, plugin_version, reason, event, raw, seq \
-                 FROM dead_letters WHERE tenant = ? AND seq BETWEEN ? AND ? ORDER BY seq DESC",
+                "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ? ORDER BY seq DESC LIMIT ?",
             )?;
-            let rows = stmt.query_map(duckdb::params![tenant, oldest, newest], |row| {
+            let sizes: Vec<(i64, i64)> = stmt
+                .query_map(duckdb::params![tenant, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<duckdb::Result<_>>()?;
+            let fit = super::fitting(&sizes, PAGE_BYTES);
+            if fit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id, family, epoch_us(received_at), plugin, plugin_version, reason, event, raw, seq \
+                 FROM dead_letters WHERE tenant = ? AND seq IN ({}) ORDER BY seq DESC",
+                seq_list(&sizes[..fit])
+            ))?;
+            let rows = stmt.query_map([&tenant], |row| {
                 Ok(serde_json::json!({
                     "id": row.get::<_, String>(0)?,
                     "family": row.get::<_, String>(1)?,
@@ -477,9 +474,10 @@ impl EventStore {
             if fit == 0 {
                 return Ok(Vec::new());
             }
-            let list = sizes[..fit].iter().map(|(seq, _)| seq.to_string()).collect::<Vec<_>>().join(",");
-            let sql =
-                format!("SELECT seq, event, raw FROM dead_letters WHERE tenant = ? AND seq IN ({list}) ORDER BY seq");
+            let sql = format!(
+                "SELECT seq, event, raw FROM dead_letters WHERE tenant = ? AND seq IN ({}) ORDER BY seq",
+                seq_list(&sizes[..fit])
+            );
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([tenant], |row| {
                 Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), json_or_null(row.get(2)?)))

@@ -269,12 +269,26 @@ impl EventStore {
     ///
     /// Database errors.
     pub async fn sweep_expired(&self) -> Result<u64, StoreError> {
-        // Idempotency keys are kept for a day: long enough for any retry.
-        let mut total = 0;
-        for table in ["idempotency_keys", "idempotency_answers"] {
-            let sql = format!("DELETE FROM {table} WHERE created_at < now()::TIMESTAMP - INTERVAL 1 DAY");
-            total += self.write_bulk(move |conn| conn.execute(&sql, [])).await? as u64;
-        }
+        // Idempotency keys are kept for a day: long enough for any retry. A
+        // key and its answer (written with one time) go together, in one
+        // transaction with one cutoff, so no key outlives its answer.
+        let mut total = self
+            .write_bulk(|conn| {
+                let cutoff: i64 = crate::event::now_micros() - 86_400_000_000;
+                conn.execute_batch("BEGIN TRANSACTION")?;
+                let deleted = ["idempotency_keys", "idempotency_answers"].iter().try_fold(0, |n, table| {
+                    let sql = format!("DELETE FROM {table} WHERE created_at < make_timestamp(?)");
+                    conn.execute(&sql, [cutoff]).map(|d| n + d)
+                });
+                match deleted {
+                    Ok(n) => conn.execute_batch("COMMIT").map(|()| n),
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        Err(e)
+                    }
+                }
+            })
+            .await? as u64;
         for (table, column) in AGED {
             loop {
                 let sql = format!(
