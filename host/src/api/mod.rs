@@ -450,7 +450,9 @@ pub fn router(state: AppState) -> Router {
             .security(utoipa::openapi::security::SecurityRequirement::default())
             .response("200", utoipa::openapi::ResponseBuilder::new().description("The OpenAPI 3.1 document")),
     );
-    let document = Arc::new(api.to_json().expect("the OpenAPI document serializes"));
+    let mut document = serde_json::to_value(&api).expect("the OpenAPI document serializes");
+    openapi::tighten(&mut document);
+    let document = Arc::new(document.to_string());
     let (router, _) = routes.split_for_parts();
     router
         .route(

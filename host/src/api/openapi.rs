@@ -191,3 +191,73 @@ pub(crate) struct LogErrorDetail {
 pub(crate) struct LogError {
     error: LogErrorDetail,
 }
+
+/// What a JSON Schema validator cannot take from utoipa's output alone, so
+/// that the document says exactly what the endpoints accept (schemathesis'
+/// positive and negative data checks hold it to that):
+/// - `format` is only an annotation in OpenAPI 3.1: `uuid` and `date-time`
+///   strings get the patterns the server checks (`Uuid::parse_str`: plain,
+///   hyphenated, braced or URN; RFC 3339 with an offset; days past 28 are
+///   left out, since a pattern cannot know each month's length);
+/// - a list of events holds 1..10,000 (the variant of an untagged enum
+///   takes no attributes);
+/// - a dead-letter replay is either `ids` or `all: true`;
+/// - a dry run's samples are generic events;
+/// - a multipart upload has only its `component` and `manifest` parts;
+/// - a token's scopes are the known ones.
+pub fn tighten(doc: &mut Value) {
+    const HEX: &str = "[0-9a-fA-F]";
+    let hyphenated = format!("{HEX}{{8}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{12}}");
+    let uuid = format!("^(?:{hyphenated}|\\{{{hyphenated}\\}}|urn:uuid:{hyphenated}|{HEX}{{32}})$");
+    let date_time =
+        "^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\
+                     (?:\\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$";
+    fn walk(value: &mut Value, uuid: &str, date_time: &str) {
+        match value {
+            Value::Object(map) => {
+                let pattern = match map.get("format").and_then(Value::as_str) {
+                    Some("uuid") => Some(uuid),
+                    Some("date-time") => Some(date_time),
+                    _ => None,
+                };
+                if let Some(pattern) = pattern {
+                    map.entry("pattern").or_insert_with(|| pattern.into());
+                }
+                map.values_mut().for_each(|v| walk(v, uuid, date_time));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, uuid, date_time)),
+            _ => {}
+        }
+    }
+    walk(doc, &uuid, date_time);
+    let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return };
+    for name in ["GenericEvents", "IamEvents"] {
+        if let Some(variants) = schemas.get_mut(name).and_then(|s| s.get_mut("oneOf")).and_then(Value::as_array_mut) {
+            for list in variants.iter_mut().filter(|v| v["type"] == "array") {
+                list["minItems"] = 1.into();
+                list["maxItems"] = 10_000.into();
+            }
+        }
+    }
+    if let Some(replay) = schemas.get_mut("Replay") {
+        let ids = replay["properties"]["ids"]["items"].clone();
+        *replay = serde_json::json!({
+            "description": "Either the dead letters with these ids, or all (the oldest first).",
+            "oneOf": [
+                {"type": "object", "required": ["ids"], "additionalProperties": false,
+                 "properties": {"ids": {"type": "array", "items": ids}, "all": {"const": false}}},
+                {"type": "object", "required": ["all"], "additionalProperties": false,
+                 "properties": {"all": {"const": true}}},
+            ],
+        });
+    }
+    if let Some(events) = schemas.get_mut("DryRun").and_then(|s| s.pointer_mut("/properties/events/items")) {
+        *events = serde_json::json!({"$ref": "#/components/schemas/GenericEvent"});
+    }
+    if let Some(form) = schemas.get_mut("UploadForm") {
+        form["additionalProperties"] = false.into();
+    }
+    if let Some(scopes) = schemas.get_mut("NewToken").and_then(|s| s.pointer_mut("/properties/scopes/items")) {
+        scopes["enum"] = crate::auth::SCOPES.iter().map(|s| Value::from(*s)).collect();
+    }
+}

@@ -133,6 +133,7 @@ impl Drop for CompileSlot {
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
     pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub position: Option<i32>,
     pub config: Option<Value>,
     pub limits: Option<PluginLimits>,
@@ -140,6 +141,8 @@ pub struct SettingsPatch {
     pub families: Option<Vec<String>>,
     pub event_names: Option<Vec<String>>,
     pub sources: Option<Vec<String>>,
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     pub max_consecutive_failures: Option<u32>,
 }
 

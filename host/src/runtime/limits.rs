@@ -10,15 +10,25 @@ use serde::{Deserialize, Serialize};
 pub struct PluginLimits {
     /// Wall-clock deadline of one call, enforced by epoch interruption.
     /// Default 500 ms.
+    #[schema(minimum = 1, maximum = 30000)]
+    #[serde(deserialize_with = "crate::whole::deserialize")]
     pub deadline_ms: u64,
     /// Largest linear memory the plugin may grow to. Default 64 MiB.
+    #[schema(minimum = 1048576, maximum = 268435456)]
+    #[serde(deserialize_with = "crate::whole::deserialize")]
     pub memory_bytes: u64,
     /// Fuel (roughly, wasm instructions) one call may burn; `None` means only
     /// the deadline bounds it. Default none.
+    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
+    #[serde(deserialize_with = "crate::whole::option")]
     pub fuel: Option<u64>,
     /// Most events one input event may fan out into. Default 1,000.
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(deserialize_with = "crate::whole::deserialize")]
     pub max_fanout: u32,
     /// Largest event (payload and fields) a plugin may return. Default 1 MiB.
+    #[schema(minimum = 1024, maximum = 8388608)]
+    #[serde(deserialize_with = "crate::whole::deserialize")]
     pub max_event_bytes: u64,
 }
 
