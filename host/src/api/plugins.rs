@@ -157,7 +157,7 @@ pub async fn upload(
         .settings
         .worker_program()
         .map_err(|e| ApiError::Internal(format!("cannot locate the compile worker program: {e}")))?;
-    let (view, created) = state.pipeline.upload(&slot, &name, component.to_vec(), patch, &worker).await?;
+    let (view, created) = state.pipeline.upload(slot, &name, component.to_vec(), patch, &worker).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
 }
 

@@ -105,13 +105,57 @@ pub async fn shadow(
             "value_error",
         ));
     }
+    // A shadow run takes one of the tenant's analyst slots, like a query or
+    // an export, and its host-side work (grouping, re-normalizing,
+    // comparing) runs on a blocking thread, not the request threads
+    // (RELIABILITY.md, F36: four loops raised another tenant's p99 to 572 ms).
+    let _slot = state.store.analyst_slot(&principal.space())?;
     let (chain, version) = state.pipeline.candidate_chain(&principal.tenant, &name, request.version).await?;
+    let recent = state.store.recent_with_raw(principal.space(), n).await?;
+    let space = principal.space();
+    let prepared = tokio::task::spawn_blocking(move || prepare(&space, recent))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let Prepared { inputs, owner, stored, unsupported, read } = prepared;
+    let output = state.pipeline.dry_run_chain(&principal.tenant, chain, inputs).await?;
+    let inputs = stored.len();
+    let compared = tokio::task::spawn_blocking(move || compare(&stored, &owner, &output))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let Compared { unchanged, changed, dropped, rejected, failed, diffs } = compared;
+    Ok(Json(json!({
+        "plugin": name,
+        "candidate_version": version,
+        "events": read,
+        "inputs": inputs,
+        "unchanged": unchanged,
+        "changed": changed,
+        "dropped": dropped,
+        "rejected": rejected,
+        "failed": failed,
+        "unsupported": unsupported,
+        "diffs": diffs,
+    })))
+}
+
+/// The inputs a shadow run replays, from the stored events read.
+struct Prepared {
+    inputs: Vec<Input>,
+    /// Input index → its group (in `stored`).
+    owner: Vec<usize>,
+    /// Per group: the comparable events stored for it.
+    stored: Vec<Vec<Value>>,
+    unsupported: usize,
+    /// Stored events read.
+    read: usize,
+}
+
+fn prepare(space: &str, recent: Vec<(Value, Value)>) -> Prepared {
     // Events that share a raw input and the time it was received came from
     // one request item (a fan-out): replay each input once and compare it
     // with all it produced. The same input sent in two requests is two
     // groups (their receipt times differ).
     let mut groups: BTreeMap<(String, String), (Value, String, Vec<Value>)> = BTreeMap::new();
-    let recent = state.store.recent_with_raw(principal.space(), n).await?;
     let read = recent.len();
     for (event, raw) in recent {
         let family = event["family"].as_str().unwrap_or("generic").to_string();
@@ -127,7 +171,7 @@ pub async fn shadow(
     let mut stored = Vec::new();
     let mut unsupported = 0;
     for (raw, family, before) in groups.into_values() {
-        match renormalize(&principal.space(), &family, &raw) {
+        match renormalize(space, &family, &raw) {
             Some(events) if !events.is_empty() => {
                 let raw = crate::event::raw_of(&raw);
                 for event in events {
@@ -139,7 +183,20 @@ pub async fn shadow(
             _ => unsupported += 1,
         }
     }
-    let output = state.pipeline.dry_run_chain(&principal.tenant, chain, inputs).await?;
+    Prepared { inputs, owner, stored, unsupported, read }
+}
+
+/// What a shadow run found.
+struct Compared {
+    unchanged: usize,
+    changed: usize,
+    dropped: usize,
+    rejected: usize,
+    failed: usize,
+    diffs: Vec<Value>,
+}
+
+fn compare(stored: &[Vec<Value>], owner: &[usize], output: &crate::pipeline::RunOutput) -> Compared {
     // Per group: what the candidate produced, and the worst outcome of its
     // inputs (failed > rejected > dropped > stored).
     let mut after: Vec<Vec<Value>> = vec![Vec::new(); stored.len()];
@@ -151,7 +208,7 @@ pub async fn shadow(
         _ => 3,
     };
     let mut next = output.batch.events.iter();
-    for (d, &group) in output.dispositions.iter().zip(&owner) {
+    for (d, &group) in output.dispositions.iter().zip(owner) {
         if let Disposition::Stored { ids } = d {
             for _ in ids {
                 if let Some(e) = next.next() {
@@ -204,17 +261,5 @@ pub async fn shadow(
             }));
         }
     }
-    Ok(Json(json!({
-        "plugin": name,
-        "candidate_version": version,
-        "events": read,
-        "inputs": stored.len(),
-        "unchanged": unchanged,
-        "changed": changed,
-        "dropped": dropped,
-        "rejected": rejected,
-        "failed": failed,
-        "unsupported": unsupported,
-        "diffs": diffs,
-    })))
+    Compared { unchanged, changed, dropped, rejected, failed, diffs }
 }

@@ -174,6 +174,15 @@ impl Installation {
     }
 
     /// Whether the event is in this installation's scope.
+    /// Whether an event of this family and source may be in scope (its
+    /// name not looked at): exact comparisons, cheap enough for the request
+    /// threads.
+    pub fn may_match(&self, family: &str, source: &str) -> bool {
+        let s = self.settings.lock();
+        (s.families.is_empty() || s.families.iter().any(|f| f == family))
+            && (s.sources.is_empty() || s.sources.iter().any(|f| f == source))
+    }
+
     pub fn matches(&self, event: &Event) -> bool {
         let s = self.settings.lock();
         (s.families.is_empty() || s.families.iter().any(|f| *f == event.family))

@@ -187,6 +187,16 @@ impl SettingsPatch {
             }
             settings.max_consecutive_failures = max;
         }
+        for (field, list) in
+            [("families", &settings.families), ("event_names", &settings.event_names), ("sources", &settings.sources)]
+        {
+            if list.len() > MAX_SCOPE_ENTRIES || list.iter().any(|e| e.len() > MAX_SCOPE_ENTRY_BYTES) {
+                return Err(PluginError::Invalid(
+                    field.into(),
+                    format!("at most {MAX_SCOPE_ENTRIES} entries of at most {MAX_SCOPE_ENTRY_BYTES} bytes each"),
+                ));
+            }
+        }
         let size = serde_json::to_vec(&settings).map_or(usize::MAX, |v| v.len());
         if size > MAX_SETTINGS_BYTES {
             return Err(PluginError::Invalid(
@@ -206,6 +216,13 @@ impl SettingsPatch {
 /// API, and an 8 MB config made every change of the tenant's chain take
 /// seconds (RELIABILITY.md, F25).
 pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
+/// Most entries of an installation's scope lists (`families`,
+/// `event_names`, `sources`), and their longest entry: every event is matched
+/// against them (3,900 patterns of 250 bytes held every request 15 s;
+/// RELIABILITY.md, F33).
+pub const MAX_SCOPE_ENTRIES: usize = 64;
+pub const MAX_SCOPE_ENTRY_BYTES: usize = 256;
 
 /// Most plugins one tenant may install.
 pub const MAX_PLUGINS_PER_TENANT: usize = 64;
@@ -646,12 +663,25 @@ impl Pipeline {
         inputs: Vec<Input>,
         mode: Mode,
     ) -> Result<RunOutput, PluginError> {
-        // Nothing to sandbox (no plugin that runs would see these events):
-        // stay on this thread instead of a blocking one. The chain is still
-        // walked, for auto-disabled plugins' failure policies.
-        let idle = chain
-            .iter()
-            .all(|i| (mode != Mode::Dry && !i.is_active()) || !inputs.iter().any(|input| i.matches(&input.event)));
+        // Nothing to run (every plugin is switched off by its customer, or
+        // scoped to other families or sources): stay on this thread instead
+        // of a worker. Only exact family and source comparisons are made
+        // here, over the batch's few distinct pairs: matching names against
+        // plugins' patterns is work a tenant controls (thousands of long
+        // patterns), so it is done on the tenant's workers and charged to
+        // it (RELIABILITY.md, F33).
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for input in &inputs {
+            let pair = (input.event.family.as_str(), input.event.source.as_str());
+            if !pairs.contains(&pair) {
+                pairs.push(pair);
+                if pairs.len() > 16 {
+                    break;
+                }
+            }
+        }
+        let out_of_scope = |i: &Installation| pairs.len() <= 16 && !pairs.iter().any(|(f, s)| i.may_match(f, s));
+        let idle = mode != Mode::Dry && chain.iter().all(|i| i.standing() == Standing::Disabled || out_of_scope(i));
         if idle {
             return Ok(run::run_chain(&chain, inputs, mode));
         }
@@ -667,9 +697,12 @@ impl Pipeline {
         // they are done).
         let budget = self.plugin_time.clone();
         let run = move || {
+            // The whole run's CPU time: its plugins' calls, and the host's
+            // work for them (scope matching, conversions, checks).
+            let started = crate::sandbox::thread_cpu_time();
             let output = run::run_chain(&chain, inputs, mode);
-            let spent: i64 = output.batch.runs.iter().map(|r| r.cpu_us.max(0)).sum();
-            budget.charge(&tenant, spent as usize);
+            let spent = crate::sandbox::thread_cpu_time().saturating_sub(started);
+            budget.charge(&tenant, spent.as_micros() as usize);
             output
         };
         self.workers.run(permit, run).await.map_err(PluginError::Host)
@@ -807,13 +840,17 @@ impl Pipeline {
     /// config.
     pub async fn upload(
         &self,
-        slot: &CompileSlot,
+        slot: CompileSlot,
         name: &str,
         bytes: Vec<u8>,
         patch: SettingsPatch,
         worker: &Path,
     ) -> Result<(Value, bool), PluginError> {
         check_name(name)?;
+        // The component (and its compiled artifact) is written to disk:
+        // charged to the byte rate like ingest, and refused in debt.
+        self.admit_bytes(slot.tenant())?;
+        self.bytes.charge(slot.tenant(), bytes.len());
         // Refused before the compile and before anything is written to disk
         // (checked again under the tenant's lock at install).
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
@@ -828,7 +865,14 @@ impl Pipeline {
         })
         .await
         .map_err(|e| PluginError::Host(e.to_string()))??;
-        self.install(slot.tenant(), name, compiled, size, patch).await
+        // The compile slot is for compiling: the `init` check of the install
+        // (up to the plugin's own deadline, 30 s at most) runs without it,
+        // so two tenants cannot hold every slot with slow `init`s
+        // (RELIABILITY.md, F34). A tenant's installs stay one at a time
+        // under its control lock.
+        let tenant = slot.tenant().to_string();
+        drop(slot);
+        self.install(&tenant, name, compiled, size, patch).await
     }
 
     /// Make a compiled plugin (of a component of `size` bytes) the new
@@ -898,6 +942,7 @@ impl Pipeline {
     ///
     /// [`PluginError::NotFound`], or [`PluginError::Invalid`] naming the field.
     pub async fn update(&self, tenant: &str, name: &str, patch: SettingsPatch) -> Result<Value, PluginError> {
+        self.admit_bytes(tenant)?;
         let _guard = self.lock_tenant(tenant).await;
         let current = self.installation(tenant, name)?;
         let settings = patch.apply(current.settings())?;
@@ -1009,6 +1054,9 @@ impl Pipeline {
             Err(fault) => return Err(PluginError::Invalid("config".into(), format!("init failed: {fault}"))),
         }
         let json = serde_json::to_string(&inst.settings()).map_err(|e| PluginError::Host(e.to_string()))?;
+        // What a change writes is charged like what ingest stores: a loop of
+        // 1 MB PATCHes wrote the WAL at twice the byte rate (F35).
+        self.bytes.charge(&inst.tenant, json.len());
         self.store.save_plugin(inst.tenant.clone(), inst.name.clone(), json).await?;
         let mut tenants = self.tenants.write();
         let plugins = tenants.entry(inst.tenant.clone()).or_default();

@@ -848,3 +848,68 @@ async fn the_writer_checkpoints_while_idle_so_the_wal_stays_short() {
         .await;
     assert_eq!(count["rows"][0][0], 50, "nothing is lost by the checkpoint");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_fan_out_is_bounded_by_what_it_expands_to() {
+    let app = spawn_app_with(|_| {}).await;
+    let players: Vec<String> = (0..1000).map(|i| format!("{i:08x}-1111-4111-8111-111111111111")).collect();
+    // 1,000 players and a 20 kB map: 1,000 copies of ~60 kB, past 10 MiB.
+    let body = json!({"event_name": "x", "session_id": "s", "players": players, "map": "m".repeat(20_000)});
+    let (status, answer) = app.post(ADMIN_TOKEN, "/session/v1/audit", &body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error_code"], "payload_too_large", "{answer}");
+    let (_, count) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": "SELECT count(*) FROM events"})).await;
+    assert_eq!(count["rows"][0][0], 0);
+    // The same players with a small request are stored.
+    let body = json!({"event_name": "x", "session_id": "s", "players": players});
+    let (status, answer) = app.post(ADMIN_TOKEN, "/session/v1/audit", &body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_changes_are_charged_to_the_byte_rate_and_scopes_are_bounded() {
+    // 100 kB/s, 200 kB at once.
+    let app = spawn_app_with(|s| {
+        s.tenant_bytes_per_sec = 100_000;
+        s.tenant_bytes_burst = 200_000;
+    })
+    .await;
+    let t = app.create_tenant("changes").await;
+    app.install(&t, "p", "customer-prefix", Value::Null).await;
+    let names: Vec<String> = (0..65).map(|i| format!("n{i}.*")).collect();
+    let (status, body) = app.patch(&t, "/v1/plugins/p", &json!({"event_names": names})).await;
+    assert_eq!((status, &body["detail"][0]["loc"][1]), (422, &json!("event_names")), "{body}");
+    let (status, body) = app.patch(&t, "/v1/plugins/p", &json!({"event_names": ["x".repeat(257)]})).await;
+    assert_eq!(status, 422, "{body}");
+    // A 500 kB config is written: the tenant is in debt, and its next
+    // change waits for it (429).
+    let (status, body) = app.patch(&t, "/v1/plugins/p", &json!({"config": {"pad": "p".repeat(500_000)}})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.patch(&t, "/v1/plugins/p", &json!({"position": 3})).await;
+    assert_eq!(status, 429, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_run_takes_an_analyst_slot() {
+    let app = spawn_app_with(|s| s.query_tenant_concurrency = 1).await;
+    let batch: Vec<Value> = (0..3000).map(|i| json!({"event_type": "bulk", "task_id": i})).collect();
+    app.post_events(ADMIN_TOKEN, &Value::Array(batch)).await;
+    // An export being streamed holds the tenant's one slot.
+    let export = app.client.get(app.url("/v1/export?format=ndjson")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(export.status(), 200);
+    let (status, body) =
+        app.post(ADMIN_TOKEN, "/v1/plugins/customer-prefix/shadow", &json!({"version": 1, "events": 10})).await;
+    assert_eq!(status, 429, "{body}");
+    drop(export.text().await.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, body) =
+            app.post(ADMIN_TOKEN, "/v1/plugins/customer-prefix/shadow", &json!({"version": 1, "events": 10})).await;
+        if status == 200 {
+            assert_eq!(body["events"], 10, "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
