@@ -66,7 +66,7 @@ pub struct Settings {
     /// waiting (0: never; DuckDB's own checkpoint at the threshold above
     /// still applies): short pauses while the store is idle, instead of
     /// one long pause for everyone once the WAL reaches the threshold.
-    #[arg(long, env = "SLUICE_IDLE_CHECKPOINT_BYTES", default_value_t = 128 << 20)]
+    #[arg(long, env = "SLUICE_IDLE_CHECKPOINT_BYTES", default_value_t = 0)]
     pub idle_checkpoint_bytes: u64,
     /// DuckDB worker threads of the embedded store (its `threads`): its
     /// statements are appends, commits and keyed reads, which parallelism
@@ -174,7 +174,7 @@ impl Settings {
             plugin_tenant_workers: 0,
             duckdb_memory_limit: "4GB".into(),
             checkpoint_threshold: "512MB".into(),
-            idle_checkpoint_bytes: 128 << 20,
+            idle_checkpoint_bytes: 0,
             store_threads: 1,
             query_timeout_secs: 10,
             query_max_rows: 10_000,
