@@ -114,6 +114,7 @@ async fn main() {
         cursor_key: [1; 32],
         memory_limit: "8GB".into(),
         checkpoint_threshold: "512MB".into(),
+        idle_checkpoint_bytes: 0,
         threads: 1,
         queue_depth: 512,
         // Queries run in `sluice query-worker`: the binary built beside
