@@ -21,6 +21,11 @@ pub struct Settings {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 10 << 20)]
     pub max_body_bytes: usize,
+    /// Most bytes of request bodies being read and handled at once, all
+    /// clients together (by `Content-Length`; a chunked body counts as the
+    /// largest). A request that finds no room within 1 s gets 503.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 512 << 20)]
+    pub max_body_bytes_in_flight: u64,
     /// Most events accepted in one ingest request.
     #[arg(long, env = "SLUICE_MAX_BATCH_EVENTS", default_value_t = 10_000)]
     pub max_batch_events: usize,
@@ -163,6 +168,7 @@ impl Settings {
             data_dir,
             admin_token: None,
             max_body_bytes: 10 << 20,
+            max_body_bytes_in_flight: 512 << 20,
             max_batch_events: 10_000,
             max_plugin_bytes: 16 << 20,
             compile_timeout_secs: 20,

@@ -193,3 +193,37 @@ async fn one_client_address_cannot_fill_the_connection_cap() {
     let (status, _, _) = parse(&read_until_closed(&mut again, Duration::from_secs(3)).await);
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_held_at_once_are_bounded_in_bytes() {
+    let app = spawn_app_with(|s| s.max_body_bytes_in_flight = 1 << 20).await;
+    // A client that announces 900 kB and sends a little: its body is held
+    // in the budget while it is read.
+    let mut slow = connect(&app).await;
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n["
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let big: Value =
+        (0..10).map(|_| json!({"event_type": "big", "event_payload": {"p": "x".repeat(50_000)}})).collect();
+    // Another 500 kB does not fit: 503 with Retry-After, after a short wait.
+    let r = app.client.post(app.url("/v1/events")).bearer_auth(ADMIN_TOKEN).json(&big).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // A small one fits beside it.
+    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "small"})).await;
+    assert_eq!(status, 200, "{body}");
+    // Once the slow client is gone, its room comes back.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = app.client.post(app.url("/v1/events")).bearer_auth(ADMIN_TOKEN).json(&big).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
