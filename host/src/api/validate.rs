@@ -159,8 +159,15 @@ impl Validator {
         max: Option<i64>,
     ) -> Option<i64> {
         let value = self.get(obj, key, loc, required)?;
-        let Some(n) = value.as_i64() else {
-            self.error(at(loc, key), "Input should be a valid integer", "int_type");
+        // As pydantic reads an int: a whole float (5.0) is 5; 5.5 is not.
+        let whole = value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64);
+        let Some(n) = value.as_i64().or(whole) else {
+            if value.as_f64().is_some() {
+                let msg = "Input should be a valid integer, got a number with a fractional part";
+                self.error(at(loc, key), msg, "int_from_float");
+            } else {
+                self.error(at(loc, key), "Input should be a valid integer", "int_type");
+            }
             return None;
         };
         if let Some(min) = min.filter(|m| n < *m) {
@@ -279,6 +286,19 @@ impl Validator {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn integers_are_read_as_pydantic_reads_them() {
+        let body = json!({"a": 5.0, "b": 5.5, "c": "5", "d": 7});
+        let body = body.as_object().unwrap();
+        let mut v = Validator::default();
+        assert_eq!(v.integer(body, "a", &[], true, None, None), Some(5));
+        assert_eq!(v.integer(body, "d", &[], true, None, None), Some(7));
+        assert_eq!(v.integer(body, "b", &[], true, None, None), None);
+        assert_eq!(v.integer(body, "c", &[], true, None, None), None);
+        let kinds: Vec<&str> = v.errors.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["int_from_float", "int_type"]);
+    }
 
     #[test]
     fn lengths_are_worded_and_typed_as_pydantic_does() {
