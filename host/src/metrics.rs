@@ -56,9 +56,6 @@ pub fn plugin_run(run: &PluginRun) {
         counter!("sluice_plugin_traps_total", &with_reason).increment(1);
     }
     histogram!("sluice_plugin_call_seconds", &labels).record(run.elapsed_us as f64 / 1e6);
-    // Plugin time per tenant, all its plugins together.
-    let tenant = run.tenant.split(':').next().unwrap_or(&run.tenant).to_string();
-    counter!("sluice_tenant_plugin_microseconds_total", "tenant" => tenant).increment(run.cpu_us.max(0) as u64);
     histogram!("sluice_plugin_fuel", &labels).record(run.fuel as f64);
 }
 
@@ -73,6 +70,13 @@ pub fn ingest(family: &'static str, stored: usize, dropped: usize, rejected: usi
                 .increment(n as u64);
         }
     }
+}
+
+/// Record the CPU time a tenant's run took on its plugin worker: its
+/// plugins' calls and the host's work for them, as its budget is charged.
+pub fn tenant_plugin_time(tenant: &str, micros: u64) {
+    let tenant = tenant.split(':').next().unwrap_or(tenant).to_string();
+    counter!("sluice_tenant_plugin_microseconds_total", "tenant" => tenant).increment(micros);
 }
 
 /// Record a checkpoint the writer ran while idle, and how long it took.

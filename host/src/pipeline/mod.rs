@@ -692,6 +692,12 @@ impl Pipeline {
             }
             workers::Refused::Closed(e) => PluginError::Host(e.to_string()),
         })?;
+        // Checked again once a worker is free: batches admitted together
+        // and queued behind the tenant's own would otherwise all run past
+        // its budget (RELIABILITY.md, F41). Dry runs are held to it too.
+        if !tenant.is_empty() {
+            self.admit_plugin_time(&tenant)?;
+        }
         // The run is charged on its thread: a request abandoned meanwhile
         // still pays for what its plugins used (and holds its worker until
         // they are done).
@@ -703,6 +709,7 @@ impl Pipeline {
             let output = run::run_chain(&chain, inputs, mode);
             let spent = crate::sandbox::thread_cpu_time().saturating_sub(started);
             budget.charge(&tenant, spent.as_micros() as usize);
+            crate::metrics::tenant_plugin_time(&tenant, spent.as_micros() as u64);
             output
         };
         self.workers.run(permit, run).await.map_err(PluginError::Host)

@@ -913,3 +913,36 @@ async fn a_shadow_run_takes_an_analyst_slot() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_queued_behind_a_tenants_own_are_held_to_its_plugin_time_too() {
+    // 50 ms of plugin time per second (100 ms at once); one plugin worker
+    // for the tenant, so its batches queue behind each other.
+    let app = spawn_app_with(|s| {
+        s.tenant_plugin_ms_per_sec = 50;
+        s.plugin_tenant_workers = 1;
+    })
+    .await;
+    let noisy = app.create_tenant("queued").await;
+    let settings = json!({"event_names": ["spin.*"], "failure_policy": "skip", "limits": {"deadline_ms": 1500}, "max_consecutive_failures": 1000});
+    app.install(&noisy, "spin", "hostile-loop", settings).await;
+    // Four at once, all admitted (the tenant is not in debt yet): the first
+    // spins 1.5 s; the rest, queued meanwhile, find the tenant in debt when
+    // a worker is free, and are refused instead of spinning too.
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, token) = (app.client.clone(), app.url("/v1/events"), noisy.clone());
+            tokio::spawn(async move {
+                let r =
+                    client.post(url).bearer_auth(token).json(&json!({"event_type": "spin.x"})).send().await.unwrap();
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.await.unwrap());
+    }
+    let ran = statuses.iter().filter(|s| **s == 200).count();
+    assert!(ran <= 2 && statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+}
