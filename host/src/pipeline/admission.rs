@@ -93,6 +93,12 @@ impl Rates {
         })
     }
 
+    /// Give back `amount` taken by an admission that was then refused
+    /// elsewhere (up to the burst).
+    pub fn refund(&self, tenant: &str, amount: usize) {
+        self.with_bucket(tenant, |bucket| bucket.tokens = (bucket.tokens + amount as f64).min(bucket.rate.burst));
+    }
+
     /// Charge `amount` more to `tenant` (its plugins' fan-out, or the
     /// plugin time a run took), as debt.
     pub fn charge(&self, tenant: &str, amount: usize) {

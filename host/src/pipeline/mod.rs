@@ -521,8 +521,9 @@ impl Pipeline {
     pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
+        let received_bytes: usize = inputs.iter().map(|i| i.event.payload.len() + i.raw.len()).sum();
         self.check_quotas(tenant, mode, None).await?;
-        self.admit(tenant, received).await?;
+        self.admit(tenant, received, received_bytes).await?;
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
@@ -538,7 +539,7 @@ impl Pipeline {
         // The fan-out is charged even when refused: the plugins did the
         // work, and a request refused this way must not be free to repeat.
         self.rates.charge(tenant, output.batch.events.len().saturating_sub(received));
-        let mut output = self.settle(tenant, output)?;
+        let mut output = self.settle(tenant, output, received_bytes)?;
         let claim = (output.batch.events.len() as i64, output.batch.stored_bytes() as i64);
         output.batch.reservation = self.check_quotas(tenant, mode, Some(claim)).await?;
         Ok(output)
@@ -548,8 +549,8 @@ impl Pipeline {
     /// rate, and refuse a run that made more than the per-request bound of
     /// events: live runs, and dry and shadow runs, whose output is held in
     /// memory and answered whole (RELIABILITY.md, F23, F24).
-    fn settle(&self, tenant: &str, output: RunOutput) -> Result<RunOutput, PluginError> {
-        self.bytes.charge(tenant, output.batch.stored_bytes());
+    fn settle(&self, tenant: &str, output: RunOutput, paid: usize) -> Result<RunOutput, PluginError> {
+        self.bytes.charge(tenant, output.batch.stored_bytes().saturating_sub(paid));
         let stored = output.batch.events.len();
         if stored > self.max_stored {
             crate::metrics::throttled(tenant, "stored_events");
@@ -587,7 +588,7 @@ impl Pipeline {
         // Dry runs spend plugin time and make bytes too: the same budgets.
         self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
         let output = self.run_on(chain, inputs, mode).await?.completed()?;
-        self.settle(tenant, output)
+        self.settle(tenant, output, 0)
     }
 
     /// Refuse a tenant's request before its body is even parsed while the
@@ -599,7 +600,7 @@ impl Pipeline {
     ///
     /// [`PluginError::PluginTimeExceeded`], [`PluginError::RateLimited`].
     pub async fn admit_early(&self, tenant: &str) -> Result<(), PluginError> {
-        self.admit(tenant, 0).await
+        self.admit(tenant, 0, 0).await
     }
 
     /// Admit `events` of the tenant under its plugin time budget and ingest
@@ -609,11 +610,14 @@ impl Pipeline {
     /// `Retry-After`): a client that retries at once, however many times,
     /// keeps each of its connections to one refused request per second
     /// instead of spending the server's cores on refusals.
-    async fn admit(&self, tenant: &str, events: usize) -> Result<(), PluginError> {
+    async fn admit(&self, tenant: &str, events: usize, bytes: usize) -> Result<(), PluginError> {
         let try_admit = || {
-            self.admit_plugin_time(tenant)
-                .and_then(|()| self.admit_bytes(tenant))
-                .and_then(|()| self.admit_rate(tenant, events))
+            self.admit_plugin_time(tenant)?;
+            self.admit_rate(tenant, events)?;
+            // The request's own bytes are taken before its run, as its events
+            // are, so concurrent requests see each other's (RELIABILITY.md,
+            // F40); what its plugins add is charged after.
+            self.bytes_admitted(tenant, bytes).inspect_err(|_| self.rates.refund(tenant, events))
         };
         let mut refusal = match try_admit() {
             Ok(()) => return Ok(()),
@@ -642,7 +646,12 @@ impl Pipeline {
 
     /// Refuse a run while the tenant is in debt on its byte rate.
     fn admit_bytes(&self, tenant: &str) -> Result<(), PluginError> {
-        self.bytes.admit(tenant, 0).map_err(|retry_after| {
+        self.bytes_admitted(tenant, 0)
+    }
+
+    /// Take `bytes` from the tenant's byte rate, or refuse (429).
+    fn bytes_admitted(&self, tenant: &str, bytes: usize) -> Result<(), PluginError> {
+        self.bytes.admit(tenant, bytes).map_err(|retry_after| {
             crate::metrics::throttled(tenant, "bytes");
             let rate = self.bytes.of(tenant);
             PluginError::ByteRateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
@@ -771,7 +780,7 @@ impl Pipeline {
     ) -> Result<RunOutput, PluginError> {
         self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
         let output = self.run_on(chain, inputs, Mode::Dry).await?.completed()?;
-        self.settle(tenant, output)
+        self.settle(tenant, output, 0)
     }
 
     /// Views of a tenant's plugins in chain order.

@@ -946,3 +946,32 @@ async fn batches_queued_behind_a_tenants_own_are_held_to_its_plugin_time_too() {
     let ran = statuses.iter().filter(|s| **s == 200).count();
     assert!(ran <= 2 && statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_take_their_own_bytes_from_the_byte_rate_before_they_run() {
+    // 1 MB/s, 2 MB at once.
+    let app = spawn_app_with(|s| {
+        s.tenant_bytes_per_sec = 1_000_000;
+        s.tenant_bytes_burst = 2_000_000;
+    })
+    .await;
+    let t = app.create_tenant("bytes-at-once").await;
+    // Eight requests at once, each storing ~2 MB (its payloads and raw
+    // inputs): checked only for debt, all eight ran before any was charged.
+    let payload = json!({"blob": "x".repeat(250_000)});
+    let body: Value = (0..4).map(|_| json!({"event_type": "big", "event_payload": payload})).collect();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, token, body) = (app.client.clone(), app.url("/v1/events"), t.clone(), body.clone());
+            tokio::spawn(async move {
+                client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.await.unwrap());
+    }
+    let stored = statuses.iter().filter(|s| **s == 200).count();
+    assert!((1..=3).contains(&stored) && statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+}
