@@ -394,6 +394,10 @@ impl BodyBudget {
     }
 }
 
+/// Bodies up to this size (by `Content-Length`) are not counted in the body
+/// budget.
+const SMALL_BODY: u64 = 64 << 10;
+
 /// How long a request may wait for room in the body budget.
 const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -410,10 +414,13 @@ async fn body_budget(
         None if chunked => budget.largest,
         None => 0,
     };
-    let kib = bytes.div_ceil(1024).min(budget.total_kib).min(u32::MAX as u64) as u32;
-    if kib == 0 {
+    // Small bodies go by: a thousand connections of them hold little, and a
+    // client filling the budget with large (or chunked) bodies must not
+    // starve everyone's single events.
+    if bytes <= SMALL_BODY {
         return next.run(request).await;
     }
+    let kib = bytes.div_ceil(1024).min(budget.total_kib).min(u32::MAX as u64) as u32;
     match tokio::time::timeout(BODY_WAIT, budget.kib.clone().acquire_many_owned(kib)).await {
         Ok(Ok(held)) => {
             let response = next.run(request).await;

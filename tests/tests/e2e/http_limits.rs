@@ -212,9 +212,19 @@ async fn request_bodies_held_at_once_are_bounded_in_bytes() {
     let r = app.client.post(app.url("/v1/events")).bearer_auth(ADMIN_TOKEN).json(&big).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
-    // A small one fits beside it.
+    // Small bodies are not counted: with the budget full (a second client
+    // announcing a chunked body, counted as the largest), a single event is
+    // still served.
+    let mut chunked = connect(&app).await;
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n[\r\n"
+    );
+    chunked.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "small"})).await;
     assert_eq!(status, 200, "{body}");
+    drop(chunked);
     // Once the slow client is gone, its room comes back.
     drop(slow);
     let deadline = Instant::now() + Duration::from_secs(5);
