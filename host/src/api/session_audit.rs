@@ -504,7 +504,7 @@ pub async fn create(
     let list = object.get("players").and_then(Value::as_array);
     let players = list.map_or(1, |p| p.len().max(1));
     // Each copy is the request without its list of players, and one player.
-    let copy = body.len().saturating_sub(list.map_or(0, |p| Value::from(p.clone()).to_string().len())) + 64;
+    let copy = body.len().saturating_sub(list.map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()))) + 64;
     if players.saturating_mul(copy) > MAX_FAN_OUT_BYTES {
         return shaped(ApiError::PayloadTooLarge(format!(
             "{players} players times {copy} bytes of request expand past {MAX_FAN_OUT_BYTES} bytes; \

@@ -585,7 +585,18 @@ impl Pipeline {
             Some(name) => (Arc::new([self.installation(tenant, name)?]), Mode::Dry),
             None => (self.chain(tenant), Mode::Test),
         };
-        // Dry runs spend plugin time and make bytes too: the same budgets.
+        self.dry_on(tenant, chain, inputs, mode).await
+    }
+
+    /// A dry run of `inputs` through `chain`: it spends plugin time and
+    /// makes bytes too, so it is held to the same budgets.
+    async fn dry_on(
+        &self,
+        tenant: &str,
+        chain: Arc<[Arc<Installation>]>,
+        inputs: Vec<Input>,
+        mode: Mode,
+    ) -> Result<RunOutput, PluginError> {
         self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
         let output = self.run_on(chain, inputs, mode).await?.completed()?;
         self.settle(tenant, output, 0)
@@ -778,9 +789,7 @@ impl Pipeline {
         chain: Arc<[Arc<Installation>]>,
         inputs: Vec<Input>,
     ) -> Result<RunOutput, PluginError> {
-        self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
-        let output = self.run_on(chain, inputs, Mode::Dry).await?.completed()?;
-        self.settle(tenant, output, 0)
+        self.dry_on(tenant, chain, inputs, Mode::Dry).await
     }
 
     /// Views of a tenant's plugins in chain order.

@@ -232,6 +232,11 @@ impl Inner {
     }
 }
 
+/// The parameters of `tenant = ? AND key IN (?, ...)`.
+fn tenant_and<'a>(tenant: &'a String, keys: &'a [String]) -> Vec<&'a dyn duckdb::ToSql> {
+    std::iter::once(tenant as &dyn duckdb::ToSql).chain(keys.iter().map(|k| k as &dyn duckdb::ToSql)).collect()
+}
+
 /// How many of `sizes` (key, bytes), in reading order, fit in `budget`
 /// bytes: at least one, so a page or a copy step always moves on. Reads
 /// that hold whole pages or steps (listings, exports, snapshot catch-ups)
@@ -653,10 +658,7 @@ impl EventStore {
             let mut stmt = conn.prepare(&format!(
                 "SELECT key, request_hash, status FROM idempotency_keys WHERE tenant = ? AND key IN ({marks})"
             ))?;
-            let params: Vec<&dyn duckdb::ToSql> = std::iter::once(&tenant as &dyn duckdb::ToSql)
-                .chain(keys.iter().map(|k| k as &dyn duckdb::ToSql))
-                .collect();
-            let rows = stmt.query_map(params.as_slice(), |row| {
+            let rows = stmt.query_map(tenant_and(&tenant, &keys).as_slice(), |row| {
                 Ok(IdempotencyRecord {
                     tenant: tenant.clone(),
                     key: row.get(0)?,
@@ -675,11 +677,9 @@ impl EventStore {
                 let mut stmt = conn.prepare(&format!(
                     "SELECT key, body FROM idempotency_answers WHERE tenant = ? AND key IN ({marks})"
                 ))?;
-                let params: Vec<&dyn duckdb::ToSql> = std::iter::once(&tenant as &dyn duckdb::ToSql)
-                    .chain(found.keys().map(|k| k as &dyn duckdb::ToSql))
-                    .collect();
+                let keys: Vec<String> = found.keys().cloned().collect();
                 let answers: Vec<(String, String)> = stmt
-                    .query_map(params.as_slice(), |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .query_map(tenant_and(&tenant, &keys).as_slice(), |row| Ok((row.get(0)?, row.get(1)?)))?
                     .collect::<Result<_, _>>()?;
                 for (key, body) in answers {
                     if let Some(record) = found.get_mut(&key) {

@@ -63,6 +63,22 @@ pub struct AnalystSlot {
     _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
 }
 
+/// The first rows of `sql` (which selects `seq` and a size, in reading
+/// order, for the tenant bound to its one `?`) whose sizes fit in `budget`
+/// bytes (at least one).
+fn sized_prefix(
+    conn: &duckdb::Connection,
+    sql: &str,
+    tenant: &str,
+    budget: i64,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut sizes: Vec<(i64, i64)> =
+        stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
+    sizes.truncate(super::fitting(&sizes, budget));
+    Ok(sizes)
+}
+
 /// The sequence numbers of sized rows, for an `IN (...)` list.
 fn seq_list(sizes: &[(i64, i64)]) -> String {
     sizes.iter().map(|(seq, _)| seq.to_string()).collect::<Vec<_>>().join(",")
@@ -360,21 +376,23 @@ impl EventStore {
     /// Database errors.
     pub async fn recent_with_raw(&self, tenant: String, n: usize) -> Result<Vec<(Value, Value)>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT seq, coalesce(strlen(event_payload), 0) + strlen(raw) FROM events WHERE tenant = ? \
-                 ORDER BY seq DESC LIMIT {n}"
-            ))?;
-            let sizes: Vec<(i64, i64)> =
-                stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
-            let fit = super::fitting(&sizes, REPLAY_BYTES);
-            if fit == 0 {
+            let sizes = sized_prefix(
+                conn,
+                &format!(
+                    "SELECT seq, coalesce(strlen(event_payload), 0) + strlen(raw) FROM events WHERE tenant = ? \
+                     ORDER BY seq DESC LIMIT {n}"
+                ),
+                &tenant,
+                REPLAY_BYTES,
+            )?;
+            if sizes.is_empty() {
                 return Ok(Vec::new());
             }
             // The rows sized, by their numbers: a range could take in rows
             // committed since into a gap of the sequence, unsized.
             let sql = format!(
                 "SELECT {EVENT_COLUMNS}, raw FROM events WHERE tenant = ? AND seq IN ({}) ORDER BY seq DESC",
-                seq_list(&sizes[..fit])
+                seq_list(&sizes)
             );
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([&tenant], |row| {
@@ -409,20 +427,22 @@ impl EventStore {
     /// Database errors.
     pub async fn list_dead_letters(&self, tenant: String, limit: usize) -> Result<Vec<Value>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ? ORDER BY seq DESC LIMIT ?",
+            let sizes = sized_prefix(
+                conn,
+                &format!(
+                    "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ? \
+                     ORDER BY seq DESC LIMIT {limit}"
+                ),
+                &tenant,
+                PAGE_BYTES,
             )?;
-            let sizes: Vec<(i64, i64)> = stmt
-                .query_map(duckdb::params![tenant, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<duckdb::Result<_>>()?;
-            let fit = super::fitting(&sizes, PAGE_BYTES);
-            if fit == 0 {
+            if sizes.is_empty() {
                 return Ok(Vec::new());
             }
             let mut stmt = conn.prepare(&format!(
                 "SELECT id, family, epoch_us(received_at), plugin, plugin_version, reason, event, raw, seq \
                  FROM dead_letters WHERE tenant = ? AND seq IN ({}) ORDER BY seq DESC",
-                seq_list(&sizes[..fit])
+                seq_list(&sizes)
             ))?;
             let rows = stmt.query_map([&tenant], |row| {
                 Ok(serde_json::json!({
@@ -464,19 +484,21 @@ impl EventStore {
             }
             // The oldest letters that fit: a replay holds them, and its
             // run's output, in memory; the next replay goes on.
-            let mut stmt = conn.prepare(&format!(
-                "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ?{condition} \
-                 ORDER BY seq LIMIT {limit}"
-            ))?;
-            let sizes: Vec<(i64, i64)> =
-                stmt.query_map([&tenant], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<duckdb::Result<_>>()?;
-            let fit = super::fitting(&sizes, REPLAY_BYTES);
-            if fit == 0 {
+            let sizes = sized_prefix(
+                conn,
+                &format!(
+                    "SELECT seq, strlen(event) + strlen(raw) FROM dead_letters WHERE tenant = ?{condition} \
+                     ORDER BY seq LIMIT {limit}"
+                ),
+                &tenant,
+                REPLAY_BYTES,
+            )?;
+            if sizes.is_empty() {
                 return Ok(Vec::new());
             }
             let sql = format!(
                 "SELECT seq, event, raw FROM dead_letters WHERE tenant = ? AND seq IN ({}) ORDER BY seq",
-                seq_list(&sizes[..fit])
+                seq_list(&sizes)
             );
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([tenant], |row| {
