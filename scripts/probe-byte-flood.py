@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""A tenant floods 10 MB bodies (40 events of 255 KB) from CONNECTIONS
-connections for SECONDS while another posts single events every 10 ms; prints
-the victim's p50 / p99 / max and the flooder's answers. Starts BINARY on a
-fresh data directory with its default limits (RELIABILITY.md, F18).
-Usage: scripts/probe-byte-flood.py BINARY PORT [SECONDS] [CONNECTIONS]"""
+"""A tenant floods 10 MB bodies from CONNECTIONS connections for SECONDS
+while another posts single events every 10 ms; prints the victim's p50 /
+p99 / max, the flooder's answers and the server's peak resident memory.
+SHAPE `wide` (default): 40 events of 255 KB each (RELIABILITY.md, F18);
+`many`: 10,000 events of ~970 bytes, whose parsed form costs several times
+their bytes (F45). Starts BINARY on a fresh data directory with its default
+limits.
+Usage: scripts/probe-byte-flood.py BINARY PORT [SECONDS] [CONNECTIONS] [SHAPE]"""
 import json, os, shutil, subprocess, sys, threading, time, urllib.request, urllib.error
 from collections import Counter
 
 binary, port = sys.argv[1], int(sys.argv[2])
 seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 12
 connections = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+shape = sys.argv[5] if len(sys.argv) > 5 else "wide"
 d = f"/tmp/byte-flood-{port}"
 shutil.rmtree(d, ignore_errors=True)
 os.makedirs(d)
@@ -26,6 +30,8 @@ def call(path, body, token, data=None):
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None
+    except (urllib.error.URLError, ConnectionError) as e:
+        return type(getattr(e, "reason", e)).__name__, None
 
 
 for _ in range(100):
@@ -35,7 +41,10 @@ for _ in range(100):
     except Exception:
         time.sleep(0.1)
 tokens = {t: call("/v1/tenants", {"id": t}, "op")[1]["admin_token"] for t in ("mallory", "victim")}
-flood = json.dumps([{"event_type": "raw.x", "event_payload": {"p": "y" * 255000}}] * 40).encode()
+if shape == "many":
+    flood = json.dumps([{"event_type": "raw.x", "event_payload": {"p": "y" * 900, "n": 1}}] * 10_000).encode()
+else:
+    flood = json.dumps([{"event_type": "raw.x", "event_payload": {"p": "y" * 255000}}] * 40).encode()
 stop = time.time() + seconds
 answers = Counter()
 
@@ -57,10 +66,12 @@ while time.time() < stop:
     time.sleep(0.01)
 for t in threads:
     t.join()
+with open(f"/proc/{server.pid}/status") as f:
+    peak = next(int(line.split()[1]) >> 10 for line in f if line.startswith("VmHWM"))
 latencies.sort()
 n = len(latencies)
 print(f"{binary}: victim p50 {latencies[n // 2] * 1e3:.1f} ms, p99 {latencies[int(n * 0.99)] * 1e3:.1f} ms, "
-      f"max {latencies[-1] * 1e3:.0f} ms, {failed} of {n} failed; flooder answered {dict(answers)}; "
+      f"max {latencies[-1] * 1e3:.0f} ms, {failed} of {n} failed; flooder answered {dict(answers)}; peak RSS {peak} MiB; "
       f"database {sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if os.path.isfile(os.path.join(d, f))) >> 20} MiB")
 server.terminate()
 server.wait()

@@ -21,9 +21,10 @@ pub struct Settings {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 10 << 20)]
     pub max_body_bytes: usize,
-    /// Most bytes of request bodies being read and handled at once, all
-    /// clients together (by `Content-Length`; a chunked body counts as the
-    /// largest). A request that finds no room within 1 s gets 503.
+    /// What request bodies being read and handled may hold at once, all
+    /// clients together: three times each one's `Content-Length` (a chunked
+    /// body counts as the largest). One tenant holds at most a quarter of it
+    /// (beyond: 429); a request that finds no room within 1 s gets 503.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 512 << 20)]
     pub max_body_bytes_in_flight: u64,
     /// Most events accepted in one ingest request.

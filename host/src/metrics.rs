@@ -93,7 +93,8 @@ pub fn commit(requests: usize, rows: usize, took: Duration, ok: bool) {
 }
 
 /// Record a request of `tenant` refused by one of its limits: `rate`
-/// (ingest rate), `stored_events` (fan-out bound), `analyst_slots`
+/// (ingest rate), `bodies` (its share of the request bodies held at
+/// once), `stored_events` (fan-out bound), `analyst_slots`
 /// (queries and exports), `compile_slot` (one upload at a time). With the
 /// per-tenant plugin time and workers below, an operator sees who is noisy.
 pub fn throttled(tenant: &str, reason: &'static str) {

@@ -26,8 +26,9 @@ const MAX_TEXT: usize = 1024;
 
 /// An error in this family's shape: HTTP status, gRPC code, message and
 /// field violations (`(field, description)`).
-fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(String, String)]) -> Response {
-    let code = match status {
+/// The `google.rpc.Code` of an HTTP status.
+pub(super) fn rpc_code(status: StatusCode) -> u8 {
+    match status {
         StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => 3,
         StatusCode::UNAUTHORIZED => 16,
         StatusCode::FORBIDDEN => 7,
@@ -37,7 +38,11 @@ fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(Stri
         StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::BAD_GATEWAY => 14,
         _ => 13,
-    };
+    }
+}
+
+fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(String, String)]) -> Response {
+    let code = rpc_code(status);
     let details: Vec<Value> = if violations.is_empty() {
         Vec::new()
     } else {

@@ -7,6 +7,7 @@
 
 mod audit;
 mod auditlogs;
+mod bodies;
 mod dry_run;
 mod events;
 mod export;
@@ -203,6 +204,10 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Found already by the body budget's middleware.
+        if let Some(principal) = parts.extensions.get::<Principal>().cloned() {
+            return Ok(principal);
+        }
         let secret = credential(&parts.headers).ok_or(ApiError::Unauthorized)?;
         state.auth.authenticate(secret).await?.ok_or(ApiError::Unauthorized)
     }
@@ -370,103 +375,6 @@ async fn metrics(principal: Principal) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render()).into_response())
 }
 
-/// The bytes of request bodies the server holds at once, in KiB: a request
-/// takes what its `Content-Length` says (a chunked body, the largest a body
-/// may be) before its body is read, and gives it back with its answer.
-/// Without it, 200 connections each holding a 10 MB body one byte short held
-/// 3.7 GB (RELIABILITY.md, F38).
-#[derive(Clone)]
-struct BodyBudget {
-    kib: Arc<tokio::sync::Semaphore>,
-    total_kib: u64,
-    /// What a body of unknown length counts as.
-    largest: u64,
-}
-
-impl BodyBudget {
-    fn new(bytes: u64, largest: usize) -> BodyBudget {
-        let total_kib = bytes.div_ceil(1024).max(1);
-        BodyBudget {
-            kib: Arc::new(tokio::sync::Semaphore::new(total_kib.min(u32::MAX as u64) as usize)),
-            total_kib,
-            largest: largest as u64,
-        }
-    }
-}
-
-/// Bodies up to this size (by `Content-Length`) are not counted in the body
-/// budget.
-const SMALL_BODY: u64 = 64 << 10;
-
-/// How long a request may wait for room in the body budget.
-const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-async fn body_budget(
-    axum::extract::State(budget): axum::extract::State<BodyBudget>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let headers = request.headers();
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    let bytes = match length {
-        Some(n) => n.min(budget.largest),
-        None if chunked => budget.largest,
-        None => 0,
-    };
-    // Small bodies go by: a thousand connections of them hold little, and a
-    // client filling the budget with large (or chunked) bodies must not
-    // starve everyone's single events.
-    if bytes <= SMALL_BODY {
-        return next.run(request).await;
-    }
-    let kib = bytes.div_ceil(1024).min(budget.total_kib).min(u32::MAX as u64) as u32;
-    match tokio::time::timeout(BODY_WAIT, budget.kib.clone().acquire_many_owned(kib)).await {
-        Ok(Ok(held)) => {
-            let response = next.run(request).await;
-            drop(held);
-            response
-        }
-        _ => {
-            metrics::counter!("sluice_http_bodies_refused_total").increment(1);
-            let mut response = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({"detail": "the server is reading as many request bodies as it holds at once; retry later"}),
-                ),
-            )
-                .into_response();
-            retry_after(&mut response, 1);
-            response
-        }
-    }
-}
-
-/// Body-size refusals come from axum's extractors as plain text; give them
-/// the error shape of the family the path belongs to.
-async fn shape_too_large(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
-        return response;
-    }
-    let message = "the request body is larger than this server accepts";
-    let body = if path.starts_with("/session/") {
-        json!({"auth_success": true, "error_code": "payload_too_large", "desc": message})
-    } else if path.starts_with("/v1beta1/") {
-        json!({"code": 8, "message": message, "details": []})
-    } else if path.starts_with("/logs") {
-        json!({"error": {"code": "payload_too_large", "message": message}})
-    } else {
-        json!({"detail": message})
-    };
-    (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
-}
-
 async fn not_found() -> ApiError {
     ApiError::NotFound("Not Found".into())
 }
@@ -512,8 +420,10 @@ pub fn routes() -> (OpenApiRouter<AppState>, utoipa::openapi::OpenApi) {
 /// The service: every route, `GET /openapi.json`, and the shared layers.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    let bodies =
-        BodyBudget::new(state.settings.max_body_bytes_in_flight, state.settings.max_plugin_bytes.max(body_limit));
+    let bodies = bodies::BodyBudget::new(
+        state.settings.max_body_bytes_in_flight,
+        state.settings.max_plugin_bytes.max(body_limit),
+    );
     let (routes, mut api) = routes();
     api.paths.add_path_operation(
         "/openapi.json",
@@ -538,8 +448,8 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(bodies, body_budget))
-        .layer(axum::middleware::from_fn(shape_too_large))
+        .layer(axum::middleware::from_fn_with_state((state.clone(), bodies), bodies::body_budget))
+        .layer(axum::middleware::from_fn(bodies::shape_too_large))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -194,42 +194,75 @@ async fn one_client_address_cannot_fill_the_connection_cap() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn request_bodies_held_at_once_are_bounded_in_bytes() {
-    let app = spawn_app_with(|s| s.max_body_bytes_in_flight = 1 << 20).await;
-    // A client that announces 900 kB and sends a little: its body is held
-    // in the budget while it is read.
-    let mut slow = connect(&app).await;
+/// Opens a request announcing a body (`Content-Length: N`, or chunked) and
+/// sends only its first byte, so the server holds room for it.
+async fn hold_body(app: &TestApp, token: &str, announce: Option<usize>) -> TcpStream {
+    let mut stream = connect(app).await;
+    let length = match announce {
+        Some(n) => format!("Content-Length: {n}\r\n\r\n["),
+        None => "Transfer-Encoding: chunked\r\n\r\n1\r\n[\r\n".to_string(),
+    };
     let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n["
+        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\n{length}"
     );
-    slow.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_bodies_held_at_once_are_bounded_in_bytes_and_shared_by_tenants() {
+    // 4 MiB in all; a body counts three times its length; a tenant holds at
+    // most 1 MiB of it.
+    let app = spawn_app_with(|s| s.max_body_bytes_in_flight = 4 << 20).await;
+    let noisy = app.create_tenant("noisy").await;
+    let quiet = app.create_tenant("quiet").await;
+    // 300 kB announced and not sent: 879 KiB of noisy's share.
+    let slow = hold_body(&app, &noisy, Some(300_000)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let big: Value =
         (0..10).map(|_| json!({"event_type": "big", "event_payload": {"p": "x".repeat(50_000)}})).collect();
-    // Another 500 kB does not fit: 503 with Retry-After, after a short wait.
-    let r = app.client.post(app.url("/v1/events")).bearer_auth(ADMIN_TOKEN).json(&big).send().await.unwrap();
+    let post_big = |token: &str| app.client.post(app.url("/v1/events")).bearer_auth(token).json(&big).send();
+    // Noisy's next 500 kB does not fit in its share: 429 with Retry-After,
+    // after a short wait, counted by reason.
+    let r = post_big(&noisy).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let answer: Value = r.json().await.unwrap();
+    assert!(answer["detail"].as_str().unwrap().contains("large request bodies"), "{answer}");
+    let metrics = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains(r#"sluice_tenant_throttled_total{tenant="noisy",reason="bodies"} 1"#), "{metrics}");
+    // Quiet's is served meanwhile.
+    let r = post_big(&quiet).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Three more tenants announce chunked bodies (each counted as the
+    // largest, so each holds its whole share): the budget is full, and
+    // quiet's large body now finds no room: 503.
+    let mut held = vec![slow];
+    for id in ["c", "d", "e"] {
+        let token = app.create_tenant(id).await;
+        held.push(hold_body(&app, &token, None).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = post_big(&quiet).await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
-    // Small bodies are not counted: with the budget full (a second client
-    // announcing a chunked body, counted as the largest), a single event is
-    // still served.
-    let mut chunked = connect(&app).await;
-    let head = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n[\r\n"
-    );
-    chunked.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, body) = app.post_events(ADMIN_TOKEN, &json!({"event_type": "small"})).await;
+    // Small bodies are not counted: a single event is still served.
+    let (status, body) = app.post_events(&quiet, &json!({"event_type": "small"})).await;
     assert_eq!(status, 200, "{body}");
-    drop(chunked);
-    // Once the slow client is gone, its room comes back.
-    drop(slow);
+    // A body whose token does not authenticate takes no room: it is refused
+    // at once, without being read.
+    let mut stranger = hold_body(&app, "so_live_not-a-token", Some(5_000_000)).await;
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), stranger.read(&mut answer)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // Once the holders are gone, their room comes back.
+    drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = app.client.post(app.url("/v1/events")).bearer_auth(ADMIN_TOKEN).json(&big).send().await.unwrap();
+        let r = post_big(&noisy).await.unwrap();
         if r.status() == 200 {
             break;
         }
