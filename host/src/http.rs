@@ -175,12 +175,8 @@ struct ClientPlace {
 
 impl Clients {
     /// A place for one more connection of `ip`, unless it has `max` open.
-    /// An IPv6 client is its /64 (one host usually has the whole prefix).
     fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<ClientPlace> {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            v4 => v4,
-        };
+        let ip = client_of(ip);
         let mut open = self.0.lock();
         let n = open.entry(ip).or_insert(0);
         if *n >= max {
@@ -188,6 +184,20 @@ impl Clients {
         }
         *n += 1;
         Some(ClientPlace { clients: self.clone(), ip })
+    }
+}
+
+/// Who a connection's address counts as: an IPv6 client is its /64 (one
+/// host usually has the whole prefix), except an IPv4 client reaching a
+/// dual-stack listener as `::ffff:a.b.c.d`, which is its IPv4 address (all
+/// IPv4 clients share one /64 of mapped addresses).
+fn client_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -308,5 +318,29 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{client_of, Clients};
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_client_its_own_address() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(client_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), ip("2001:db8:1:2::"));
+        assert_ne!(client_of(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_ne!(client_of(ip("::ffff:10.0.0.1")), client_of(ip("::ffff:10.0.0.2")));
+        assert_eq!(client_of(ip("10.0.0.1")), ip("10.0.0.1"));
+        // Two addresses of one /64 share its cap; the next /64 does not.
+        let clients = Clients::default();
+        let first = clients.enter(ip("2001:db8::1"), 2).unwrap();
+        let _second = clients.enter(ip("2001:db8::ffff"), 2).unwrap();
+        assert!(clients.enter(ip("2001:db8::2"), 2).is_none());
+        assert!(clients.enter(ip("2001:db8:0:1::1"), 2).is_some());
+        drop(first);
+        assert!(clients.enter(ip("2001:db8::2"), 2).is_some());
     }
 }
