@@ -6,13 +6,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use super::dialect::{In, Rpc};
 use super::idempotency::{self, Begin, Refusal};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
 use crate::ingest::{Counts, Policy};
@@ -23,61 +24,6 @@ pub const FAMILY: &str = "auditlogs";
 
 /// Longest value of any string field of an entry.
 const MAX_TEXT: usize = 1024;
-
-/// An error in this family's shape: HTTP status, gRPC code, message and
-/// field violations (`(field, description)`).
-/// The `google.rpc.Code` of an HTTP status.
-pub(super) fn rpc_code(status: StatusCode) -> u8 {
-    match status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => 3,
-        StatusCode::UNAUTHORIZED => 16,
-        StatusCode::FORBIDDEN => 7,
-        StatusCode::NOT_FOUND => 5,
-        StatusCode::CONFLICT => 10,
-        StatusCode::TOO_MANY_REQUESTS => 8,
-        StatusCode::SERVICE_UNAVAILABLE => 14,
-        StatusCode::BAD_GATEWAY => 14,
-        _ => 13,
-    }
-}
-
-fn rpc_error(status: StatusCode, message: impl Into<String>, violations: &[(String, String)]) -> Response {
-    let code = rpc_code(status);
-    let details: Vec<Value> = if violations.is_empty() {
-        Vec::new()
-    } else {
-        let list: Vec<Value> = violations.iter().map(|(f, d)| json!({"field": f, "description": d})).collect();
-        vec![json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": list})]
-    };
-    let mut response =
-        (status, Json(json!({"code": code, "message": message.into(), "details": details}))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
-}
-
-/// Other errors of shared code, in this family's shape.
-fn from_api(e: ApiError) -> Response {
-    match e {
-        ApiError::Unavailable(m) => {
-            let mut r = rpc_error(StatusCode::SERVICE_UNAVAILABLE, m, &[]);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
-        ApiError::PayloadTooLarge(m) => rpc_error(StatusCode::PAYLOAD_TOO_LARGE, m, &[]),
-        e @ ApiError::QuotaExceeded { .. } => rpc_error(StatusCode::TOO_MANY_REQUESTS, e.to_string(), &[]),
-        ApiError::TooManyRequests(m, secs) => {
-            let mut r = rpc_error(StatusCode::TOO_MANY_REQUESTS, m, &[]);
-            super::retry_after(&mut r, secs);
-            r
-        }
-        other => {
-            tracing::error!(error = %other, "auditlogs request failed");
-            rpc_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error", &[])
-        }
-    }
-}
 
 /// Check one entry; violations are named `logs[i].field`.
 fn check_entry(i: usize, entry: &Value, violations: &mut Vec<(String, String)>) {
@@ -261,68 +207,51 @@ pub async fn create(
     Path(org_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let Ok(principal) = principal else {
-        return rpc_error(StatusCode::UNAUTHORIZED, "missing or invalid authorization token", &[]);
-    };
+) -> Result<Response, In<Rpc>> {
+    let principal = principal?;
     if !principal.has("events:write") {
-        return rpc_error(StatusCode::FORBIDDEN, "token does not have the required scope: events:write", &[]);
+        return Err(ApiError::Forbidden("token does not have the required scope: events:write".into()).into());
     }
     if org_id != principal.tenant {
-        return rpc_error(StatusCode::FORBIDDEN, "the token does not belong to this organization", &[]);
+        return Err(ApiError::Forbidden("the token does not belong to this organization".into()).into());
     }
-    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
-        Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
-        Ok(Begin::Fresh) => None,
-        Ok(Begin::Keyed(ticket)) => Some(ticket),
-        Err(Refusal::Store(e)) => return from_api(e.into()),
-        Err(Refusal::InvalidKey) => {
-            let m = Refusal::InvalidKey.message();
-            return rpc_error(StatusCode::BAD_REQUEST, m.clone(), &[("Idempotency-Key".into(), m)]);
-        }
-        Err(refusal) => return rpc_error(StatusCode::CONFLICT, refusal.message(), &[]),
+    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
+        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
+        Begin::Fresh => None,
+        Begin::Keyed(ticket) => Some(ticket),
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
-        return from_api(e.into());
-    }
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), &[]),
+    state.pipeline.admit_early(&principal.tenant).await?;
+    let bad = |message: String, fields: Vec<(String, String)>| -> In<Rpc> {
+        let fields = fields.into_iter().map(|(f, d)| FieldError::new(vec![f.into()], d, "value_error")).collect();
+        ApiError::BadRequest { message, fields }.into()
     };
+    let request: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("malformed JSON: {e}"), vec![]))?;
     let Some(logs) = request.get("logs").and_then(Value::as_array) else {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            "logs is required and must be a list",
-            &[("logs".into(), "is required".into())],
-        );
+        return Err(bad("logs is required and must be a list".into(), vec![("logs".into(), "is required".into())]));
     };
     if logs.len() > state.settings.max_batch_events {
-        return rpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} logs in one request; the limit is {}", logs.len(), state.settings.max_batch_events),
-            &[],
-        );
+        let m = format!("{} logs in one request; the limit is {}", logs.len(), state.settings.max_batch_events);
+        return Err(ApiError::PayloadTooLarge(m).into());
     }
     let mut violations = Vec::new();
     for (i, entry) in logs.iter().enumerate() {
         check_entry(i, entry, &mut violations);
     }
     if !violations.is_empty() {
-        return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs: the whole batch was rejected", &violations);
+        return Err(bad("invalid audit logs: the whole batch was rejected".into(), violations));
     }
     // Entries that carry their own id are deduplicated by it: one stored
     // before with the same content is not stored again.
     let texts: Vec<String> = logs.iter().map(Value::to_string).collect();
     let event_ids = match idempotency::event_ids(&state, &principal.space(), texts.iter().map(String::as_str)).await {
         Ok(ids) => ids,
-        Err(Refusal::Store(e)) => return from_api(e.into()),
         Err(Refusal::DuplicateId { index, first }) => {
             let what = format!("the id of logs[{first}] appears again");
-            return rpc_error(StatusCode::BAD_REQUEST, "invalid audit logs", &[(format!("logs[{index}].id"), what)]);
+            return Err(bad("invalid audit logs".into(), vec![(format!("logs[{index}].id"), what)]));
         }
-        Err(refusal) => return rpc_error(StatusCode::CONFLICT, refusal.message(), &[]),
+        Err(refusal) => return Err(refusal.into()),
     };
     let received_at = now_micros();
     let (positions, inputs): (Vec<usize>, Vec<Input>) = logs
@@ -335,10 +264,7 @@ pub async fn create(
             (i, Input { event, raw: texts[i].as_str().into() })
         })
         .unzip();
-    let mut output = match super::ingest::run(&state, &principal, inputs, Policy::Whole).await {
-        Ok(output) => output,
-        Err(e) => return from_api(e),
-    };
+    let mut output = super::ingest::run(&state, &principal, inputs, Policy::Whole).await?;
     let body = json!({});
     let refused: Vec<(String, String)> = output
         .dispositions
@@ -360,19 +286,17 @@ pub async fn create(
         }
     }
     let answer = ticket.as_ref().map(|t| (t, status, &body));
-    if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
-        return from_api(e);
-    }
+    super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await?;
     Counts::of_request(&output.dispositions, Policy::Whole).record(FAMILY);
     let failed = output.dispositions.iter().find_map(|d| match d {
         Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
         _ => None,
     });
     if let Some(message) = failed {
-        return rpc_error(StatusCode::BAD_GATEWAY, message, &[]);
+        return Err(ApiError::BadGateway(message).into());
     }
     if !refused.is_empty() {
-        return rpc_error(StatusCode::BAD_REQUEST, "audit logs refused by the organization's plugins", &refused);
+        return Err(bad("audit logs refused by the organization's plugins".into(), refused));
     }
-    (status, Json(body)).into_response()
+    Ok((status, Json(body)).into_response())
 }

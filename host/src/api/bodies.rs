@@ -1,5 +1,4 @@
-//! The bytes of request bodies the server holds at once, and each family's
-//! shape for the refusals that happen before a handler runs.
+//! The bytes of request bodies the server holds at once.
 //!
 //! A request takes from the budget what its `Content-Length` says (a
 //! chunked body: the largest a body may be), times what parsing makes of
@@ -15,12 +14,10 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::AppState;
+use super::{ApiError, AppState};
 
 /// Bodies up to this size (by `Content-Length`) are not counted: a
 /// thousand connections of them hold little, and a client filling the
@@ -143,50 +140,27 @@ pub async fn body_budget(
         }
         Err(refusal) => {
             let path = request.uri().path().to_owned();
-            let (status, code, message) = match refusal {
+            let error = match refusal {
                 Refusal::Tenant => {
                     crate::metrics::throttled(&tenant, "bodies");
-                    (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        "this tenant is sending as many large request bodies as it may at once; retry later",
-                    )
+                    let m = "this tenant is sending as many large request bodies as it may at once; retry later";
+                    ApiError::TooManyRequests(m.into(), 1)
                 }
-                Refusal::Server => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the server is reading as many request bodies as it holds at once; retry later",
+                Refusal::Server => ApiError::Unavailable(
+                    "the server is reading as many request bodies as it holds at once; retry later".into(),
                 ),
             };
             metrics::counter!("sluice_http_bodies_refused_total").increment(1);
-            let mut response = family_error(&path, status, code, message);
+            let response = super::dialect::by_path(&path, error);
             // The body is read and thrown away, holding nothing: a client
             // still sending it when the connection closed would see a
             // reset instead of this answer and its `Retry-After`. The body
             // deadline bounds how long this takes.
             let mut body = request.into_body().into_data_stream();
             while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
-            super::retry_after(&mut response, 1);
             response
         }
     }
-}
-
-/// An error answered before any handler ran, in the shape of the family
-/// `path` belongs to: session audit's `{auth_success, error_code, desc}`,
-/// audit logs' `google.rpc.Status`, logs' `{error: {code, message}}`, and
-/// `{detail}` for everything else.
-pub fn family_error(path: &str, status: StatusCode, code: &str, message: &str) -> Response {
-    let body = if path.starts_with("/session/") {
-        json!({"auth_success": true, "error_code": code, "desc": message})
-    } else if path.starts_with("/v1beta1/") {
-        json!({"code": super::auditlogs::rpc_code(status), "message": message, "details": []})
-    } else if path.starts_with("/logs") {
-        json!({"error": {"code": code, "message": message}})
-    } else {
-        json!({"detail": message})
-    };
-    (status, Json(body)).into_response()
 }
 
 /// Body-size refusals come from axum's extractors as plain text; give them
@@ -202,5 +176,5 @@ pub async fn shape_too_large(request: Request, next: Next) -> Response {
         return response;
     }
     let message = "the request body is larger than this server accepts";
-    family_error(&path, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    super::dialect::by_path(&path, ApiError::PayloadTooLarge(message.into()))
 }

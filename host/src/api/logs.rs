@@ -7,12 +7,13 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::idempotency::{self, Begin, Refusal};
+use super::dialect::{Dialect, In, Logs};
+use super::idempotency::{self, Begin};
 use super::openapi::LogError;
 use super::{parse_json, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
@@ -28,23 +29,11 @@ const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
 const MAX_MESSAGE: usize = 10_000;
 const MAX_META_BYTES: usize = 64 << 10;
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let mut response = (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-}
-
-/// The caller, or this family's 401/403.
-fn authorize(principal: Result<Principal, ApiError>, scope: &str) -> Result<Principal, Response> {
-    let principal = principal
-        .map_err(|_| error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid authorization token"))?;
+/// The caller, if its token holds `scope`.
+fn authorize(principal: Result<Principal, ApiError>, scope: &str) -> Result<Principal, In<Logs>> {
+    let principal = principal?;
     if !principal.has(scope) {
-        return Err(error(StatusCode::FORBIDDEN, "forbidden", "token does not have the required scope"));
+        return Err(ApiError::Forbidden("token does not have the required scope".into()).into());
     }
     Ok(principal)
 }
@@ -176,113 +165,64 @@ pub async fn create(
     principal: Result<Principal, ApiError>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let principal = match authorize(principal, "logs:write") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
-        Ok(Begin::Replay(status, body)) => return idempotency::replay(status, body),
-        Ok(Begin::Fresh) => None,
-        Ok(Begin::Keyed(ticket)) => Some(ticket),
-        Err(Refusal::InvalidKey) => {
-            return error(StatusCode::BAD_REQUEST, "bad_request", Refusal::InvalidKey.message())
-        }
-        Err(Refusal::Store(e)) => return store_error(e.into()),
-        Err(refusal) => return error(StatusCode::CONFLICT, "idempotency_conflict", refusal.message()),
+) -> Result<Response, In<Logs>> {
+    let principal = authorize(principal, "logs:write")?;
+    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
+        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
+        Begin::Fresh => None,
+        Begin::Keyed(ticket) => Some(ticket),
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
-        return store_error(e.into());
-    }
-    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
+    state.pipeline.admit_early(&principal.tenant).await?;
+    let bad = |m: &str| -> In<Logs> { ApiError::BadRequest { message: m.into(), fields: Vec::new() }.into() };
     let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
-        return bad("the body must be a JSON object");
+        return Err(bad("the body must be a JSON object"));
     };
     let level = match entry.get("level").and_then(Value::as_str) {
         Some(l) if LEVELS.contains(&l) => l.to_string(),
-        Some(_) => return bad("level must be one of debug, info, warn, error"),
-        None => return bad("missing required field: level"),
+        Some(_) => return Err(bad("level must be one of debug, info, warn, error")),
+        None => return Err(bad("missing required field: level")),
     };
     let message = match entry.get("message").and_then(Value::as_str) {
         Some(m) if !m.is_empty() && m.chars().count() <= MAX_MESSAGE => m.to_string(),
-        Some(_) => return bad("message must have 1..10000 characters"),
-        None => return bad("missing required field: message"),
+        Some(_) => return Err(bad("message must have 1..10000 characters")),
+        None => return Err(bad("missing required field: message")),
     };
     let meta = match entry.get("meta") {
         None | Some(Value::Null) => json!({}),
         Some(m @ Value::Object(_)) if m.to_string().len() <= MAX_META_BYTES => m.clone(),
-        Some(Value::Object(_)) => return bad("meta must be at most 65536 bytes"),
-        Some(_) => return bad("meta must be an object"),
+        Some(Value::Object(_)) => return Err(bad("meta must be at most 65536 bytes")),
+        Some(_) => return Err(bad("meta must be an object")),
     };
     if let Some(unknown) = entry.keys().find(|k| !["level", "message", "meta"].contains(&k.as_str())) {
-        return bad(&format!("unknown field: {unknown}"));
+        return Err(bad(&format!("unknown field: {unknown}")));
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
-    let output = match super::ingest::run(&state, &principal, vec![input], Policy::Whole).await {
-        Ok(output) => output,
-        Err(e) => return store_error(e),
-    };
+    let output = super::ingest::run(&state, &principal, vec![input], Policy::Whole).await?;
+    // A plugin's rejection or failure is remembered for the key like a
+    // success, so it is answered here rather than returned.
     let (status, body) = match &output.dispositions[0] {
         Disposition::Stored { ids } => {
             let stored = output.batch.events.first().map(|e| e.event.to_json());
             let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
             (StatusCode::CREATED, view)
         }
+        Disposition::Rejected { error: e } if e.plugin_failed() => {
+            Logs::answer(&ApiError::BadGateway(e.message.clone()))
+        }
         Disposition::Rejected { error: e } => {
-            let (status, code) = if e.plugin_failed() {
-                (StatusCode::BAD_GATEWAY, "plugin_failed")
-            } else {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            };
-            (status, json!({"error": {"code": code, "message": e.message}}))
+            Logs::answer(&ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
         }
         Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. } => {
             (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
         }
     };
     let answer = ticket.as_ref().map(|t| (t, status, &body));
-    if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
-        return store_error(e);
-    }
+    super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await?;
     Counts::of_request(&output.dispositions, Policy::Whole).record(FAMILY);
-    (status, Json(body)).into_response()
-}
-
-/// A failure of shared code, in this family's shape.
-fn store_error(e: ApiError) -> Response {
-    match e {
-        ApiError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
-        ApiError::PayloadTooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
-        ApiError::QuotaExceeded { metric, quotas } => {
-            // Document 004's shape: the metric used up, and every quota set.
-            let all: Vec<Value> = quotas
-                .iter()
-                .map(|q| json!({"metric": q.metric, "used": q.used, "limit": q.limit, "cumulative": q.metric == "storage_bytes"}))
-                .collect();
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                Json(json!({"error": {
-                    "code": "quota_exceeded",
-                    "message": format!("tier quota exceeded for {metric}"),
-                    "metric": metric,
-                    "quotas": all,
-                }})),
-            )
-                .into_response()
-        }
-        ApiError::TooManyRequests(m, secs) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
-            super::retry_after(&mut r, secs);
-            r
-        }
-        e => {
-            tracing::error!(error = %e, "log ingest failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
-        }
-    }
+    Ok((status, Json(body)).into_response())
 }
 
 /// List log entries, newest first (document 004).
@@ -301,31 +241,25 @@ pub async fn list(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let principal = match authorize(principal, "logs:read") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+) -> Result<Response, In<Logs>> {
+    let principal = authorize(principal, "logs:read")?;
     let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
         None => 50,
         Some(Ok(n)) if (1..=200).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "limit must be an integer between 1 and 200"),
+        Some(_) => {
+            let message = "limit must be an integer between 1 and 200".into();
+            return Err(ApiError::BadRequest { message, fields: Vec::new() }.into());
+        }
     };
     let filter =
         EventFilter { family: Some(FAMILY.into()), status: params.get("level").cloned(), ..EventFilter::default() };
     let cursor = params.get("cursor").cloned().filter(|c| !c.is_empty());
-    match state.store.list_events(principal.space(), filter, cursor, limit).await {
-        Ok(page) => Json(json!({
-            "data": page.items.iter().map(log_view).collect::<Vec<_>>(),
-            "next_cursor": page.next_cursor,
-        }))
-        .into_response(),
-        Err(crate::store::StoreError::BadCursor) => error(StatusCode::BAD_REQUEST, "bad_request", "invalid cursor"),
-        Err(e) => {
-            tracing::error!(error = %e, "log listing failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred")
-        }
-    }
+    let page = state.store.list_events(principal.space(), filter, cursor, limit).await?;
+    Ok(Json(json!({
+        "data": page.items.iter().map(log_view).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
+    }))
+    .into_response())
 }
 
 /// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N,

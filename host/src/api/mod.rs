@@ -1,13 +1,16 @@
 //! The HTTP edge: routes, the one error type, and the extractors that turn
 //! requests into typed input (or into the endpoint's error shape).
 //!
-//! Errors follow the FastAPI shapes of the listing document (002) for the
-//! `/v1/...` endpoints: `{"detail": [{"loc", "msg", "type"}]}` for invalid
-//! input (422) and `{"detail": "message"}` otherwise.
+//! Every handler fails with one [`ApiError`], answered in its family's
+//! dialect ([`dialect`]): the FastAPI shapes of the listing document (002)
+//! for the `/v1/...` endpoints (`{"detail": [{"loc", "msg", "type"}]}` for
+//! invalid input (422) and `{"detail": "message"}` otherwise), and the
+//! session-audit, google.rpc and logs shapes of documents 000, 003 and 004.
 
 mod audit;
 mod auditlogs;
 mod bodies;
+mod dialect;
 mod dry_run;
 mod events;
 mod export;
@@ -101,6 +104,14 @@ pub enum ApiError {
     QuotaExceeded { metric: &'static str, quotas: Vec<crate::store::QuotaUse> },
     #[error("{0}")]
     BadGateway(String),
+    /// Input a family answers with 400 rather than FastAPI's 422 (audit
+    /// logs, logs): a message and the fields it is about, if any.
+    #[error("{message}")]
+    BadRequest { message: String, fields: Vec<FieldError> },
+    /// A refusal with its own code word (a plugin's rejection code, such as
+    /// session audit's `session_not_found`).
+    #[error("{message}")]
+    Coded { status: StatusCode, code: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -113,34 +124,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, detail) = match &self {
-            ApiError::Validation(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!(errors)),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!(m)),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!(m)),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!(m)),
-            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!(m)),
-            ApiError::UnsupportedMediaType(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!(m)),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!(m)),
-            ApiError::TooManyRequests(m, _) => (StatusCode::TOO_MANY_REQUESTS, json!(m)),
-            e @ ApiError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, json!(e.to_string())),
-            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, json!(m)),
-            ApiError::Internal(m) => {
-                // Logged once here; the client gets no internals.
-                tracing::error!(error = %m, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!("internal error"))
-            }
-        };
-        let mut response = (status, Json(json!({ "detail": detail }))).into_response();
-        match self {
-            ApiError::Unauthorized => {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            ApiError::Unavailable(_) => retry_after(&mut response, 1),
-            ApiError::TooManyRequests(_, secs) => retry_after(&mut response, secs),
-            _ => {}
-        }
-        response
+        <dialect::FastApi as dialect::Dialect>::render(self)
     }
 }
 

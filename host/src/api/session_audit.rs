@@ -8,12 +8,13 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::idempotency::{self, Begin, Refusal, Ticket};
+use super::dialect::{In, Session};
+use super::idempotency::{self, Begin, Ticket};
 use super::validate::Validator;
 use super::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
@@ -58,42 +59,6 @@ const NOT_FOUND_CODES: [&str; 2] = ["session_not_found", "not_found"];
 
 /// Most players one request may fan out to.
 const MAX_PLAYERS: usize = 1_000;
-
-/// An error in this family's shape.
-fn family_error(status: StatusCode, auth_success: bool, code: &str, desc: impl Into<String>) -> Response {
-    let mut response =
-        (status, Json(json!({"auth_success": auth_success, "error_code": code, "desc": desc.into()}))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-}
-
-/// A failure of shared code: a 503 (the host could not run a plugin, or the
-/// store is overloaded; both retryable) or a 413 (the plugins' output is
-/// more than one request may store) in this family's shape, anything else
-/// as it is.
-fn shaped(e: ApiError) -> Result<Response, ApiError> {
-    match e {
-        ApiError::Unavailable(m) => Ok(family_error(StatusCode::SERVICE_UNAVAILABLE, true, "unavailable", m)),
-        ApiError::PayloadTooLarge(m) => Ok(family_error(StatusCode::PAYLOAD_TOO_LARGE, true, "payload_too_large", m)),
-        ApiError::TooManyRequests(m, secs) => {
-            let mut response = family_error(StatusCode::TOO_MANY_REQUESTS, true, "rate_limited", m);
-            super::retry_after(&mut response, secs);
-            Ok(response)
-        }
-        e @ ApiError::QuotaExceeded { .. } => {
-            let mut response = family_error(StatusCode::TOO_MANY_REQUESTS, true, "quota_exceeded", e.to_string());
-            // A quota lasts until midnight or until data goes: no retry soon.
-            response.headers_mut().remove(header::RETRY_AFTER);
-            Ok(response)
-        }
-        other => Err(other),
-    }
-}
 
 /// Every constraint of the document's request body.
 fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
@@ -458,17 +423,10 @@ pub async fn create(
     principal: Result<Principal, ApiError>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, ApiError> {
-    let Ok(principal) = principal else {
-        return Ok(family_error(StatusCode::UNAUTHORIZED, false, "auth_token_invalid", "Not authenticated"));
-    };
+) -> Result<Response, In<Session>> {
+    let principal = principal?;
     if !PERMISSIONS.iter().any(|p| principal.has(p)) {
-        return Ok(family_error(
-            StatusCode::FORBIDDEN,
-            true,
-            "insufficient_permissions",
-            format!("requires one of: {}", PERMISSIONS[..5].join(", ")),
-        ));
+        return Err(ApiError::Forbidden(format!("requires one of: {}", PERMISSIONS[..5].join(", "))).into());
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/json") {
@@ -476,26 +434,20 @@ pub async fn create(
             vec!["body".into()],
             "Content type should be application/json",
             "model_attributes_type",
-        ));
+        )
+        .into());
     }
-    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await {
-        Ok(Begin::Replay(status, body)) => return Ok(idempotency::replay(status, body)),
-        Ok(Begin::Fresh) => None,
-        Ok(Begin::Keyed(ticket)) => Some(ticket),
-        Err(Refusal::Store(e)) => return shaped(e.into()),
-        Err(Refusal::InvalidKey) => return Err(Refusal::InvalidKey.into()),
-        Err(refusal) => {
-            return Ok(family_error(StatusCode::CONFLICT, true, "idempotency_conflict", refusal.message()));
-        }
+    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
+        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
+        Begin::Fresh => None,
+        Begin::Keyed(ticket) => Some(ticket),
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    if let Err(e) = state.pipeline.admit_early(&principal.tenant).await {
-        return shaped(e.into());
-    }
+    state.pipeline.admit_early(&principal.tenant).await?;
     let raw: Value = parse_json(&body)?;
     let Some(object) = raw.as_object() else {
-        return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type"));
+        return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type").into());
     };
     validate(object)?;
     // A fan-out copies the request (all but its players) into each player's
@@ -506,34 +458,31 @@ pub async fn create(
     // Each copy is the request without its list of players, and one player.
     let copy = body.len().saturating_sub(list.map_or(0, |p| serde_json::to_vec(p).map_or(0, |v| v.len()))) + 64;
     if players.saturating_mul(copy) > MAX_FAN_OUT_BYTES {
-        return shaped(ApiError::PayloadTooLarge(format!(
+        return Err(ApiError::PayloadTooLarge(format!(
             "{players} players times {copy} bytes of request expand past {MAX_FAN_OUT_BYTES} bytes; \
              send fewer players per request, or a smaller request"
-        )));
+        ))
+        .into());
     }
     let inputs = with_raw(object, to_events(&principal.space(), object));
-    let output = match super::ingest::run(&state, &principal, inputs, Policy::Whole).await {
-        Ok(output) => output,
-        Err(e) => return shaped(e),
-    };
+    let output = super::ingest::run(&state, &principal, inputs, Policy::Whole).await?;
     let counts = Counts::of_request(&output.dispositions, Policy::Whole);
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
             // Nothing of the request is stored; its plugin logs and runs are.
             let nothing: Option<(&Ticket, StatusCode, &Value)> = None;
-            if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, nothing).await {
-                return shaped(e);
-            }
+            super::ingest::commit(&state, &principal, output.batch, Policy::Whole, nothing).await?;
             counts.record(FAMILY);
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
-                return Ok(family_error(StatusCode::NOT_FOUND, true, &error.code, &error.message));
+                let (code, message) = (error.code.clone(), error.message.clone());
+                return Err(ApiError::Coded { status: StatusCode::NOT_FOUND, code, message }.into());
             }
             if error.plugin_failed() {
-                return Ok(family_error(StatusCode::BAD_GATEWAY, true, "plugin_failed", &error.message));
+                return Err(ApiError::BadGateway(error.message.clone()).into());
             }
             let mut loc = vec![Value::from("body")];
             loc.extend(error.field.iter().flat_map(|f| f.split('.')).map(Value::from));
-            return Err(ApiError::field(loc, error.message.clone(), &error.code));
+            return Err(ApiError::field(loc, error.message.clone(), &error.code).into());
         }
     }
     let ids: Vec<&String> = output
@@ -546,9 +495,7 @@ pub async fn create(
         .collect();
     let body = json!({ "event_ids": ids });
     let answer = ticket.as_ref().map(|t| (t, StatusCode::OK, &body));
-    if let Err(e) = super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await {
-        return shaped(e);
-    }
+    super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await?;
     counts.record(FAMILY);
     Ok((StatusCode::OK, Json(body)).into_response())
 }
