@@ -222,7 +222,7 @@ pub async fn create(
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    state.pipeline.admit_early(&principal.tenant).await?;
+    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let bad = |message: String, fields: Vec<(String, String)>| -> In<Rpc> {
         let fields = fields.into_iter().map(|(f, d)| FieldError::new(vec![f.into()], d, "value_error")).collect();
         ApiError::BadRequest { message, fields }.into()
@@ -264,7 +264,7 @@ pub async fn create(
             (i, Input { event, raw: texts[i].as_str().into() })
         })
         .unzip();
-    let mut output = super::ingest::run(&state, &principal, inputs, Policy::Whole).await?;
+    let mut output = super::ingest::run(&state, &principal, inputs, Policy::Whole, prepaid).await?;
     let body = json!({});
     let refused: Vec<(String, String)> = output
         .dispositions

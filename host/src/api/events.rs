@@ -383,7 +383,7 @@ pub(crate) async fn ingest_with(
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    state.pipeline.admit_early(&principal.tenant).await?;
+    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let values = split_body(headers, body, state.settings.max_batch_events)?;
     let received_at = now_micros();
     let mut inputs = Vec::with_capacity(values.len());
@@ -404,7 +404,7 @@ pub(crate) async fn ingest_with(
     let mut output = if fresh.is_empty() {
         RunOutput::default()
     } else {
-        super::ingest::run(state, principal, fresh, Policy::Each).await?
+        super::ingest::run(state, principal, fresh, Policy::Each, prepaid).await?
     };
     // What this request's run did (retried events are not counted again),
     // counted once it is committed.

@@ -5,11 +5,12 @@ use super::idempotency::Ticket;
 use super::{run_mode, ApiError, AppState};
 use crate::auth::Principal;
 use crate::ingest::Policy;
-use crate::pipeline::{Input, RunOutput};
+use crate::pipeline::{Input, Prepaid, RunOutput};
 use crate::store::WriteBatch;
 use axum::http::StatusCode;
 
-/// Run the caller's inputs through its tenant's chain under `policy`.
+/// Run the caller's inputs through its tenant's chain under `policy`
+/// (`prepaid`: what admitting its body took).
 ///
 /// # Errors
 ///
@@ -19,8 +20,9 @@ pub(crate) async fn run(
     principal: &Principal,
     inputs: Vec<Input>,
     policy: Policy,
+    prepaid: Prepaid,
 ) -> Result<RunOutput, ApiError> {
-    Ok(state.ingest.run(&principal.tenant, run_mode(principal), inputs, policy).await?)
+    Ok(state.ingest.run(&principal.tenant, run_mode(principal), inputs, policy, prepaid).await?)
 }
 
 /// Commit a request's batch; with a ticket, remember the answer (`status`,

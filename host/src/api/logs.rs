@@ -174,7 +174,7 @@ pub async fn create(
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    state.pipeline.admit_early(&principal.tenant).await?;
+    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let bad = |m: &str| -> In<Logs> { ApiError::BadRequest { message: m.into(), fields: Vec::new() }.into() };
     let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
         return Err(bad("the body must be a JSON object"));
@@ -200,7 +200,7 @@ pub async fn create(
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
-    let output = super::ingest::run(&state, &principal, vec![input], Policy::Whole).await?;
+    let output = super::ingest::run(&state, &principal, vec![input], Policy::Whole, prepaid).await?;
     // A plugin's rejection or failure is remembered for the key like a
     // success, so it is answered here rather than returned.
     let (status, body) = match &output.dispositions[0] {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{disposition_json, parse_json, parse_json_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
-use crate::pipeline::SettingsPatch;
+use crate::pipeline::{Prepaid, SettingsPatch};
 
 /// Read and drop a refused request's body, at most `limit` bytes and 5 s,
 /// so the answer reaches the client instead of a reset.
@@ -347,7 +347,8 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
         inputs.push(crate::pipeline::Input { event, raw: crate::event::raw_of(&raw) });
         replayed.push(id);
     }
-    let mut output = state.pipeline.run(&principal.tenant, inputs, super::run_mode(&principal)).await?;
+    let mut output =
+        state.pipeline.run(&principal.tenant, inputs, super::run_mode(&principal), Prepaid::default()).await?;
     let mut batch = std::mem::take(&mut output.batch);
     batch.replayed = replayed.clone();
     let no_answer: Option<(&crate::ingest::Ticket, u16, &Value)> = None;

@@ -444,7 +444,7 @@ pub async fn create(
     };
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
-    state.pipeline.admit_early(&principal.tenant).await?;
+    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let raw: Value = parse_json(&body)?;
     let Some(object) = raw.as_object() else {
         return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type").into());
@@ -465,7 +465,7 @@ pub async fn create(
         .into());
     }
     let inputs = with_raw(object, to_events(&principal.space(), object));
-    let output = super::ingest::run(&state, &principal, inputs, Policy::Whole).await?;
+    let output = super::ingest::run(&state, &principal, inputs, Policy::Whole, prepaid).await?;
     let counts = Counts::of_request(&output.dispositions, Policy::Whole);
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {

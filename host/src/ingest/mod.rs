@@ -15,7 +15,7 @@ pub mod keys;
 
 use std::sync::Arc;
 
-use crate::pipeline::{Disposition, Input, Mode, Pipeline, PluginError, RunOutput};
+use crate::pipeline::{Disposition, Input, Mode, Pipeline, PluginError, Prepaid, RunOutput};
 use crate::store::{EventStore, StoreError, WriteBatch};
 
 pub use keys::{Begin, EventIds, Keys, Refusal, Ticket};
@@ -57,7 +57,8 @@ impl Ingest {
     }
 
     /// Run `inputs` through `tenant`'s chain (`mode`: its live or test
-    /// space) under `policy`. The caller commits the batch with
+    /// space) under `policy`; `prepaid`: what [`Pipeline::admit_early`]
+    /// took for the request's body. The caller commits the batch with
     /// [`Ingest::commit`].
     ///
     /// # Errors
@@ -69,8 +70,9 @@ impl Ingest {
         mode: Mode,
         inputs: Vec<Input>,
         policy: Policy,
+        prepaid: Prepaid,
     ) -> Result<RunOutput, PluginError> {
-        let mut output = self.pipeline.run(tenant, inputs, mode).await?;
+        let mut output = self.pipeline.run(tenant, inputs, mode, prepaid).await?;
         if policy == Policy::Whole && output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
             output.batch.events.clear();
             output.batch.dead_letters.clear();

@@ -244,6 +244,11 @@ impl TenantPlugins {
     }
 }
 
+/// Bytes of a request already taken from its tenant's byte rate (its body,
+/// by [`Pipeline::admit_early`]), not taken again when its run is admitted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prepaid(usize);
+
 /// Every tenant's plugins, and the way events run through them.
 pub struct Pipeline {
     runtime: Arc<Runtime>,
@@ -518,12 +523,26 @@ impl Pipeline {
     /// [`PluginError::Unavailable`] when the host failed a plugin call
     /// (nothing of the run is to be stored), [`PluginError::Host`] when the
     /// blocking pool is gone (shutdown).
-    pub async fn run(&self, tenant: &str, inputs: Vec<Input>, mode: Mode) -> Result<RunOutput, PluginError> {
+    pub async fn run(
+        &self,
+        tenant: &str,
+        inputs: Vec<Input>,
+        mode: Mode,
+        prepaid: Prepaid,
+    ) -> Result<RunOutput, PluginError> {
         debug_assert!(mode != Mode::Dry, "a dry run is Pipeline::dry_run");
         let received = inputs.len();
         let received_bytes: usize = inputs.iter().map(|i| i.event.payload.len() + i.raw.len()).sum();
         self.check_quotas(tenant, mode, None).await?;
-        self.admit(tenant, received, received_bytes).await?;
+        if prepaid.0 == 0 {
+            self.admit(tenant, received, Some(received_bytes)).await?;
+        } else {
+            // Its body was taken (and the tenant's debt checked) before it
+            // was parsed; what its events hold beyond that is debt, taken
+            // before the run so concurrent requests see it (F40).
+            self.admit(tenant, received, None).await?;
+            self.bytes.charge(tenant, received_bytes.saturating_sub(prepaid.0));
+        }
         let chain = self.chain(tenant);
         let output = self.run_on(chain, inputs, mode).await?;
         output.batch.runs.iter().for_each(crate::metrics::plugin_run);
@@ -602,16 +621,21 @@ impl Pipeline {
         self.settle(tenant, output, 0)
     }
 
-    /// Refuse a tenant's request before its body is even parsed while the
-    /// tenant is in debt (over its ingest rate, e.g. after a fan-out, or
-    /// its plugins over their time budget): a flood of refused requests
-    /// then costs little more than reading them.
+    /// Take a request's body (`body_bytes`) from the tenant's byte rate
+    /// before it is parsed, or refuse it while the tenant is in debt (over
+    /// its ingest or byte rate, or its plugins over their time budget): a
+    /// flood of refused requests then costs little more than reading them,
+    /// and parsing bodies the tenant's own validation refuses (422, nothing
+    /// stored) is paid for too (RELIABILITY.md, F46). The bytes taken count
+    /// toward what the request's run stores ([`Pipeline::run`]'s `prepaid`).
     ///
     /// # Errors
     ///
-    /// [`PluginError::PluginTimeExceeded`], [`PluginError::RateLimited`].
-    pub async fn admit_early(&self, tenant: &str) -> Result<(), PluginError> {
-        self.admit(tenant, 0, 0).await
+    /// [`PluginError::PluginTimeExceeded`], [`PluginError::RateLimited`],
+    /// [`PluginError::ByteRateLimited`].
+    pub async fn admit_early(&self, tenant: &str, body_bytes: usize) -> Result<Prepaid, PluginError> {
+        self.admit(tenant, 0, Some(body_bytes)).await?;
+        Ok(Prepaid(body_bytes))
     }
 
     /// Admit `events` of the tenant under its plugin time budget and ingest
@@ -621,14 +645,18 @@ impl Pipeline {
     /// `Retry-After`): a client that retries at once, however many times,
     /// keeps each of its connections to one refused request per second
     /// instead of spending the server's cores on refusals.
-    async fn admit(&self, tenant: &str, events: usize, bytes: usize) -> Result<(), PluginError> {
+    async fn admit(&self, tenant: &str, events: usize, bytes: Option<usize>) -> Result<(), PluginError> {
         let try_admit = || {
             self.admit_plugin_time(tenant)?;
             self.admit_rate(tenant, events)?;
             // The request's own bytes are taken before its run, as its events
             // are, so concurrent requests see each other's (RELIABILITY.md,
-            // F40); what its plugins add is charged after.
-            self.bytes_admitted(tenant, bytes).inspect_err(|_| self.rates.refund(tenant, events))
+            // F40); what its plugins add is charged after. `None`: taken
+            // already.
+            match bytes {
+                Some(bytes) => self.bytes_admitted(tenant, bytes).inspect_err(|_| self.rates.refund(tenant, events)),
+                None => Ok(()),
+            }
         };
         let mut refusal = match try_admit() {
             Ok(()) => return Ok(()),
