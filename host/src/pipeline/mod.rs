@@ -616,7 +616,10 @@ impl Pipeline {
         inputs: Vec<Input>,
         mode: Mode,
     ) -> Result<RunOutput, PluginError> {
-        self.admit_plugin_time(tenant).and_then(|()| self.admit_bytes(tenant))?;
+        // Refused in debt after the same hold as ingest, so a client that
+        // retries at once is not answered thousands of times a second
+        // (RELIABILITY.md, F52).
+        self.admit(tenant, 0, Some(0)).await?;
         let output = self.run_on(chain, inputs, mode).await?.completed()?;
         self.settle(tenant, output, 0)
     }
@@ -681,11 +684,6 @@ impl Pipeline {
             let rate = self.rates.of(tenant);
             PluginError::RateLimited { per_second: rate.per_second, burst: rate.burst, retry_after }
         })
-    }
-
-    /// Refuse a run while the tenant is in debt on its byte rate.
-    fn admit_bytes(&self, tenant: &str) -> Result<(), PluginError> {
-        self.bytes_admitted(tenant, 0)
     }
 
     /// Take `bytes` from the tenant's byte rate, or refuse (429).
@@ -902,7 +900,7 @@ impl Pipeline {
         check_name(name)?;
         // The component (and its compiled artifact) is written to disk:
         // charged to the byte rate like ingest, and refused in debt.
-        self.admit_bytes(slot.tenant())?;
+        self.admit(slot.tenant(), 0, Some(0)).await?;
         self.bytes.charge(slot.tenant(), bytes.len());
         // Refused before the compile and before anything is written to disk
         // (checked again under the tenant's lock at install).
@@ -995,7 +993,7 @@ impl Pipeline {
     ///
     /// [`PluginError::NotFound`], or [`PluginError::Invalid`] naming the field.
     pub async fn update(&self, tenant: &str, name: &str, patch: SettingsPatch) -> Result<Value, PluginError> {
-        self.admit_bytes(tenant)?;
+        self.admit(tenant, 0, Some(0)).await?;
         let _guard = self.lock_tenant(tenant).await;
         let current = self.installation(tenant, name)?;
         let settings = patch.apply(current.settings())?;

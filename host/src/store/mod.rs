@@ -143,7 +143,9 @@ impl From<duckdb::Error> for StoreError {
     fn from(e: duckdb::Error) -> Self {
         // DuckDB's C API gives every error the same code; its message names
         // the kind first.
-        if e.to_string().starts_with("Out of Memory Error") {
+        // A checkpoint that could not pin a block is short of memory too.
+        let message = e.to_string();
+        if message.starts_with("Out of Memory Error") || message.contains("failed to pin block") {
             StoreError::OutOfMemory(e)
         } else {
             StoreError::Db(e)

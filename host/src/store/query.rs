@@ -271,11 +271,27 @@ pub(crate) struct Fresh {
     /// caller went away (releasing the lock above) still excludes the next
     /// one, and its marks are kept.
     file: Arc<parking_lot::Mutex<super::snapshot::Marks>>,
+    /// The background refreshes that failed in a row, and when the last
+    /// did: the next waits twice as long each time (RELIABILITY.md, F49:
+    /// a snapshot that could not be built was retried every few seconds
+    /// for an hour, at a core's worth of CPU).
+    failed: Option<(u32, std::time::Instant)>,
 }
+
+/// The longest a failed background refresh waits before it is tried again.
+const MOST_BACKOFF: Duration = Duration::from_secs(600);
 
 impl Fresh {
     fn covers(&self, changes: u64, views: &BTreeSet<&'static str>) -> bool {
         self.changes == Some(changes) && views.is_subset(&self.views)
+    }
+
+    /// Whether the background refresh waits still after failures.
+    fn backing_off(&self) -> bool {
+        self.failed.is_some_and(|(n, at)| {
+            let wait = Duration::from_secs(5).saturating_mul(1 << n.min(10)).min(MOST_BACKOFF);
+            at.elapsed() < wait
+        })
     }
 }
 
@@ -442,11 +458,12 @@ impl EventStore {
     /// Bring the snapshots of recently queried spaces up to date, so the
     /// next query after heavy ingest does not pay the whole catch-up. A
     /// space whose snapshot is being read is skipped (its next query
-    /// refreshes it). Returns how many were refreshed.
+    /// refreshes it), and so is one whose last refreshes failed, for 10 s,
+    /// 20 s, ... up to 10 minutes. Returns how many were refreshed.
     ///
     /// # Errors
     ///
-    /// The first refresh that failed.
+    /// The first refresh that failed (the others are still tried).
     pub async fn refresh_query_snapshots(&self) -> Result<usize, StoreError> {
         let recent: Vec<(String, Arc<tokio::sync::RwLock<Fresh>>)> = self
             .inner
@@ -457,16 +474,28 @@ impl EventStore {
             .filter(|(_, s)| s.queried.elapsed() < KEEP_FRESH)
             .map(|(space, s)| (space.clone(), s.lock.clone()))
             .collect();
-        let mut refreshed = 0;
+        let (mut refreshed, mut first_error) = (0, None);
         for (space, lock) in recent {
             let changes = self.changes();
             let Ok(mut fresh) = lock.try_write_owned() else { continue };
             let views = fresh.views.clone();
-            if views.is_empty() || fresh.covers(changes, &views) {
+            if views.is_empty() || fresh.covers(changes, &views) || fresh.backing_off() {
                 continue;
             }
-            self.bring_up_to_date(&space, &mut fresh, changes, &views).await?;
-            refreshed += 1;
+            match self.bring_up_to_date(&space, &mut fresh, changes, &views).await {
+                Ok(()) => {
+                    fresh.failed = None;
+                    refreshed += 1;
+                }
+                Err(e) => {
+                    let failures = fresh.failed.map_or(1, |(n, _)| n + 1);
+                    fresh.failed = Some((failures, std::time::Instant::now()));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         Ok(refreshed)
     }
@@ -608,6 +637,23 @@ async fn run_worker(program: &std::path::Path, job: &WorkerJob) -> Result<QueryA
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failing_background_refresh_waits_twice_as_long_each_time() {
+        let ago = |secs| std::time::Instant::now() - std::time::Duration::from_secs(secs);
+        let mut fresh = super::Fresh::default();
+        assert!(!fresh.backing_off());
+        fresh.failed = Some((1, ago(9)));
+        assert!(fresh.backing_off(), "10 s after the first failure");
+        fresh.failed = Some((1, ago(11)));
+        assert!(!fresh.backing_off());
+        fresh.failed = Some((3, ago(39)));
+        assert!(fresh.backing_off(), "40 s after the third");
+        fresh.failed = Some((30, ago(599)));
+        assert!(fresh.backing_off(), "at most 10 minutes");
+        fresh.failed = Some((30, ago(601)));
+        assert!(!fresh.backing_off());
+    }
+
     use super::*;
 
     fn checked(sql: &str) -> Result<(String, BTreeSet<&'static str>), QueryError> {

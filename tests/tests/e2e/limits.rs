@@ -623,10 +623,14 @@ async fn dry_runs_show_a_bounded_prefix_of_their_events_and_are_charged() {
     assert_eq!(answer["events_omitted"].as_u64(), Some(30 - shown as u64));
     assert_eq!(answer["results"].as_array().unwrap().len(), 30, "every outcome is reported");
     assert!(size < (8 << 20) + 100_000, "the answer is {size} bytes");
-    // What it made is charged: the next dry run waits for the debt.
+    // What it made is charged: the next dry run is refused for the debt,
+    // after the same hold as ingest, so a client retrying at once is not
+    // answered thousands of times a second (RELIABILITY.md, F52).
+    let asked = std::time::Instant::now();
     let (status, _, refusal) =
         post_sized(&app, &t, "/v1/plugins/pad/test", None, &json!({"events": [{"event_type": "x"}]})).await;
     assert_eq!(status, 429, "{refusal}");
+    assert!(asked.elapsed() >= std::time::Duration::from_millis(900), "refused after {:?}", asked.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread")]
