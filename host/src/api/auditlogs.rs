@@ -186,6 +186,10 @@ enum RpcErrors {
     Conflict(#[to_schema] RpcStatus),
     #[response(status = 413)]
     PayloadTooLarge(#[to_schema] RpcStatus),
+    /// Over one of the tenant's rates or budgets (retry after
+    /// `Retry-After` seconds), or a quota used up.
+    #[response(status = 429)]
+    TooManyRequests(#[to_schema] RpcStatus),
     #[response(status = 502)]
     PluginFailed(#[to_schema] RpcStatus),
     #[response(status = 503)]

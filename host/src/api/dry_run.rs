@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::events::to_event;
-use super::{disposition_json, parse_json, require, within_bytes, ApiError, AppState, FieldError, ANSWER_BYTES};
+use super::{disposition_json, parse_object, require, within_bytes, ApiError, AppState, FieldError, ANSWER_BYTES};
 use crate::auth::Principal;
 use crate::event::{now_micros, rfc3339};
 use crate::pipeline::{Input, RunOutput};
@@ -30,7 +30,7 @@ struct DryRun {
 }
 
 fn inputs(tenant: &str, body: &[u8]) -> Result<Vec<Input>, ApiError> {
-    let request: DryRun = parse_json(body)?;
+    let request: DryRun = parse_object(body)?;
     if request.events.is_empty() || request.events.len() > MAX_SAMPLES {
         return Err(ApiError::field(
             vec!["body".into(), "events".into()],

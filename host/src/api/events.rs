@@ -23,13 +23,16 @@ use crate::pipeline::{Disposition, Input, RunOutput};
 /// Longest id accepted.
 const MAX_ID: usize = 128;
 /// Longest value of any other string field.
-const MAX_TEXT: usize = 1024;
+pub(crate) const MAX_TEXT: usize = 1024;
 /// Longest `error_message`.
 const MAX_ERROR_MESSAGE: usize = 8192;
 /// Largest `event_payload`, serialized.
 const MAX_PAYLOAD: usize = 256 << 10;
 /// Most custom attributes per event.
-const MAX_ATTRIBUTES: usize = 32;
+pub(crate) const MAX_ATTRIBUTES: usize = 32;
+
+/// Longest custom attribute key, in characters.
+pub(crate) const MAX_ATTRIBUTE_KEY: usize = 64;
 
 /// One generic event, in the listing document's field names. Only
 /// `event_type` is required; see the README for the defaults of the others.
@@ -93,8 +96,9 @@ pub(crate) struct GenericEvent<'a> {
     event_payload: Option<&'a RawValue>,
     #[schema(max_length = 8192)]
     error_message: Option<String>,
-    /// Custom indexed attributes (string values, keys 1..64 bytes, at most
-    /// 32), kept beside the columns.
+    /// Custom indexed attributes (at most 32; keys of 1..64 characters, not
+    /// one of the fields above; values of at most 1024), kept beside the
+    /// columns.
     attributes: Option<BTreeMap<String, String>>,
 }
 
@@ -280,8 +284,9 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) 
                 format!("{key} is a field of its own; set it at the top level"),
                 "value_error",
             ));
-        } else if key.is_empty() || key.len() > 64 || value.len() > MAX_TEXT {
-            errors.push(FieldError::new(l, "Attribute keys are 1..64 bytes, values at most 1024", "value_error"));
+        } else if key.is_empty() || key.chars().count() > MAX_ATTRIBUTE_KEY || value.chars().count() > MAX_TEXT {
+            let m = format!("Attribute keys are 1..{MAX_ATTRIBUTE_KEY} characters, values at most {MAX_TEXT}");
+            errors.push(FieldError::new(l, m, "value_error"));
         }
     }
     if !errors.is_empty() {

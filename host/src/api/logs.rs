@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::dialect::{Dialect, In, Logs};
 use super::idempotency::{self, Begin};
 use super::openapi::LogError;
-use super::{parse_json, require, ApiError, AppState};
+use super::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};
 use crate::ingest::{Counts, Policy};
@@ -300,7 +300,7 @@ pub async fn put_quotas(
         }
         _ => principal.tenant.clone(),
     };
-    let quotas: Quotas = parse_json(&body)?;
+    let quotas: Quotas = parse_object(&body)?;
     for (name, value) in [("events_per_day", quotas.events_per_day), ("storage_bytes", quotas.storage_bytes)] {
         if value.is_some_and(|v| v < 0) {
             return Err(ApiError::field(vec!["body".into(), name.into()], "Input should be at least 0", "value_error"));

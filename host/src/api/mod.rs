@@ -288,12 +288,26 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T
     Ok(value)
 }
 
-/// Like [`parse_json`], but an empty body means the type's default.
-pub fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Like [`parse_json`], for a body that is one JSON object: serde would
+/// also read a struct from an array of its fields in order (`[]` was taken
+/// for `{}`), which pydantic's models refuse.
+pub fn parse_object<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => parse_json(bytes),
+        Some(_) => Err(ApiError::field(
+            vec!["body".into()],
+            "Input should be a valid dictionary or object to extract fields from",
+            "model_attributes_type",
+        )),
+    }
+}
+
+/// Like [`parse_object`], but an empty body means the type's default.
+pub fn parse_object_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         Ok(T::default())
     } else {
-        parse_json(bytes)
+        parse_object(bytes)
     }
 }
 

@@ -10,7 +10,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{disposition_json, parse_json, parse_json_or_default, require, ApiError, AppState};
+use super::{disposition_json, parse_object, parse_object_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::pipeline::{Prepaid, SettingsPatch};
 
@@ -58,7 +58,6 @@ struct UploadForm {
     responses(
         (status = 201, description = "Installed", body = Object),
         (status = 200, description = "A new version of an installed plugin", body = Object),
-        (status = 429, description = "Another upload of the tenant is in progress", body = super::openapi::Message),
         super::openapi::ApiErrors,
     )
 )]
@@ -121,7 +120,7 @@ pub async fn upload(
                 .map_err(|e| ApiError::field(vec!["body".into(), part.clone().into()], e.body_text(), "multipart"))?;
             match part.as_str() {
                 "component" => component = Some(bytes),
-                "manifest" => patch = parse_json(&bytes)?,
+                "manifest" => patch = parse_object(&bytes)?,
                 other => {
                     return Err(ApiError::field(
                         vec!["body".into(), other.into()],
@@ -196,7 +195,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:write")?;
-    let patch: SettingsPatch = parse_json(&body)?;
+    let patch: SettingsPatch = parse_object(&body)?;
     Ok(Json(state.pipeline.update(&principal.tenant, &name, patch).await?))
 }
 
@@ -224,7 +223,7 @@ pub async fn rollback(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:write")?;
-    let request: Rollback = parse_json_or_default(&body)?;
+    let request: Rollback = parse_object_or_default(&body)?;
     Ok(Json(state.pipeline.rollback(&principal.tenant, &name, request.version).await?))
 }
 
@@ -334,7 +333,7 @@ struct Replay {
 )]
 pub async fn replay(State(state): State<AppState>, principal: Principal, body: Bytes) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:write")?;
-    let request: Replay = parse_json(&body)?;
+    let request: Replay = parse_object(&body)?;
     if request.all == request.ids.is_some() {
         return Err(ApiError::field(vec!["body".into()], "Give either `ids` or `all: true`", "value_error"));
     }

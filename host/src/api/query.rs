@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{parse_json, require, ApiError, AppState};
+use super::{parse_object, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::store::{QueryError, QueryFormat, QueryLimits};
 
@@ -79,7 +79,7 @@ pub async fn run(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require(&principal, "query:run")?;
-    let request: QueryRequest = parse_json(&body)?;
+    let request: QueryRequest = parse_object(&body)?;
     if request.sql.chars().count() > MAX_SQL {
         return Err(ApiError::field(
             vec!["body".into(), "sql".into()],

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{parse_json, require, ApiError, AppState};
+use super::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE};
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -36,7 +36,7 @@ pub async fn get(State(state): State<AppState>, principal: Principal) -> Result<
 )]
 pub async fn put(State(state): State<AppState>, principal: Principal, body: Bytes) -> Result<Json<Value>, ApiError> {
     require(&principal, ADMIN_SCOPE)?;
-    let retention: Retention = parse_json(&body)?;
+    let retention: Retention = parse_object(&body)?;
     if retention.days == Some(0) || retention.days.is_some_and(|d| d > 36_500) {
         return Err(ApiError::field(
             vec!["body".into(), "days".into()],

@@ -401,6 +401,10 @@ enum SessionErrors {
     #[response(status = 422)]
     Invalid(#[to_schema] super::openapi::HttpValidationError),
     /// The tenant's plugins failed (reject policy).
+    /// Over one of the tenant's rates or budgets (retry after
+    /// `Retry-After` seconds), or a quota used up.
+    #[response(status = 429)]
+    TooManyRequests(#[to_schema] SessionError),
     #[response(status = 502)]
     PluginFailed(#[to_schema] SessionError),
     /// The host could not run a plugin, or the store is overloaded: retry

@@ -14,7 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::events::to_event;
-use super::{parse_json_or_default, require, within_bytes, ApiError, AppState, ANSWER_BYTES};
+use super::{parse_object_or_default, require, within_bytes, ApiError, AppState, ANSWER_BYTES};
 use crate::auth::Principal;
 use crate::event::Event;
 use crate::event::{COLUMN_ATTRIBUTES, CORE_FIELDS};
@@ -96,7 +96,7 @@ pub async fn shadow(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     require(&principal, "plugins:read")?;
-    let request: Shadow = parse_json_or_default(&body)?;
+    let request: Shadow = parse_object_or_default(&body)?;
     let n = request.events.unwrap_or(100);
     if !(1..=MAX_EVENTS).contains(&n) {
         return Err(ApiError::field(

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{parse_json, require, ApiError, AppState};
+use super::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -47,7 +47,7 @@ pub async fn create(
     if principal.is_test() {
         return Err(ApiError::Forbidden("a test-mode token cannot create tenants".into()));
     }
-    let new: NewTenant = parse_json(&body)?;
+    let new: NewTenant = parse_object(&body)?;
     let valid = (1..=64).contains(&new.id.len())
         && new.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !valid {

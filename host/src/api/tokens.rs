@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{parse_json, require, ApiError, AppState};
+use super::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT, SCOPES};
 use crate::store::{TokenInfo, TokenRecord};
 
@@ -56,7 +56,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require(&principal, "tokens:write")?;
-    let new: NewToken = parse_json(&body)?;
+    let new: NewToken = parse_object(&body)?;
     let tenant = new.tenant.unwrap_or_else(|| principal.tenant.clone());
     // The operator's test token is no operator: it stays in its own space.
     let operator = principal.tenant == DEFAULT_TENANT && principal.has(ADMIN_SCOPE) && !principal.is_test();

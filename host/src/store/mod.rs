@@ -82,11 +82,11 @@ pub struct IdempotencyRecord {
 }
 
 impl WriteBatch {
-    /// Bytes of text the batch stores in its rows: the events' and dead
-    /// letters' payloads and raw inputs (what can be large).
+    /// Bytes of text the batch stores in its rows (what can be large; see
+    /// [`StoredEvent::stored_bytes`]).
     pub fn stored_bytes(&self) -> usize {
-        let events = self.events.iter().map(|e| e.event.payload.len() + e.raw.len());
-        let letters = self.dead_letters.iter().map(|d| d.event.payload.len() + d.raw.len());
+        let events = self.events.iter().map(StoredEvent::stored_bytes);
+        let letters = self.dead_letters.iter().map(crate::event::DeadLetter::stored_bytes);
         events.chain(letters).sum()
     }
 
@@ -465,7 +465,7 @@ impl EventStore {
         // writer takes it and applied once it is committed.
         let mut added: Vec<(String, i64, i64)> = Vec::new();
         for stored in &batch.events {
-            let bytes = (stored.event.payload.len() + stored.raw.len()) as i64;
+            let bytes = stored.stored_bytes() as i64;
             match added.iter_mut().find(|(space, _, _)| *space == stored.event.tenant) {
                 Some(entry) => {
                     entry.1 += 1;

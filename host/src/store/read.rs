@@ -43,8 +43,14 @@ const EVENT_COLUMNS: &str = "id, epoch_us(created_at), user_id, actor_type, acto
      error_message, family, epoch_us(received_at), lineage, seq";
 
 /// A row's sequence number and its size, as counted against
-/// [`PAGE_BYTES`]: its payload, the only column of unbounded size.
-const SIZE_COLUMNS: &str = "seq, coalesce(strlen(event_payload), 0)";
+/// [`PAGE_BYTES`]: its payload and lineage, the columns of a page of
+/// unbounded size.
+const SIZE_COLUMNS: &str = "seq, coalesce(strlen(event_payload), 0) + strlen(lineage)";
+
+/// What an event's row stores, in SQL: the columns
+/// [`crate::event::StoredEvent::stored_bytes`] counts.
+pub(super) const STORED_BYTES: &str =
+    "coalesce(strlen(event_payload), 0) + strlen(raw) + coalesce(strlen(attributes), 0) + strlen(lineage)";
 
 /// Most payload bytes in one page of a listing or an export: a page of
 /// large events ends early (its cursor continues it), so what one read

@@ -245,13 +245,12 @@ impl EventStore {
         let key = space.to_string();
         let (today, bytes): (i64, i64) = self
             .read(move |conn| {
-                Ok(conn.query_row(
+                let sql = format!(
                     "SELECT count(*) FILTER (WHERE received_at >= make_timestamp(?)), \
-                     coalesce(sum(strlen(coalesce(event_payload, '')) + strlen(raw)), 0)::BIGINT \
-                     FROM events WHERE tenant = ?",
-                    duckdb::params![midnight, key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )?)
+                     coalesce(sum({}), 0)::BIGINT FROM events WHERE tenant = ?",
+                    super::read::STORED_BYTES
+                );
+                Ok(conn.query_row(&sql, duckdb::params![midnight, key], |row| Ok((row.get(0)?, row.get(1)?)))?)
             })
             .await?;
         let mut usage = self.inner.usage.lock();

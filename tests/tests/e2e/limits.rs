@@ -1018,3 +1018,41 @@ async fn bodies_the_service_refuses_as_invalid_are_charged_to_the_byte_rate() {
     let (status, answer) = app.post_events(&quiet, &json!({"event_type": "small"})).await;
     assert_eq!(status, 200, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lineage_is_charged_to_the_byte_rate_and_counted_in_the_storage_quota() {
+    // 1 MB/s, 1 MB at once.
+    let app = spawn_app_with(|s| {
+        s.tenant_bytes_per_sec = 1_000_000;
+        s.tenant_bytes_burst = 1_000_000;
+    })
+    .await;
+    let t = app.create_tenant("long-chain").await;
+    // Twenty plugins (each event's lineage names all twenty, with their
+    // sha256: ~2 KB of lineage per event from a ~30-byte item;
+    // RELIABILITY.md, F54: 64 plugins made 11 KB per event, uncharged).
+    for i in 0..19 {
+        app.install(
+            &t,
+            &format!("prefix-{i:02}-{}", "x".repeat(40)),
+            "customer-prefix",
+            json!({"families": ["generic"]}),
+        )
+        .await;
+    }
+    let (status, body) = app.put(&t, "/v1/quotas", &json!({"storage_bytes": 100_000_000})).await;
+    assert_eq!(status, 200, "{body}");
+    let batch: Value = (0..400).map(|i| json!({"event_type": format!("e{i}")})).collect();
+    let (status, body) = app.post_events(&t, &batch).await;
+    assert_eq!(status, 200, "{body}");
+    // The storage quota counts the lineage: ~800 KB for 400 events.
+    let (_, shown) = app.get(&t, "/v1/quotas").await;
+    let used = shown["storage_bytes"]["used"].as_i64().unwrap();
+    assert!(used > 400 * 1_500, "{used} bytes counted for 400 events of twenty plugins: {shown}");
+    // ...and so does the byte rate: the next batch finds the tenant in debt.
+    let (status, body) = app.post_events(&t, &batch).await;
+    assert_eq!(status, 200, "admitted on what is left of the burst: {body}");
+    let (status, body) = app.post_events(&t, &batch).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("bytes/s"), "{body}");
+}
