@@ -4,7 +4,9 @@
 //! A tour, in the order data flows:
 //! - [`http`]: the accept loop; header and body deadlines, the connection
 //!   cap, graceful shutdown.
-//! - [`api`]: the HTTP edge; routes, the one `ApiError`, extractors.
+//! - [`api`]: the HTTP edge; routes, the one `ApiError` and its dialects
+//!   (`api/dialect.rs`), the five families side by side (`api/families/`),
+//!   extractors.
 //! - [`auth`]: tenants and tokens (stored as hashes); who is calling.
 //! - [`event`]: the canonical event every API family is normalized into.
 //! - [`ingest`]: the steps every family's ingest shares: idempotency keys

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::events::to_event;
+use super::families::generic::to_event;
 use super::{disposition_json, parse_object, require, within_bytes, ApiError, AppState, FieldError, ANSWER_BYTES};
 use crate::auth::Principal;
 use crate::event::{now_micros, rfc3339};

@@ -8,21 +8,17 @@
 //! session-audit, google.rpc and logs shapes of documents 000, 003 and 004.
 
 mod audit;
-mod auditlogs;
 mod bodies;
 mod dialect;
 mod dry_run;
-mod events;
 mod export;
-mod iam;
+mod families;
 mod idempotency;
 mod ingest;
-mod logs;
 mod openapi;
 mod plugins;
 mod query;
 mod retention;
-mod session_audit;
 mod shadow;
 mod tenants;
 mod tokens;
@@ -386,12 +382,12 @@ pub fn routes() -> (OpenApiRouter<AppState>, utoipa::openapi::OpenApi) {
     let router = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(metrics))
-        .routes(routes!(events::ingest))
-        .routes(routes!(session_audit::create))
-        .routes(routes!(iam::ingest))
-        .routes(routes!(auditlogs::create))
-        .routes(routes!(logs::create, logs::list))
-        .routes(routes!(logs::get_quotas, logs::put_quotas))
+        .routes(routes!(families::generic::ingest))
+        .routes(routes!(families::session_audit::create))
+        .routes(routes!(families::iam::ingest))
+        .routes(routes!(families::auditlogs::create))
+        .routes(routes!(families::logs::create, families::logs::list))
+        .routes(routes!(families::logs::get_quotas, families::logs::put_quotas))
         .routes(routes!(audit::list))
         .routes(routes!(audit::get_one))
         .merge(uploads)
@@ -434,6 +430,9 @@ pub fn router(state: AppState) -> Router {
     );
     let mut document = serde_json::to_value(&api).expect("the OpenAPI document serializes");
     openapi::tighten(&mut document);
+    if let Some(schemas) = document.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+        families::generic::describe_attributes(schemas);
+    }
     let document = Arc::new(document.to_string());
     let (router, _) = routes.split_for_parts();
     router

@@ -259,15 +259,6 @@ pub fn tighten(doc: &mut Value) {
     if let Some(events) = schemas.get_mut("DryRun").and_then(|s| s.pointer_mut("/properties/events/items")) {
         *events = serde_json::json!({"$ref": "#/components/schemas/GenericEvent"});
     }
-    if let Some(attributes) = schemas.get_mut("GenericEvent").and_then(|s| s.pointer_mut("/properties/attributes")) {
-        use super::events::{MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_TEXT};
-        attributes["maxProperties"] = MAX_ATTRIBUTES.into();
-        attributes["propertyNames"] = serde_json::json!({
-            "type": "string", "minLength": 1, "maxLength": MAX_ATTRIBUTE_KEY,
-            "not": {"enum": crate::event::COLUMN_ATTRIBUTES},
-        });
-        attributes["additionalProperties"] = serde_json::json!({"type": "string", "maxLength": MAX_TEXT});
-    }
     if let Some(form) = schemas.get_mut("UploadForm") {
         form["additionalProperties"] = false.into();
     }

@@ -13,10 +13,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::events::to_event;
 use super::{parse_object_or_default, require, within_bytes, ApiError, AppState, ANSWER_BYTES};
 use crate::auth::Principal;
-use crate::event::Event;
 use crate::event::{COLUMN_ATTRIBUTES, CORE_FIELDS};
 use crate::pipeline::{Disposition, Input};
 
@@ -65,20 +63,6 @@ fn comparable(event: &Value) -> Value {
 /// Order a group's events so fan-out copies compare regardless of order.
 fn sort_group(events: &mut [Value]) {
     events.sort_by_key(|e| e.to_string());
-}
-
-/// Rebuild a stored event's canonical input(s) from its raw input, with the
-/// normalization of its family.
-fn renormalize(tenant: &str, family: &str, raw: &Value) -> Option<Vec<Event>> {
-    let now = crate::event::now_micros();
-    match family {
-        "generic" => to_event(tenant, 0, &raw.to_string(), now).ok().map(|e| vec![e]),
-        super::session_audit::FAMILY => raw.as_object().map(|o| super::session_audit::to_events(tenant, o)),
-        super::auditlogs::FAMILY => raw.as_object().map(|o| vec![super::auditlogs::to_event(tenant, o, now)]),
-        super::logs::FAMILY => super::logs::renormalize(tenant, raw, now).map(|e| vec![e]),
-        super::iam::FAMILY => super::iam::to_event(tenant, 0, false, raw, now).ok().map(|e| vec![e]),
-        _ => None,
-    }
 }
 
 #[utoipa::path(
@@ -171,7 +155,7 @@ fn prepare(space: &str, recent: Vec<(Value, Value)>) -> Prepared {
     let mut stored = Vec::new();
     let mut unsupported = 0;
     for (raw, family, before) in groups.into_values() {
-        match renormalize(space, &family, &raw) {
+        match super::families::renormalize(&family, space, &raw, crate::event::now_micros()) {
             Some(events) if !events.is_empty() => {
                 let raw = crate::event::raw_of(&raw);
                 for event in events {

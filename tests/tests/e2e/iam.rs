@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use sluice_e2e::{spawn_app, ADMIN_TOKEN};
 
 fn kinds() -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/src/api/iam_kinds.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/src/api/families/iam_kinds.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -12,9 +12,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::idempotency::{self, Begin};
-use super::openapi::{ApiErrors, IngestReport};
-use super::{parse_json, require, ApiError, AppState, FieldError};
+use super::Family;
+use crate::api::dialect::FastApi;
+use crate::api::idempotency::{self, Begin};
+use crate::api::openapi::{ApiErrors, IngestReport};
+use crate::api::{parse_json, require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::ingest::{Counts, Policy};
@@ -23,16 +25,16 @@ use crate::pipeline::{Disposition, Input, RunOutput};
 /// Longest id accepted.
 const MAX_ID: usize = 128;
 /// Longest value of any other string field.
-pub(crate) const MAX_TEXT: usize = 1024;
+const MAX_TEXT: usize = 1024;
 /// Longest `error_message`.
 const MAX_ERROR_MESSAGE: usize = 8192;
 /// Largest `event_payload`, serialized.
 const MAX_PAYLOAD: usize = 256 << 10;
 /// Most custom attributes per event.
-pub(crate) const MAX_ATTRIBUTES: usize = 32;
+const MAX_ATTRIBUTES: usize = 32;
 
 /// Longest custom attribute key, in characters.
-pub(crate) const MAX_ATTRIBUTE_KEY: usize = 64;
+const MAX_ATTRIBUTE_KEY: usize = 64;
 
 /// One generic event, in the listing document's field names. Only
 /// `event_type` is required; see the README for the defaults of the others.
@@ -170,7 +172,7 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a [u8], max_events: usize) -> Res
 }
 
 fn check_len(errors: &mut Vec<FieldError>, loc: &[Value], field: &str, value: Option<&str>, min: usize, max: usize) {
-    if let Some((msg, kind)) = value.and_then(|v| super::validate::length_error(v.chars().count(), min, max)) {
+    if let Some((msg, kind)) = value.and_then(|v| crate::api::validate::length_error(v.chars().count(), min, max)) {
         let mut loc = loc.to_vec();
         loc.push(field.into());
         errors.push(FieldError::new(loc, msg, kind));
@@ -319,7 +321,7 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) 
     Ok(Event {
         id: g.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         tenant: tenant.to_string(),
-        family: "generic".into(),
+        family: Generic::NAME.into(),
         name: g.event_type,
         group,
         status: g.status.unwrap_or_else(|| "success".into()),
@@ -343,7 +345,7 @@ pub(crate) fn to_event(tenant: &str, index: usize, raw: &str, received_at: i64) 
     post,
     path = "/v1/events",
     tag = "events",
-    params(super::idempotency::IdempotencyKey),
+    params(crate::api::idempotency::IdempotencyKey),
     request_body(content(
         (GenericEvents = "application/json"),
         (String = "application/x-ndjson"),
@@ -360,7 +362,35 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    ingest_with(&state, &principal, &headers, &body, "generic", to_event).await
+    ingest_with::<Generic>(&state, &principal, &headers, &body, to_event).await
+}
+
+/// Describe `GenericEvent`'s custom attributes in the OpenAPI document
+/// (`schemas`: its component schemas) as [`to_event`] checks them, which
+/// utoipa's attributes cannot say of a map's keys.
+pub(crate) fn describe_attributes(schemas: &mut serde_json::Map<String, Value>) {
+    if let Some(attributes) = schemas.get_mut("GenericEvent").and_then(|s| s.pointer_mut("/properties/attributes")) {
+        attributes["maxProperties"] = MAX_ATTRIBUTES.into();
+        attributes["propertyNames"] = serde_json::json!({
+            "type": "string", "minLength": 1, "maxLength": MAX_ATTRIBUTE_KEY,
+            "not": {"enum": crate::event::COLUMN_ATTRIBUTES},
+        });
+        attributes["additionalProperties"] = serde_json::json!({"type": "string", "maxLength": MAX_TEXT});
+    }
+}
+
+/// Generic events (document 002).
+pub struct Generic;
+
+impl Family for Generic {
+    const NAME: &'static str = "generic";
+    const SCOPES: &'static [&'static str] = &["events:write"];
+    const POLICY: Policy = Policy::Each;
+    type Dialect = FastApi;
+
+    fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
+        to_event(space, 0, &raw.to_string(), now).ok().map(|e| vec![e])
+    }
 }
 
 /// The ingest flow shared by the families that take one event, an array or
@@ -370,12 +400,11 @@ pub async fn ingest(
 /// # Errors
 ///
 /// 403, 409 (idempotency), 413/415/422 for the body, 503 when overloaded.
-pub(crate) async fn ingest_with(
+pub(crate) async fn ingest_with<F: Family>(
     state: &AppState,
     principal: &Principal,
     headers: &HeaderMap,
     body: &[u8],
-    family: &'static str,
     normalize: impl Fn(&str, usize, &str, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     require(principal, "events:write")?;
@@ -409,7 +438,7 @@ pub(crate) async fn ingest_with(
     let mut output = if fresh.is_empty() {
         RunOutput::default()
     } else {
-        super::ingest::run(state, principal, fresh, Policy::Each, prepaid).await?
+        crate::api::ingest::run(state, principal, fresh, F::POLICY, prepaid).await?
     };
     // What this request's run did (retried events are not counted again),
     // counted once it is committed.
@@ -438,8 +467,8 @@ pub(crate) async fn ingest_with(
     }
     let (status, report) = report(&results);
     let answer = ticket.as_ref().map(|t| (t, status, &report));
-    super::ingest::commit(state, principal, batch, Policy::Each, answer).await?;
-    counts.record(family);
+    crate::api::ingest::commit(state, principal, batch, F::POLICY, answer).await?;
+    counts.record(F::NAME);
     Ok((status, Json(report)).into_response())
 }
 

@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::dialect::{Dialect, In, Logs};
-use super::idempotency::{self, Begin};
-use super::openapi::LogError;
-use super::{parse_object, require, ApiError, AppState};
+use super::Family;
+use crate::api::dialect::{self, Dialect, In};
+use crate::api::idempotency::{self, Begin};
+use crate::api::openapi::LogError;
+use crate::api::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};
 use crate::ingest::{Counts, Policy};
@@ -23,14 +24,26 @@ use crate::pipeline::Disposition;
 use crate::store::{EventFilter, Quotas};
 
 /// The family name of these events.
-pub const FAMILY: &str = "logs";
+/// Structured logs (document 004).
+pub struct Logs;
+
+impl Family for Logs {
+    const NAME: &'static str = "logs";
+    const SCOPES: &'static [&'static str] = &["logs:write"];
+    const POLICY: Policy = Policy::Whole;
+    type Dialect = dialect::Logs;
+
+    fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
+        renormalize(space, raw, now).map(|e| vec![e])
+    }
+}
 
 const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
 const MAX_MESSAGE: usize = 10_000;
 const MAX_META_BYTES: usize = 64 << 10;
 
 /// The caller, if its token holds `scope`.
-fn authorize(principal: Result<Principal, ApiError>, scope: &str) -> Result<Principal, In<Logs>> {
+fn authorize(principal: Result<Principal, ApiError>, scope: &str) -> Result<Principal, In<dialect::Logs>> {
     let principal = principal?;
     if !principal.has(scope) {
         return Err(ApiError::Forbidden("token does not have the required scope".into()).into());
@@ -54,7 +67,7 @@ fn to_event(tenant: &str, level: &str, message: &str, meta: &Value, now: i64) ->
     Event {
         id: uuid::Uuid::now_v7().to_string(),
         tenant: tenant.to_string(),
-        family: FAMILY.into(),
+        family: Logs::NAME.into(),
         name: format!("log.{level}"),
         group: "log".into(),
         status: level.to_string(),
@@ -152,7 +165,7 @@ enum LogErrors {
     post,
     path = "/logs",
     tag = "logs",
-    params(super::idempotency::IdempotencyKey),
+    params(crate::api::idempotency::IdempotencyKey),
     request_body = NewLog,
     responses(
         (status = 201, description = "Stored", body = LogEntry),
@@ -165,8 +178,8 @@ pub async fn create(
     principal: Result<Principal, ApiError>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, In<Logs>> {
-    let principal = authorize(principal, "logs:write")?;
+) -> Result<Response, In<dialect::Logs>> {
+    let principal = Logs::authorize(principal)?;
     let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
         Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
         Begin::Fresh => None,
@@ -175,7 +188,7 @@ pub async fn create(
     // After the key's replay (a retry of a finished request is answered
     // even in debt), before the body is parsed.
     let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
-    let bad = |m: &str| -> In<Logs> { ApiError::BadRequest { message: m.into(), fields: Vec::new() }.into() };
+    let bad = |m: &str| -> In<dialect::Logs> { ApiError::BadRequest { message: m.into(), fields: Vec::new() }.into() };
     let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
         return Err(bad("the body must be a JSON object"));
     };
@@ -200,7 +213,7 @@ pub async fn create(
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
-    let output = super::ingest::run(&state, &principal, vec![input], Policy::Whole, prepaid).await?;
+    let output = crate::api::ingest::run(&state, &principal, vec![input], Logs::POLICY, prepaid).await?;
     // A plugin's rejection or failure is remembered for the key like a
     // success, so it is answered here rather than returned.
     let (status, body) = match &output.dispositions[0] {
@@ -210,18 +223,18 @@ pub async fn create(
             (StatusCode::CREATED, view)
         }
         Disposition::Rejected { error: e } if e.plugin_failed() => {
-            Logs::answer(&ApiError::BadGateway(e.message.clone()))
+            dialect::Logs::answer(&ApiError::BadGateway(e.message.clone()))
         }
         Disposition::Rejected { error: e } => {
-            Logs::answer(&ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
+            dialect::Logs::answer(&ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
         }
         Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. } => {
             (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
         }
     };
     let answer = ticket.as_ref().map(|t| (t, status, &body));
-    super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await?;
-    Counts::of_request(&output.dispositions, Policy::Whole).record(FAMILY);
+    crate::api::ingest::commit(&state, &principal, output.batch, Logs::POLICY, answer).await?;
+    Counts::of_request(&output.dispositions, Logs::POLICY).record(Logs::NAME);
     Ok((status, Json(body)).into_response())
 }
 
@@ -241,7 +254,7 @@ pub async fn list(
     State(state): State<AppState>,
     principal: Result<Principal, ApiError>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, In<Logs>> {
+) -> Result<Response, In<dialect::Logs>> {
     let principal = authorize(principal, "logs:read")?;
     let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
         None => 50,
@@ -252,7 +265,7 @@ pub async fn list(
         }
     };
     let filter =
-        EventFilter { family: Some(FAMILY.into()), status: params.get("level").cloned(), ..EventFilter::default() };
+        EventFilter { family: Some(Logs::NAME.into()), status: params.get("level").cloned(), ..EventFilter::default() };
     let cursor = params.get("cursor").cloned().filter(|c| !c.is_empty());
     let page = state.store.list_events(principal.space(), filter, cursor, limit).await?;
     Ok(Json(json!({
@@ -274,7 +287,7 @@ pub async fn list(
     tag = "logs",
     params(("tenant" = Option<String>, Query, description = "Another tenant's quotas (the operator only)")),
     request_body = Quotas,
-    responses((status = 200, body = Quotas), super::openapi::ApiErrors)
+    responses((status = 200, body = Quotas), crate::api::openapi::ApiErrors)
 )]
 pub async fn put_quotas(
     State(state): State<AppState>,
@@ -365,7 +378,7 @@ pub async fn put_quotas(
     get,
     path = "/v1/quotas",
     tag = "logs",
-    responses((status = 200, body = Object), super::openapi::ApiErrors)
+    responses((status = 200, body = Object), crate::api::openapi::ApiErrors)
 )]
 pub async fn get_quotas(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
     require(&principal, "events:read")?;

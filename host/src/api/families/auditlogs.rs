@@ -11,16 +11,28 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::dialect::{In, Rpc};
-use super::idempotency::{self, Begin, Refusal};
-use super::{ApiError, AppState, FieldError};
+use super::Family;
+use crate::api::dialect::{In, Rpc};
+use crate::api::idempotency::{self, Begin, Refusal};
+use crate::api::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
 use crate::ingest::{Counts, Policy};
 use crate::pipeline::{Disposition, Input};
 
-/// The family name of these events.
-pub const FAMILY: &str = "auditlogs";
+/// Batch audit logs (document 003).
+pub struct AuditLog;
+
+impl Family for AuditLog {
+    const NAME: &'static str = "auditlogs";
+    const SCOPES: &'static [&'static str] = &["events:write"];
+    const POLICY: Policy = Policy::Whole;
+    type Dialect = Rpc;
+
+    fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
+        raw.as_object().map(|o| vec![to_event(space, o, now)])
+    }
+}
 
 /// Longest value of any string field of an entry.
 const MAX_TEXT: usize = 1024;
@@ -102,7 +114,7 @@ pub(crate) fn to_event(tenant: &str, entry: &Map<String, Value>, received_at: i6
     Event {
         id: text(entry.get("id")).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         tenant: tenant.to_string(),
-        family: FAMILY.into(),
+        family: AuditLog::NAME.into(),
         group: action.split_once('.').map_or_else(|| action.clone(), |(g, _)| g.to_string()),
         name: action,
         status: "success".into(),
@@ -201,7 +213,7 @@ enum RpcErrors {
     post,
     path = "/v1beta1/organizations/{org_id}/auditlogs",
     tag = "auditlogs",
-    params(("org_id" = String, Path, description = "The token's tenant"), super::idempotency::IdempotencyKey),
+    params(("org_id" = String, Path, description = "The token's tenant"), crate::api::idempotency::IdempotencyKey),
     request_body = AuditLogs,
     responses((status = 200, description = "Stored", body = Object), RpcErrors)
 )]
@@ -212,10 +224,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, In<Rpc>> {
-    let principal = principal?;
-    if !principal.has("events:write") {
-        return Err(ApiError::Forbidden("token does not have the required scope: events:write".into()).into());
-    }
+    let principal = AuditLog::authorize(principal)?;
     if org_id != principal.tenant {
         return Err(ApiError::Forbidden("the token does not belong to this organization".into()).into());
     }
@@ -268,7 +277,7 @@ pub async fn create(
             (i, Input { event, raw: texts[i].as_str().into() })
         })
         .unzip();
-    let mut output = super::ingest::run(&state, &principal, inputs, Policy::Whole, prepaid).await?;
+    let mut output = crate::api::ingest::run(&state, &principal, inputs, AuditLog::POLICY, prepaid).await?;
     let body = json!({});
     let refused: Vec<(String, String)> = output
         .dispositions
@@ -290,8 +299,8 @@ pub async fn create(
         }
     }
     let answer = ticket.as_ref().map(|t| (t, status, &body));
-    super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await?;
-    Counts::of_request(&output.dispositions, Policy::Whole).record(FAMILY);
+    crate::api::ingest::commit(&state, &principal, output.batch, AuditLog::POLICY, answer).await?;
+    Counts::of_request(&output.dispositions, AuditLog::POLICY).record(AuditLog::NAME);
     let failed = output.dispositions.iter().find_map(|d| match d {
         Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
         _ => None,

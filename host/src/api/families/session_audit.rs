@@ -13,17 +13,29 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::dialect::{In, Session};
-use super::idempotency::{self, Begin, Ticket};
-use super::validate::Validator;
-use super::{parse_json, ApiError, AppState};
+use super::Family;
+use crate::api::dialect::{In, Session};
+use crate::api::idempotency::{self, Begin, Ticket};
+use crate::api::validate::Validator;
+use crate::api::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
 use crate::ingest::{Counts, Policy};
 use crate::pipeline::{Disposition, Input};
 
-/// The family name of these events.
-pub const FAMILY: &str = "session-audit";
+/// Session audit events (document 000).
+pub struct SessionAudit;
+
+impl Family for SessionAudit {
+    const NAME: &'static str = "session-audit";
+    const SCOPES: &'static [&'static str] = &PERMISSIONS;
+    const POLICY: Policy = Policy::Whole;
+    type Dialect = Session;
+
+    fn renormalize(space: &str, raw: &Value, _now: i64) -> Option<Vec<Event>> {
+        raw.as_object().map(|o| to_events(space, o))
+    }
+}
 
 /// Permissions that allow writing session audit events (document 000).
 const PERMISSIONS: [&str; 6] = [
@@ -79,7 +91,9 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
                     v.integer(team, "max_size", &loc, false, Some(1), Some(100));
                     v.string_map(team, "custom_data", &loc, 1, 4096);
                 }
-                None => v.errors.push(super::FieldError::new(loc, "Input should be a valid dictionary", "dict_type")),
+                None => {
+                    v.errors.push(crate::api::FieldError::new(loc, "Input should be a valid dictionary", "dict_type"))
+                }
             }
         }
     }
@@ -156,7 +170,7 @@ fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
     let players = v.string_list(body, "players", &root, Some(MAX_PLAYERS));
     for (i, player) in players.iter().enumerate() {
         if let Err(e) = uuid::Uuid::parse_str(player) {
-            v.errors.push(super::FieldError::new(
+            v.errors.push(crate::api::FieldError::new(
                 vec!["body".into(), "players".into(), i.into()],
                 format!("Input should be a valid UUID, {e}"),
                 "uuid_parsing",
@@ -229,7 +243,7 @@ pub(crate) fn to_events(tenant: &str, body: &Map<String, Value>) -> Vec<Event> {
             Event {
                 id: uuid::Uuid::now_v7().to_string(),
                 tenant: tenant.to_string(),
-                family: FAMILY.into(),
+                family: SessionAudit::NAME.into(),
                 name: text("event_name").unwrap_or_default(),
                 group: "session".into(),
                 status: "success".into(),
@@ -399,7 +413,7 @@ enum SessionErrors {
     #[response(status = 413)]
     PayloadTooLarge(#[to_schema] SessionError),
     #[response(status = 422)]
-    Invalid(#[to_schema] super::openapi::HttpValidationError),
+    Invalid(#[to_schema] crate::api::openapi::HttpValidationError),
     /// The tenant's plugins failed (reject policy).
     /// Over one of the tenant's rates or budgets (retry after
     /// `Retry-After` seconds), or a quota used up.
@@ -418,7 +432,7 @@ enum SessionErrors {
     post,
     path = "/session/v1/audit",
     tag = "session-audit",
-    params(super::idempotency::IdempotencyKey),
+    params(crate::api::idempotency::IdempotencyKey),
     request_body = SessionAuditRequest,
     responses((status = 200, description = "Stored", body = SessionAuditResponse), SessionErrors)
 )]
@@ -428,10 +442,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, In<Session>> {
-    let principal = principal?;
-    if !PERMISSIONS.iter().any(|p| principal.has(p)) {
-        return Err(ApiError::Forbidden(format!("requires one of: {}", PERMISSIONS[..5].join(", "))).into());
-    }
+    let principal = SessionAudit::authorize(principal)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/json") {
         return Err(ApiError::field(
@@ -469,14 +480,14 @@ pub async fn create(
         .into());
     }
     let inputs = with_raw(object, to_events(&principal.space(), object));
-    let output = super::ingest::run(&state, &principal, inputs, Policy::Whole, prepaid).await?;
-    let counts = Counts::of_request(&output.dispositions, Policy::Whole);
+    let output = crate::api::ingest::run(&state, &principal, inputs, SessionAudit::POLICY, prepaid).await?;
+    let counts = Counts::of_request(&output.dispositions, SessionAudit::POLICY);
     for d in &output.dispositions {
         if let Disposition::Rejected { error } = d {
             // Nothing of the request is stored; its plugin logs and runs are.
             let nothing: Option<(&Ticket, StatusCode, &Value)> = None;
-            super::ingest::commit(&state, &principal, output.batch, Policy::Whole, nothing).await?;
-            counts.record(FAMILY);
+            crate::api::ingest::commit(&state, &principal, output.batch, SessionAudit::POLICY, nothing).await?;
+            counts.record(SessionAudit::NAME);
             if NOT_FOUND_CODES.contains(&error.code.as_str()) {
                 let (code, message) = (error.code.clone(), error.message.clone());
                 return Err(ApiError::Coded { status: StatusCode::NOT_FOUND, code, message }.into());
@@ -499,7 +510,7 @@ pub async fn create(
         .collect();
     let body = json!({ "event_ids": ids });
     let answer = ticket.as_ref().map(|t| (t, StatusCode::OK, &body));
-    super::ingest::commit(&state, &principal, output.batch, Policy::Whole, answer).await?;
-    counts.record(FAMILY);
+    crate::api::ingest::commit(&state, &principal, output.batch, SessionAudit::POLICY, answer).await?;
+    counts.record(SessionAudit::NAME);
     Ok((StatusCode::OK, Json(body)).into_response())
 }

@@ -15,14 +15,29 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value};
 
-use super::events::ingest_with;
-use super::validate::{self, Validator};
-use super::{ApiError, AppState, FieldError};
+use super::generic::ingest_with;
+use super::Family;
+use crate::api::dialect::FastApi;
+use crate::api::validate::{self, Validator};
+use crate::api::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::Event;
+use crate::ingest::Policy;
 
 /// The family name of these events.
-pub const FAMILY: &str = "iam";
+/// IAM account events (document 001).
+pub struct Iam;
+
+impl Family for Iam {
+    const NAME: &'static str = "iam";
+    const SCOPES: &'static [&'static str] = &["events:write"];
+    const POLICY: Policy = Policy::Each;
+    type Dialect = FastApi;
+
+    fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
+        to_event(space, 0, false, raw, now).ok().map(|e| vec![e])
+    }
+}
 
 /// The document's message kinds: stable name, description, example payload.
 const KINDS_JSON: &str = include_str!("iam_kinds.json");
@@ -159,7 +174,7 @@ pub(crate) fn to_event(
     Ok(Event {
         id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         tenant: tenant.to_string(),
-        family: FAMILY.into(),
+        family: Iam::NAME.into(),
         name,
         group,
         status: "success".into(),
@@ -220,12 +235,12 @@ pub(crate) enum IamEvents {
     post,
     path = "/iam/v1/events",
     tag = "iam",
-    params(super::idempotency::IdempotencyKey),
+    params(crate::api::idempotency::IdempotencyKey),
     request_body = IamEvents,
     responses(
-        (status = 200, description = "At least one event accepted", body = super::openapi::IngestReport),
-        (status = 502, description = "Plugins failed on every event", body = super::openapi::IngestReport),
-        super::openapi::ApiErrors,
+        (status = 200, description = "At least one event accepted", body = crate::api::openapi::IngestReport),
+        (status = 502, description = "Plugins failed on every event", body = crate::api::openapi::IngestReport),
+        crate::api::openapi::ApiErrors,
     )
 )]
 pub async fn ingest(
@@ -236,7 +251,7 @@ pub async fn ingest(
 ) -> Result<Response, ApiError> {
     // Error locations name the index only when the body is a list.
     let many = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    ingest_with(&state, &principal, &headers, &body, FAMILY, |tenant, index, raw, received_at| {
+    ingest_with::<Iam>(&state, &principal, &headers, &body, |tenant, index, raw, received_at| {
         // The item is JSON already (checked when the body was split).
         let raw: Value = serde_json::from_str(raw)
             .map_err(|e| vec![FieldError::new(vec!["body".into(), index.into()], e.to_string(), "json_invalid")])?;
