@@ -265,4 +265,9 @@ pub fn tighten(doc: &mut Value) {
     if let Some(scopes) = schemas.get_mut("NewToken").and_then(|s| s.pointer_mut("/properties/scopes/items")) {
         scopes["enum"] = crate::auth::SCOPES.iter().map(|s| Value::from(*s)).collect();
     }
+    if let Some(scopes) = schemas.get_mut("NewToken").and_then(|s| s.pointer_mut("/properties/scopes")) {
+        scopes["uniqueItems"] = true.into();
+        scopes["minItems"] = 1.into();
+        scopes["maxItems"] = crate::auth::SCOPES.len().into();
+    }
 }

@@ -76,6 +76,15 @@ pub async fn create(
         return Err(field("scopes", "At least one scope is required".into()));
     }
     for (i, scope) in new.scopes.iter().enumerate() {
+        // Each scope once: a list of 650,000 copies of one scope made
+        // 10 MB tokens (RELIABILITY.md, F56).
+        if new.scopes[..i].contains(scope) {
+            return Err(ApiError::field(
+                vec!["body".into(), "scopes".into(), i.into()],
+                format!("Scope {scope:?} appears again; name each scope once"),
+                "value_error",
+            ));
+        }
         if !SCOPES.contains(&scope.as_str()) {
             return Err(ApiError::field(
                 vec!["body".into(), "scopes".into(), i.into()],

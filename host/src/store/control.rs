@@ -37,6 +37,13 @@ pub struct PluginVersion {
     pub uploaded_at: String,
 }
 
+/// Most tokens one tenant has in force at once (live and test together);
+/// beyond it an issue is refused (409) until some are revoked.
+pub const MAX_TOKENS_PER_TENANT: i64 = 1_000;
+
+/// Most tokens a listing shows, newest first.
+const LISTED_TOKENS: usize = 2 * MAX_TOKENS_PER_TENANT as usize;
+
 impl EventStore {
     /// Create a tenant if it does not exist. Returns whether it was created.
     ///
@@ -69,20 +76,36 @@ impl EventStore {
     ///
     /// # Errors
     ///
-    /// Database errors.
+    /// [`StoreError::Conflict`] when its tenant has
+    /// [`MAX_TOKENS_PER_TENANT`] tokens in force; database errors.
     pub async fn put_token(&self, hash: String, record: TokenRecord) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            let scopes = serde_json::to_string(&record.scopes).unwrap_or_else(|_| "[]".into());
-            conn.execute(
-                "INSERT INTO tokens (hash, tenant, name, scopes, created_at, revoked_at, mode) \
+        let issued = self
+            .write(move |conn| {
+                let active: i64 = conn.query_row(
+                    "SELECT count(*) FROM tokens WHERE tenant = ? AND revoked_at IS NULL",
+                    [&record.tenant],
+                    |row| row.get(0),
+                )?;
+                if active >= MAX_TOKENS_PER_TENANT {
+                    return Ok(false);
+                }
+                let scopes = serde_json::to_string(&record.scopes).unwrap_or_else(|_| "[]".into());
+                conn.execute(
+                    "INSERT INTO tokens (hash, tenant, name, scopes, created_at, revoked_at, mode) \
                  VALUES (?, ?, ?, ?, now(), NULL, ?) ON CONFLICT (hash) DO UPDATE \
                  SET tenant = excluded.tenant, name = excluded.name, scopes = excluded.scopes, \
                  mode = excluded.mode, revoked_at = NULL",
-                [hash, record.tenant, record.name, scopes, record.mode],
-            )?;
-            Ok(())
-        })
-        .await
+                    [hash, record.tenant, record.name, scopes, record.mode],
+                )?;
+                Ok(true)
+            })
+            .await?;
+        if !issued {
+            return Err(StoreError::Conflict(format!(
+                "the tenant has {MAX_TOKENS_PER_TENANT} tokens in force; revoke some before issuing more"
+            )));
+        }
+        Ok(())
     }
 
     /// Look a token up by its hash; revoked tokens are not found.
@@ -109,19 +132,21 @@ impl EventStore {
         .await
     }
 
-    /// A tenant's tokens, newest first, without secrets; with `mode`, only
-    /// the tokens of that mode.
+    /// A tenant's tokens, newest first, without secrets (at most
+    /// [`LISTED_TOKENS`]: those in force and the most recently revoked);
+    /// with `mode`, only the tokens of that mode.
     ///
     /// # Errors
     ///
     /// Database errors.
     pub async fn list_tokens(&self, tenant: String, mode: Option<String>) -> Result<Vec<TokenInfo>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare(&format!(
                 "SELECT left(hash, 16), tenant, name, scopes, coalesce(mode, 'live'), epoch_us(created_at), \
                  epoch_us(revoked_at) FROM tokens WHERE tenant = ? \
-                 AND (CAST(? AS VARCHAR) IS NULL OR coalesce(mode, 'live') = ?) ORDER BY created_at DESC",
-            )?;
+                 AND (CAST(? AS VARCHAR) IS NULL OR coalesce(mode, 'live') = ?) ORDER BY created_at DESC \
+                 LIMIT {LISTED_TOKENS}"
+            ))?;
             let rows = stmt.query_map(duckdb::params![tenant, mode, mode], |row| {
                 Ok(TokenInfo {
                     id: row.get(0)?,

@@ -3,7 +3,7 @@
 //! token is issued for a tenant that does not exist.
 
 use serde_json::{json, Value};
-use sluice_e2e::{spawn_app, TestApp, ADMIN_TOKEN};
+use sluice_e2e::{spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN};
 
 async fn delete(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     let r = app.client.delete(app.url(path)).bearer_auth(token).send().await.expect("request");
@@ -111,4 +111,27 @@ async fn tokens_are_issued_only_for_tenants_that_exist() {
         app.post(ADMIN_TOKEN, "/v1/tokens", &json!({"name": "x", "scopes": ["events:read"], "tenant": "acme"})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["tenant"], "acme");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_names_each_scope_once_and_a_tenant_holds_a_bounded_number() {
+    let app = spawn_app_with(|_| {}).await;
+    let t = app.create_tenant("many-tokens").await;
+    // 650,000 copies of one scope made a 10 MB token (RELIABILITY.md, F56).
+    let (status, body) =
+        app.post(&t, "/v1/tokens", &json!({"name": "dup", "scopes": ["events:read", "events:read"]})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "scopes", 1]), "{body}");
+    // At most 1,000 in force (the tenant's admin token is one).
+    for i in 1..1_000 {
+        let (status, body) =
+            app.post(&t, "/v1/tokens", &json!({"name": format!("t{i}"), "scopes": ["events:read"]})).await;
+        assert_eq!(status, 201, "token {i}: {body}");
+    }
+    let (status, body) = app.post(&t, "/v1/tokens", &json!({"name": "one-more", "scopes": ["events:read"]})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("revoke"), "{body}");
+    // Another tenant is not held to it.
+    let (status, body) = app.post(ADMIN_TOKEN, "/v1/tokens", &json!({"name": "x", "scopes": ["events:read"]})).await;
+    assert_eq!(status, 201, "{body}");
 }
