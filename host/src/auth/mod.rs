@@ -174,7 +174,12 @@ impl Auth {
     /// Store errors.
     pub async fn revoke(&self, tenant: &str, id: &str, mode: Option<&str>) -> Result<bool, StoreError> {
         let revoked = self.store.revoke_token(tenant.to_string(), id.to_string(), mode.map(str::to_string)).await?;
-        self.cache.write().clear();
+        // Only the revoked token is forgotten (its id is its hash's
+        // prefix): clearing the whole cache sent every tenant's next
+        // request to the store at each revocation (RELIABILITY.md, F62).
+        if revoked {
+            self.cache.write().retain(|hash, _| !hash.starts_with(id));
+        }
         Ok(revoked)
     }
 

@@ -120,13 +120,21 @@ pub struct Installation {
     name_globs: Vec<WildMatch>,
     pub instances: PluginInstances,
     consecutive_failures: AtomicU32,
+    /// The config's size serialized, for listings: measured once, as the
+    /// config never changes in place (a listing of 24 plugins of 1 MiB
+    /// configs took 22 ms of the HTTP threads, serializing each;
+    /// RELIABILITY.md, F60).
+    config_bytes: usize,
 }
 
 impl Installation {
     pub fn new(tenant: String, name: String, settings: PluginSettings, plugin: Arc<CompiledPlugin>) -> Self {
-        let instances = PluginInstances::new(plugin, settings.config.to_string(), settings.limits);
+        let config = settings.config.to_string();
+        let config_bytes = config.len();
+        let instances = PluginInstances::new(plugin, config, settings.limits);
         let name_globs = settings.event_names.iter().map(|g| WildMatch::new(g)).collect();
         Installation {
+            config_bytes,
             tenant,
             name,
             settings: Mutex::new(settings),
@@ -246,7 +254,7 @@ impl Installation {
         if config {
             view["config"] = s.config.clone();
         } else {
-            view["config_bytes"] = serde_json::to_vec(&s.config).map_or(0, |v| v.len()).into();
+            view["config_bytes"] = self.config_bytes.into();
         }
         view
     }

@@ -134,13 +134,14 @@ impl EventStore {
 
     /// A tenant's tokens, newest first, without secrets (at most
     /// [`LISTED_TOKENS`]: those in force and the most recently revoked);
-    /// with `mode`, only the tokens of that mode.
+    /// with `mode`, only the tokens of that mode. Read under the tenant's
+    /// gate of reads, like its listings (F61).
     ///
     /// # Errors
     ///
     /// Database errors.
     pub async fn list_tokens(&self, tenant: String, mode: Option<String>) -> Result<Vec<TokenInfo>, StoreError> {
-        self.read(move |conn| {
+        self.read_as(&tenant.clone(), move |conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT left(hash, 16), tenant, name, scopes, coalesce(mode, 'live'), epoch_us(created_at), \
                  epoch_us(revoked_at) FROM tokens WHERE tenant = ? \
