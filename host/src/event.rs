@@ -123,10 +123,15 @@ impl StoredEvent {
     }
 }
 
+/// How many decimal digits `n` has.
+fn digits(n: u32) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// The length of a lineage serialized as JSON, as it is stored:
 /// `[{"plugin":"p","version":1,"sha256":"..."},...]`.
 pub fn lineage_bytes(lineage: &[LineageStep]) -> usize {
-    let steps: usize = lineage.iter().map(|s| 36 + s.plugin.len() + s.sha256.len() + s.version.to_string().len()).sum();
+    let steps: usize = lineage.iter().map(|s| 36 + s.plugin.len() + s.sha256.len() + digits(s.version)).sum();
     2 + steps + lineage.len().saturating_sub(1)
 }
 
@@ -288,4 +293,23 @@ impl Event {
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lineage_bytes, LineageStep};
+
+    #[test]
+    fn a_lineages_bytes_are_its_json_length() {
+        for steps in [0, 1, 3] {
+            let lineage: Vec<LineageStep> = (0..steps)
+                .map(|i| LineageStep {
+                    plugin: format!("plugin-{i}"),
+                    version: [1, 9, 10, 1234][i % 4],
+                    sha256: "ab".repeat(32),
+                })
+                .collect();
+            assert_eq!(lineage_bytes(&lineage), serde_json::to_string(&lineage).unwrap().len(), "{steps} steps");
+        }
+    }
 }
