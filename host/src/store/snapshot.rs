@@ -172,10 +172,20 @@ fn removed_only(main: &Connection, snap: &Connection, table: &str, space: &str, 
         &[&space, &upto],
     )?;
     let here = seqs(snap, &format!("SELECT seq FROM {table} ORDER BY seq"), &[])?;
-    let kept: std::collections::HashSet<i64> = there.iter().copied().collect();
-    let gone: Vec<i64> = here.iter().copied().filter(|s| !kept.contains(s)).collect();
-    if here.len() - gone.len() != there.len() {
-        // Rows the snapshot lacks, not only rows it has too many of.
+    // Both sorted: walk them side by side.
+    let (mut gone, mut there_at) = (Vec::new(), 0);
+    for &seq in &here {
+        if there.get(there_at).is_some_and(|&t| t < seq) {
+            // A row of the space the snapshot lacks.
+            return Ok(false);
+        }
+        if there.get(there_at) == Some(&seq) {
+            there_at += 1;
+        } else {
+            gone.push(seq);
+        }
+    }
+    if there_at != there.len() {
         return Ok(false);
     }
     for chunk in gone.chunks(1000) {
