@@ -101,7 +101,8 @@ pub struct Settings {
     /// Events a tenant may ingest at once before its rate applies.
     #[arg(long, env = "SLUICE_TENANT_EVENTS_BURST", default_value_t = 100_000)]
     pub tenant_events_burst: u64,
-    /// Bytes a tenant may store per second (payloads and raw inputs, after
+    /// Bytes a tenant may store per second (payloads, raw inputs, custom
+    /// attributes and lineage; request bodies before they are parsed; after
     /// its plugins' fan-out), all families together; beyond it, once the
     /// burst is spent, its requests get 429 until the debt is paid.
     #[arg(long, env = "SLUICE_TENANT_BYTES_PER_SEC", default_value_t = 32 << 20)]

@@ -157,6 +157,21 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// POST the same JSON `n` times at once; the statuses, in order.
+    pub async fn post_at_once(&self, token: &str, path: &str, body: &Value, n: usize) -> Vec<u16> {
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let request = self.client.post(self.url(path)).bearer_auth(token).json(body);
+                tokio::spawn(async move { request.send().await.expect("request").status().as_u16() })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(n);
+        for r in requests {
+            statuses.push(r.await.expect("request task"));
+        }
+        statuses
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self.client.get(self.url(path)).bearer_auth(token).send().await.expect("request");
         let status = r.status().as_u16();

@@ -558,8 +558,8 @@ impl Pipeline {
         // The fan-out is charged even when refused: the plugins did the
         // work, and a request refused this way must not be free to repeat.
         self.rates.charge(tenant, output.batch.events.len().saturating_sub(received));
-        let mut output = self.settle(tenant, output, received_bytes)?;
-        let claim = (output.batch.events.len() as i64, output.batch.stored_bytes() as i64);
+        let (mut output, stored_bytes) = self.settle(tenant, output, received_bytes)?;
+        let claim = (output.batch.events.len() as i64, stored_bytes as i64);
         output.batch.reservation = self.check_quotas(tenant, mode, Some(claim)).await?;
         Ok(output)
     }
@@ -567,15 +567,17 @@ impl Pipeline {
     /// Charge what a run made (its events' bytes) to the tenant's byte
     /// rate, and refuse a run that made more than the per-request bound of
     /// events: live runs, and dry and shadow runs, whose output is held in
-    /// memory and answered whole (RELIABILITY.md, F23, F24).
-    fn settle(&self, tenant: &str, output: RunOutput, paid: usize) -> Result<RunOutput, PluginError> {
-        self.bytes.charge(tenant, output.batch.stored_bytes().saturating_sub(paid));
+    /// memory and answered whole (RELIABILITY.md, F23, F24). Returns the
+    /// bytes the run's batch stores.
+    fn settle(&self, tenant: &str, output: RunOutput, paid: usize) -> Result<(RunOutput, usize), PluginError> {
+        let bytes = output.batch.stored_bytes();
+        self.bytes.charge(tenant, bytes.saturating_sub(paid));
         let stored = output.batch.events.len();
         if stored > self.max_stored {
             crate::metrics::throttled(tenant, "stored_events");
             return Err(PluginError::TooManyEvents { stored, limit: self.max_stored });
         }
-        Ok(output)
+        Ok((output, bytes))
     }
 
     /// Charge `bytes` to a tenant's byte rate: what its requests make the
@@ -619,9 +621,9 @@ impl Pipeline {
         // Refused in debt after the same hold as ingest, so a client that
         // retries at once is not answered thousands of times a second
         // (RELIABILITY.md, F52).
-        self.admit(tenant, 0, Some(0)).await?;
+        self.refuse_in_debt(tenant).await?;
         let output = self.run_on(chain, inputs, mode).await?.completed()?;
-        self.settle(tenant, output, 0)
+        self.settle(tenant, output, 0).map(|(output, _)| output)
     }
 
     /// Take a request's body (`body_bytes`) from the tenant's byte rate
@@ -639,6 +641,13 @@ impl Pipeline {
     pub async fn admit_early(&self, tenant: &str, body_bytes: usize) -> Result<Prepaid, PluginError> {
         self.admit(tenant, 0, Some(body_bytes)).await?;
         Ok(Prepaid(body_bytes))
+    }
+
+    /// Refuse work of a tenant in debt (any of its rates or its plugin time
+    /// budget), after the same hold as ingest: dry and shadow runs, uploads
+    /// and PATCHes, which take no events of their own.
+    async fn refuse_in_debt(&self, tenant: &str) -> Result<(), PluginError> {
+        self.admit(tenant, 0, Some(0)).await
     }
 
     /// Admit `events` of the tenant under its plugin time budget and ingest
@@ -900,7 +909,7 @@ impl Pipeline {
         check_name(name)?;
         // The component (and its compiled artifact) is written to disk:
         // charged to the byte rate like ingest, and refused in debt.
-        self.admit(slot.tenant(), 0, Some(0)).await?;
+        self.refuse_in_debt(slot.tenant()).await?;
         self.bytes.charge(slot.tenant(), bytes.len());
         // Refused before the compile and before anything is written to disk
         // (checked again under the tenant's lock at install).
@@ -993,7 +1002,7 @@ impl Pipeline {
     ///
     /// [`PluginError::NotFound`], or [`PluginError::Invalid`] naming the field.
     pub async fn update(&self, tenant: &str, name: &str, patch: SettingsPatch) -> Result<Value, PluginError> {
-        self.admit(tenant, 0, Some(0)).await?;
+        self.refuse_in_debt(tenant).await?;
         let _guard = self.lock_tenant(tenant).await;
         let current = self.installation(tenant, name)?;
         let settings = patch.apply(current.settings())?;

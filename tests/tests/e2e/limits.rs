@@ -684,19 +684,7 @@ async fn concurrent_requests_overshoot_a_quota_by_at_most_the_one_that_crossed_i
         // raw inputs): all would pass a check of the use before any commit.
         let body: Value =
             (0..10).map(|_| json!({"event_type": "crowd", "event_payload": {"p": "x".repeat(1000)}})).collect();
-        let requests: Vec<_> = (0..24)
-            .map(|_| {
-                let (client, url, token, body) =
-                    (app.client.clone(), app.url("/v1/events"), token.clone(), body.clone());
-                tokio::spawn(async move {
-                    client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status().as_u16()
-                })
-            })
-            .collect();
-        let mut statuses = Vec::new();
-        for r in requests {
-            statuses.push(r.await.unwrap());
-        }
+        let statuses = app.post_at_once(&token, "/v1/events", &body, 24).await;
         let stored = statuses.iter().filter(|s| **s == 200).count();
         assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
         let (_, shown) = app.get(&token, "/v1/quotas").await;
@@ -936,20 +924,7 @@ async fn batches_queued_behind_a_tenants_own_are_held_to_its_plugin_time_too() {
     // Four at once, all admitted (the tenant is not in debt yet): the first
     // spins 1.5 s; the rest, queued meanwhile, find the tenant in debt when
     // a worker is free, and are refused instead of spinning too.
-    let requests: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, url, token) = (app.client.clone(), app.url("/v1/events"), noisy.clone());
-            tokio::spawn(async move {
-                let r =
-                    client.post(url).bearer_auth(token).json(&json!({"event_type": "spin.x"})).send().await.unwrap();
-                r.status().as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for r in requests {
-        statuses.push(r.await.unwrap());
-    }
+    let statuses = app.post_at_once(&noisy, "/v1/events", &json!({"event_type": "spin.x"}), 4).await;
     let ran = statuses.iter().filter(|s| **s == 200).count();
     assert!(ran <= 2 && statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
 }
@@ -967,18 +942,7 @@ async fn concurrent_requests_take_their_own_bytes_from_the_byte_rate_before_they
     // inputs): checked only for debt, all eight ran before any was charged.
     let payload = json!({"blob": "x".repeat(250_000)});
     let body: Value = (0..4).map(|_| json!({"event_type": "big", "event_payload": payload})).collect();
-    let requests: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, url, token, body) = (app.client.clone(), app.url("/v1/events"), t.clone(), body.clone());
-            tokio::spawn(async move {
-                client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status().as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for r in requests {
-        statuses.push(r.await.unwrap());
-    }
+    let statuses = app.post_at_once(&t, "/v1/events", &body, 8).await;
     let stored = statuses.iter().filter(|s| **s == 200).count();
     assert!((1..=3).contains(&stored) && statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
 }

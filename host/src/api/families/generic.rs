@@ -16,7 +16,7 @@ use super::Family;
 use crate::api::dialect::FastApi;
 use crate::api::idempotency::{self, Begin};
 use crate::api::openapi::{ApiErrors, IngestReport};
-use crate::api::{parse_json, require, ApiError, AppState, FieldError};
+use crate::api::{parse_json, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
 use crate::ingest::{Counts, Policy};
@@ -407,7 +407,7 @@ pub(crate) async fn ingest_with<F: Family>(
     body: &[u8],
     normalize: impl Fn(&str, usize, &str, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
-    require(principal, "events:write")?;
+    F::permits(principal)?;
     // Events are written to the caller's space; the chain is the tenant's.
     let space = principal.space();
     let ticket = match idempotency::begin(state, &space, headers, body).await? {

@@ -24,7 +24,6 @@ use crate::auth::Principal;
 use crate::event::Event;
 use crate::ingest::Policy;
 
-/// The family name of these events.
 /// IAM account events (document 001).
 pub struct Iam;
 

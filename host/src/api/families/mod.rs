@@ -36,16 +36,22 @@ pub trait Family {
     /// no longer valid).
     fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>>;
 
+    /// Whether the caller's token may write this family's events (403).
+    fn permits(principal: &Principal) -> Result<(), ApiError> {
+        if Self::SCOPES.iter().any(|s| principal.has(s)) {
+            return Ok(());
+        }
+        let message = match Self::SCOPES {
+            [one] => format!("token does not have the required scope: {one}"),
+            some => format!("requires one of: {}", some.join(", ")),
+        };
+        Err(ApiError::Forbidden(message))
+    }
+
     /// The caller, if its token may write this family's events.
     fn authorize(principal: Result<Principal, ApiError>) -> Result<Principal, In<Self::Dialect>> {
         let principal = principal?;
-        if !Self::SCOPES.iter().any(|s| principal.has(s)) {
-            let message = match Self::SCOPES {
-                [one] => format!("token does not have the required scope: {one}"),
-                some => format!("requires one of: {}", some.join(", ")),
-            };
-            return Err(ApiError::Forbidden(message).into());
-        }
+        Self::permits(&principal)?;
         Ok(principal)
     }
 }
