@@ -1,14 +1,9 @@
 //! Safe retries at the HTTP edge: the `Idempotency-Key` header as the
-//! OpenAPI document describes it, the answer of a retry, and refusals as
-//! [`ApiError`]s. The keys themselves live in [`crate::ingest::keys`].
+//! OpenAPI document describes it, and refusals as [`ApiError`]s. The keys
+//! themselves live in [`crate::ingest::keys`].
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::Value;
-
-use super::{ApiError, AppState};
-pub use crate::ingest::{Begin, EventIds, Refusal, Ticket};
+use super::ApiError;
+use crate::ingest::Refusal;
 
 /// The `Idempotency-Key` request header, as the OpenAPI document describes
 /// it: 1..255 visible ASCII characters, not starting with `event-id:` (the
@@ -42,39 +37,4 @@ impl From<Refusal> for ApiError {
             other => ApiError::Conflict(other.message()),
         }
     }
-}
-
-/// Look at the request's `Idempotency-Key` header (the content type and
-/// body are the content it is bound to).
-///
-/// # Errors
-///
-/// [`Refusal`] when the key is invalid, in use, or bound to other content.
-pub async fn begin(state: &AppState, space: &str, headers: &HeaderMap, body: &[u8]) -> Result<Begin, Refusal> {
-    let key = headers.get("idempotency-key").map(HeaderValue::as_bytes);
-    let content_type = headers.get(header::CONTENT_TYPE).map_or(&b""[..], HeaderValue::as_bytes);
-    state.ingest.keys.begin(space, key, content_type, body).await
-}
-
-/// Claim the ids that a request's items carry (see
-/// [`crate::ingest::Keys::event_ids`]).
-///
-/// # Errors
-///
-/// [`Refusal`] when an id repeats, is in use, or was stored with other
-/// content.
-pub async fn event_ids<'a>(
-    state: &AppState,
-    space: &str,
-    items: impl IntoIterator<Item = &'a str>,
-) -> Result<EventIds, Refusal> {
-    state.ingest.keys.event_ids(space, items).await
-}
-
-/// A remembered response, marked as replayed.
-pub fn replay(status: u16, body: Value) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    response
 }

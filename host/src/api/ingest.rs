@@ -1,44 +1,53 @@
-//! The edge's side of [`crate::ingest`]: the caller's tenant and space, and
-//! errors as [`ApiError`]s, for the families' handlers.
+//! The edge's side of [`crate::ingest`]: a request opened from its headers
+//! for the caller's space, answers as responses, and ingest errors as
+//! [`ApiError`]s.
 
-use super::idempotency::Ticket;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
 use super::{run_mode, ApiError, AppState};
 use crate::auth::Principal;
-use crate::ingest::Policy;
-use crate::pipeline::{Input, Prepaid, RunOutput};
-use crate::store::WriteBatch;
-use axum::http::StatusCode;
+use crate::ingest::{Error, Opened, Reply};
 
-/// Run the caller's inputs through its tenant's chain under `policy`
-/// (`prepaid`: what admitting its body took).
+/// Open the caller's request (see [`crate::ingest::Ingest::open`]): events
+/// are written to the caller's space; the chain is its tenant's.
 ///
 /// # Errors
 ///
-/// The pipeline's refusals (429, 413, 503) and host errors (500).
-pub(crate) async fn run(
-    state: &AppState,
+/// 422 for an invalid `Idempotency-Key`, 409 for one in use or bound to
+/// another body, the tenant's rate refusals (429).
+pub(crate) async fn open<'a>(
+    state: &'a AppState,
     principal: &Principal,
-    inputs: Vec<Input>,
-    policy: Policy,
-    prepaid: Prepaid,
-) -> Result<RunOutput, ApiError> {
-    Ok(state.ingest.run(&principal.tenant, run_mode(principal), inputs, policy, prepaid).await?)
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Opened<'a>, ApiError> {
+    let key = headers.get("idempotency-key").map(HeaderValue::as_bytes);
+    let content_type = headers.get(header::CONTENT_TYPE).map_or(&b""[..], HeaderValue::as_bytes);
+    let mode = run_mode(principal);
+    Ok(state.ingest.open(&principal.tenant, principal.space(), mode, key, content_type, body).await?)
 }
 
-/// Commit a request's batch; with a ticket, remember the answer (`status`,
-/// `body`) in the same transaction when `policy` remembers it. Returns once
-/// the batch is durable.
-///
-/// # Errors
-///
-/// 503 when the store is overloaded (nothing stored), 500 on store failure.
-pub(crate) async fn commit(
-    state: &AppState,
-    principal: &Principal,
-    batch: WriteBatch,
-    policy: Policy,
-    answer: Option<(&Ticket, StatusCode, &impl serde::Serialize)>,
-) -> Result<(), ApiError> {
-    let answer = answer.map(|(ticket, status, body)| (ticket, status.as_u16(), body));
-    Ok(state.ingest.commit(&principal.tenant, batch, policy, answer).await?)
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Key(refusal) => refusal.into(),
+            Error::Run(e) => e.into(),
+            Error::Store(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.body).into_response()
+    }
+}
+
+/// A remembered answer, marked as replayed.
+pub(crate) fn replayed(reply: Reply) -> Response {
+    let mut response = reply.into_response();
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }

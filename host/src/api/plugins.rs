@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{disposition_json, parse_object, parse_object_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
-use crate::pipeline::{Prepaid, SettingsPatch};
+use crate::pipeline::SettingsPatch;
 
 /// Read and drop a refused request's body, at most `limit` bytes and 5 s,
 /// so the answer reaches the client instead of a reset.
@@ -337,26 +337,10 @@ pub async fn replay(State(state): State<AppState>, principal: Principal, body: B
     if request.all == request.ids.is_some() {
         return Err(ApiError::field(vec!["body".into()], "Give either `ids` or `all: true`", "value_error"));
     }
-    let letters = state.store.dead_letters_for_replay(principal.space(), request.ids, 1_000).await?;
-    let mut inputs = Vec::with_capacity(letters.len());
-    let mut replayed = Vec::with_capacity(letters.len());
-    for (id, event, raw) in letters {
-        let event = crate::event::Event::from_json(&principal.space(), &event)
-            .map_err(|e| ApiError::Internal(format!("dead letter {id} unreadable: {e}")))?;
-        inputs.push(crate::pipeline::Input { event, raw: crate::event::raw_of(&raw) });
-        replayed.push(id);
-    }
-    let mut output =
-        state.pipeline.run(&principal.tenant, inputs, super::run_mode(&principal), Prepaid::default()).await?;
-    let mut batch = std::mem::take(&mut output.batch);
-    batch.replayed = replayed.clone();
-    let no_answer: Option<(&crate::ingest::Ticket, u16, &Value)> = None;
-    state.ingest.commit(&principal.tenant, batch, crate::ingest::Policy::Each, no_answer).await?;
-    let results: Vec<Value> = output
-        .dispositions
-        .iter()
-        .zip(&replayed)
-        .map(|(d, id)| disposition_json(d, "dead_letter_id", (*id).into()))
-        .collect();
+    let mode = super::run_mode(&principal);
+    let replayed =
+        state.ingest.replay_dead_letters(&principal.tenant, &principal.space(), mode, request.ids, 1_000).await?;
+    let results: Vec<Value> =
+        replayed.iter().map(|(id, d)| disposition_json(d, "dead_letter_id", (*id).into())).collect();
     Ok(Json(json!({ "replayed": replayed.len(), "results": results })))
 }

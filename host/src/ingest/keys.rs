@@ -102,14 +102,14 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// The record that remembers this request's response.
-    pub fn record(&self, status: u16, body: &impl serde::Serialize) -> IdempotencyRecord {
+    /// The record that remembers this request's response (`body`: its JSON).
+    pub fn record(&self, status: u16, body: &str) -> IdempotencyRecord {
         IdempotencyRecord {
             tenant: self.tenant.clone(),
             key: self.key.clone(),
             request_hash: self.hash.clone(),
             status,
-            body: serde_json::to_string(body).unwrap_or_default(),
+            body: body.into(),
         }
     }
 }
@@ -120,8 +120,9 @@ pub enum Begin {
     Fresh,
     /// A new key: process it, and remember the response with the ticket.
     Keyed(Ticket),
-    /// A retry: answer with the remembered response (status and body).
-    Replay(u16, Value),
+    /// A retry: answer with the remembered response (status and JSON body,
+    /// as first sent).
+    Replay(u16, String),
 }
 
 /// The client-chosen ids of a request's events, claimed for its duration.
@@ -198,7 +199,7 @@ impl Keys {
             if done.request_hash != hash {
                 return Err(Refusal::Mismatch("Idempotency-Key".into()));
             }
-            return Ok(Begin::Replay(done.status, serde_json::from_str(&done.body).unwrap_or(Value::Null)));
+            return Ok(Begin::Replay(done.status, done.body.clone()));
         }
         Ok(Begin::Keyed(Ticket { _claims: claims, tenant: tenant.to_string(), key, hash }))
     }

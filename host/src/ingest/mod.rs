@@ -1,20 +1,28 @@
-//! The ingest path every family shares, between the HTTP edge (which parses
-//! a family's body and answers in its shape) and the pipeline and store:
-//! - [`keys`]: safe retries: `Idempotency-Key`s and events' own ids, claimed
-//!   while a request runs and remembered with its commit;
-//! - [`Ingest::run`]: the tenant's chain, under the family's [`Policy`];
-//! - [`Ingest::commit`]: one commit per request, with the answers it
-//!   remembers charged to the tenant's byte rate;
-//! - [`Counts`]: the ingest metrics, counted the same way for every family.
+//! The one ingest path every family goes through, between the HTTP edge
+//! (which parses a family's body and answers in its shape) and the pipeline
+//! and store:
+//! - [`Ingest::open`]: the request's `Idempotency-Key` (a retry is answered
+//!   with what it was answered first) and its body's admission;
+//! - [`Request::run`]: events' own ids (retried ones are not run again), the
+//!   tenant's chain under the family's [`Policy`], the family's answer, one
+//!   commit that remembers the answer with what it describes, the metrics;
+//! - [`Ingest::replay_dead_letters`]: dead letters through the current
+//!   chain, committed with their removal;
+//! - [`keys`]: the keys themselves; [`Counts`]: the ingest metrics.
 //!
-//! Handlers never commit and never count by themselves: they go through
-//! here, so the five families cannot drift apart in what they store,
-//! remember or count.
+//! Handlers never commit and never count by themselves: they hand their
+//! canonical inputs and a function that answers a [`Report`] to
+//! [`Request::run`], so the five families cannot drift apart in what they
+//! store, remember or count.
 
 pub mod keys;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde_json::Value;
+
+use crate::event::StoredEvent;
 use crate::pipeline::{Disposition, Input, Mode, Pipeline, PluginError, Prepaid, RunOutput};
 use crate::store::{EventStore, StoreError, WriteBatch};
 
@@ -44,6 +52,107 @@ impl Policy {
     }
 }
 
+/// How one family's requests go through ingest.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Its events' `family` column, and its name in the metrics.
+    pub family: &'static str,
+    pub policy: Policy,
+    /// Whether an item carrying its own `id` is deduplicated by it.
+    pub by_event_id: bool,
+}
+
+/// Why a request was not ingested.
+#[derive(Debug)]
+pub enum Error {
+    /// Its `Idempotency-Key` or one of its events' ids cannot be used now.
+    Key(Refusal),
+    /// The pipeline's refusals (rates, quotas, budgets) and host failures.
+    Run(PluginError),
+    /// Overloaded (nothing stored) or failed.
+    Store(StoreError),
+}
+
+impl From<Refusal> for Error {
+    fn from(e: Refusal) -> Self {
+        Error::Key(e)
+    }
+}
+
+impl From<PluginError> for Error {
+    fn from(e: PluginError) -> Self {
+        Error::Run(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// An answer: its status and JSON body, serialized once for the client
+/// and for the record a retry is answered from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    /// `body` as JSON with `status`.
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Reply {
+        Reply { status, body: serde_json::to_string(body).unwrap_or_else(|_| "null".into()) }
+    }
+}
+
+/// A request after [`Ingest::open`].
+pub enum Opened<'a> {
+    /// A retry of a request already answered: its first answer.
+    Replay(Reply),
+    /// A request to run.
+    Fresh(Request<'a>),
+}
+
+/// A request whose key is claimed (if it has one) and whose body is
+/// admitted: run it with [`Request::run`].
+pub struct Request<'a> {
+    ingest: &'a Ingest,
+    tenant: String,
+    space: String,
+    mode: Mode,
+    ticket: Option<Ticket>,
+    prepaid: Prepaid,
+}
+
+/// What became of one input of a request.
+#[derive(Debug)]
+pub enum Entry {
+    /// The chain's disposition now.
+    Fresh(Disposition),
+    /// What it became when its id was first sent (a retry), as remembered.
+    Replayed(Value),
+}
+
+/// What a request's run did, for its family's answer.
+pub struct Report<'a> {
+    /// Input i's result at i.
+    pub results: &'a [Entry],
+    /// The events the commit stores (none of a whole request with a
+    /// rejection).
+    pub stored: &'a [StoredEvent],
+}
+
+impl Report<'_> {
+    /// The chain's dispositions of the inputs run now, in order.
+    pub fn fresh(&self) -> impl Iterator<Item = &Disposition> {
+        self.results.iter().filter_map(|e| match e {
+            Entry::Fresh(d) => Some(d),
+            Entry::Replayed(_) => None,
+        })
+    }
+}
+
 /// The shared ingest steps.
 pub struct Ingest {
     store: EventStore,
@@ -56,51 +165,157 @@ impl Ingest {
         Ingest { keys: Keys::new(store.clone()), store, pipeline }
     }
 
-    /// Run `inputs` through `tenant`'s chain (`mode`: its live or test
-    /// space) under `policy`; `prepaid`: what [`Pipeline::admit_early`]
-    /// took for the request's body. The caller commits the batch with
-    /// [`Ingest::commit`].
+    /// Open a request of `tenant` writing to `space` (`mode`: its live or
+    /// test space): its `Idempotency-Key` (`key`: the header's bytes; the
+    /// content type and body are the content it is bound to), then its
+    /// body charged to the tenant's byte rate before it is parsed. A retry
+    /// of a finished request is answered even in debt.
     ///
     /// # Errors
     ///
-    /// The pipeline's refusals (rates, quotas, budgets) and host failures.
-    pub async fn run(
+    /// [`Error::Key`] when the key is invalid, in use or bound to other
+    /// content; [`Error::Run`] when the tenant is over its rates.
+    pub async fn open(
         &self,
         tenant: &str,
+        space: String,
         mode: Mode,
-        inputs: Vec<Input>,
-        policy: Policy,
-        prepaid: Prepaid,
-    ) -> Result<RunOutput, PluginError> {
-        let mut output = self.pipeline.run(tenant, inputs, mode, prepaid).await?;
-        if policy == Policy::Whole && output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
-            output.batch.events.clear();
-            output.batch.dead_letters.clear();
-        }
-        Ok(output)
+        key: Option<&[u8]>,
+        content_type: &[u8],
+        body: &[u8],
+    ) -> Result<Opened<'_>, Error> {
+        let ticket = match self.keys.begin(&space, key, content_type, body).await? {
+            Begin::Replay(status, body) => return Ok(Opened::Replay(Reply { status, body })),
+            Begin::Fresh => None,
+            Begin::Keyed(ticket) => Some(ticket),
+        };
+        let prepaid = self.pipeline.admit_early(tenant, body.len()).await?;
+        Ok(Opened::Fresh(Request { ingest: self, tenant: tenant.into(), space, mode, ticket, prepaid }))
     }
 
-    /// Commit a request's batch, with `ticket`'s record of the answer
-    /// (`status`, `body`) when there is one and `policy` remembers it. The
-    /// answers the batch remembers (under its key and its events' ids) are
-    /// charged to the tenant's byte rate like what its run stores: they are
-    /// kept for a day (RELIABILITY.md, F22). Returns once the batch is
-    /// durable.
+    /// Run up to `limit` of the space's dead letters (`ids`: those; `None`:
+    /// the oldest) through `tenant`'s current chain. What comes out is
+    /// stored and the letters are removed in one commit; a letter that
+    /// fails again becomes a new dead letter. Returns each replayed
+    /// letter's id with its disposition.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Overloaded`] (nothing stored) and store failures.
-    pub async fn commit(
+    /// The pipeline's refusals, store failures ([`StoreError::Conflict`]
+    /// when a concurrent replay took a letter first).
+    pub async fn replay_dead_letters(
+        &self,
+        tenant: &str,
+        space: &str,
+        mode: Mode,
+        ids: Option<Vec<i64>>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Disposition)>, Error> {
+        let letters = self.store.dead_letters_for_replay(space.into(), ids, limit).await?;
+        let (replayed, inputs): (Vec<i64>, Vec<Input>) =
+            letters.into_iter().map(|l| (l.id, Input { event: l.event, raw: l.raw })).unzip();
+        let mut output = self.pipeline.run(tenant, inputs, mode, Prepaid::default()).await?;
+        output.batch.replayed = replayed.clone();
+        self.commit(tenant, output.batch, Policy::Each, None).await?;
+        Ok(replayed.into_iter().zip(output.dispositions).collect())
+    }
+
+    /// Commit a request's batch with `reply` remembered under its key when
+    /// there is one and `policy` remembers it. The answers the batch
+    /// remembers (under its key and its events' ids) are charged to the
+    /// tenant's byte rate like what its run stores: they are kept for a day
+    /// (RELIABILITY.md, F22). Returns once the batch is durable.
+    async fn commit(
         &self,
         tenant: &str,
         mut batch: WriteBatch,
         policy: Policy,
-        answer: Option<(&Ticket, u16, &impl serde::Serialize)>,
+        answer: Option<(&Ticket, &Reply)>,
     ) -> Result<(), StoreError> {
-        let remembered = answer.filter(|(_, status, _)| policy.remembers(*status));
-        batch.idempotency.extend(remembered.map(|(ticket, status, body)| ticket.record(status, body)));
+        let remembered = answer.filter(|(_, reply)| policy.remembers(reply.status));
+        batch.idempotency.extend(remembered.map(|(ticket, reply)| ticket.record(reply.status, &reply.body)));
         self.pipeline.charge_bytes(tenant, batch.remembered_bytes());
         self.store.commit(batch).await
+    }
+}
+
+impl Request<'_> {
+    /// Run the request's `inputs` (in request order) under `rules`: items
+    /// whose own id was stored before are not run again, the rest go
+    /// through the tenant's chain under the family's policy; `answer` makes
+    /// the family's answer from the [`Report`]. The batch is committed with
+    /// the answer (when `Ok` and the policy remembers its status) and with
+    /// what each fresh input became under its id; an `Err` answer is
+    /// committed unremembered and returned. Counted in the metrics once
+    /// committed.
+    ///
+    /// # Errors
+    ///
+    /// `answer`'s error, or an [`Error`]: an id in use or bound to other
+    /// content, the pipeline's refusals, store failures (nothing stored).
+    pub async fn run<E: From<Error>>(
+        self,
+        rules: Rules,
+        inputs: Vec<Input>,
+        answer: impl FnOnce(&Report) -> Result<Reply, E>,
+    ) -> Result<Reply, E> {
+        let ingest = self.ingest;
+        let ids = if rules.by_event_id {
+            let ids = ingest.keys.event_ids(&self.space, inputs.iter().map(|i| &*i.raw)).await.map_err(Error::from)?;
+            Some(ids)
+        } else {
+            None
+        };
+        let mut replayed = ids.as_ref().map_or_else(HashMap::new, |ids| ids.replayed.clone());
+        let total = inputs.len();
+        let fresh: Vec<Input> =
+            inputs.into_iter().enumerate().filter(|(i, _)| !replayed.contains_key(i)).map(|(_, x)| x).collect();
+        let mut output = if fresh.is_empty() {
+            RunOutput::default()
+        } else {
+            let run = ingest.pipeline.run(&self.tenant, fresh, self.mode, self.prepaid).await.map_err(Error::from)?;
+            Self::keep(run, rules.policy)
+        };
+        let counts = Counts::of_request(&output.dispositions, rules.policy);
+        // Each input's result in request order; under a whole request's
+        // policy, ids are remembered only when nothing was rejected.
+        let remember_ids = rules.policy == Policy::Each || counts.rejected == 0;
+        let mut dispositions = std::mem::take(&mut output.dispositions).into_iter();
+        let mut results = Vec::with_capacity(total);
+        for index in 0..total {
+            let entry = match replayed.remove(&index) {
+                Some(mut done) => {
+                    done["replayed"] = Value::Bool(true);
+                    Entry::Replayed(done)
+                }
+                None => {
+                    let d = dispositions.next().expect("one disposition per fresh input");
+                    if remember_ids && !matches!(d, Disposition::Rejected { .. }) {
+                        output.batch.idempotency.extend(ids.as_ref().and_then(|ids| ids.record(index, &d)));
+                    }
+                    Entry::Fresh(d)
+                }
+            };
+            results.push(entry);
+        }
+        let reply = answer(&Report { results: &results, stored: &output.batch.events });
+        let remembered = match (&self.ticket, &reply) {
+            (Some(ticket), Ok(reply)) => Some((ticket, reply)),
+            _ => None,
+        };
+        ingest.commit(&self.tenant, output.batch, rules.policy, remembered).await.map_err(Error::from)?;
+        counts.record(rules.family);
+        reply
+    }
+
+    /// A run's output as `policy` keeps it: a whole request with a rejected
+    /// event keeps none of its events or dead letters.
+    fn keep(mut output: RunOutput, policy: Policy) -> RunOutput {
+        if policy == Policy::Whole && output.dispositions.iter().any(|d| matches!(d, Disposition::Rejected { .. })) {
+            output.batch.events.clear();
+            output.batch.dead_letters.clear();
+        }
+        output
     }
 }
 

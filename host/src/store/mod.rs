@@ -32,7 +32,7 @@ use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 
 pub use control::{PluginVersion, TokenInfo, TokenRecord};
 pub use query::{QueryAnswer, QueryError, QueryFormat, QueryLimits, QueryOptions, QUERY_VIEWS};
-pub use read::{AnalystSlot, EventFilter, EventPage};
+pub use read::{AnalystSlot, EventFilter, EventPage, Letter};
 pub use retention::{QuotaUse, Quotas};
 
 /// A file being written or read under the export directory; dropping the
@@ -137,6 +137,9 @@ pub enum StoreError {
     /// replayed twice at once.
     #[error("{0}")]
     Conflict(String),
+    /// A stored row that cannot be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
 }
 
 impl From<duckdb::Error> for StoreError {

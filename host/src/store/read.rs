@@ -94,6 +94,15 @@ fn json_or_null(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
 }
 
+/// A dead letter to replay: its `dead_letter_id`, its event and the raw
+/// input it came from.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub id: i64,
+    pub event: crate::event::Event,
+    pub raw: crate::event::Raw,
+}
+
 /// One row of `EVENT_COLUMNS` as an `AuditEventResponse` (plus `family`,
 /// `received_at` and `lineage`).
 fn event_row(row: &Row<'_>) -> duckdb::Result<(i64, Value)> {
@@ -471,17 +480,18 @@ impl EventStore {
     /// Dead letters to replay, oldest first: all of the tenant's (up to
     /// `limit`) or those with the given dead-letter ids, and of those the
     /// first whose events and raw inputs fit in [`REPLAY_BYTES`] (at least
-    /// one). Returns `(dead_letter_id, event JSON, raw input)`.
+    /// one).
     ///
     /// # Errors
     ///
-    /// Database errors.
+    /// Database errors; [`StoreError::Corrupt`] for a letter whose event
+    /// cannot be read back.
     pub async fn dead_letters_for_replay(
         &self,
         tenant: String,
         ids: Option<Vec<i64>>,
         limit: usize,
-    ) -> Result<Vec<(i64, Value, Value)>, StoreError> {
+    ) -> Result<Vec<Letter>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
             let mut condition = String::new();
             if let Some(ids) = &ids {
@@ -507,10 +517,17 @@ impl EventStore {
                 seq_list(&sizes)
             );
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map([tenant], |row| {
+            let rows = stmt.query_map([&tenant], |row| {
                 Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), json_or_null(row.get(2)?)))
             })?;
-            Ok(rows.collect::<duckdb::Result<_>>()?)
+            let mut letters = Vec::with_capacity(sizes.len());
+            for row in rows {
+                let (id, event, raw) = row?;
+                let event = crate::event::Event::from_json(&tenant, &event)
+                    .map_err(|e| StoreError::Corrupt(format!("dead letter {id} unreadable: {e}")))?;
+                letters.push(Letter { id, event, raw: crate::event::raw_of(&raw) });
+            }
+            Ok(letters)
         })
         .await
     }

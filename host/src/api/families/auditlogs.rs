@@ -4,20 +4,21 @@
 //! entry is named by its index (`logs[3].source`) in a
 //! `google.rpc.BadRequest` detail.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::Family;
 use crate::api::dialect::{In, Rpc};
-use crate::api::idempotency::{self, Begin, Refusal};
 use crate::api::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
-use crate::ingest::{Counts, Policy};
+use crate::ingest::{self, Opened, Policy, Reply};
 use crate::pipeline::{Disposition, Input};
 
 /// Batch audit logs (document 003).
@@ -27,6 +28,7 @@ impl Family for AuditLog {
     const NAME: &'static str = "auditlogs";
     const SCOPES: &'static [&'static str] = &["events:write"];
     const POLICY: Policy = Policy::Whole;
+    const BY_EVENT_ID: bool = true;
     type Dialect = Rpc;
 
     fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
@@ -228,20 +230,16 @@ pub async fn create(
     if org_id != principal.tenant {
         return Err(ApiError::Forbidden("the token does not belong to this organization".into()).into());
     }
-    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
-        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
-        Begin::Fresh => None,
-        Begin::Keyed(ticket) => Some(ticket),
+    let request = match crate::api::ingest::open(&state, &principal, &headers, &body).await? {
+        Opened::Replay(reply) => return Ok(crate::api::ingest::replayed(reply)),
+        Opened::Fresh(request) => request,
     };
-    // After the key's replay (a retry of a finished request is answered
-    // even in debt), before the body is parsed.
-    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let bad = |message: String, fields: Vec<(String, String)>| -> In<Rpc> {
         let fields = fields.into_iter().map(|(f, d)| FieldError::new(vec![f.into()], d, "value_error")).collect();
         ApiError::BadRequest { message, fields }.into()
     };
-    let request: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("malformed JSON: {e}"), vec![]))?;
-    let Some(logs) = request.get("logs").and_then(Value::as_array) else {
+    let document: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("malformed JSON: {e}"), vec![]))?;
+    let Some(logs) = document.get("logs").and_then(Value::as_array) else {
         return Err(bad("logs is required and must be a list".into(), vec![("logs".into(), "is required".into())]));
     };
     if logs.len() > state.settings.max_batch_events {
@@ -252,64 +250,59 @@ pub async fn create(
     for (i, entry) in logs.iter().enumerate() {
         check_entry(i, entry, &mut violations);
     }
+    // An id given twice in one request (each entry is stored once by its id).
+    let mut seen = HashMap::new();
+    for (i, entry) in logs.iter().enumerate() {
+        if let Some(Value::String(id)) = entry.get("id") {
+            match seen.entry(id.as_str()) {
+                Entry::Occupied(first) => {
+                    violations
+                        .push((format!("logs[{i}].id"), format!("the id of logs[{}] appears again", first.get())));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+    }
     if !violations.is_empty() {
         return Err(bad("invalid audit logs: the whole batch was rejected".into(), violations));
     }
-    // Entries that carry their own id are deduplicated by it: one stored
-    // before with the same content is not stored again.
-    let texts: Vec<String> = logs.iter().map(Value::to_string).collect();
-    let event_ids = match idempotency::event_ids(&state, &principal.space(), texts.iter().map(String::as_str)).await {
-        Ok(ids) => ids,
-        Err(Refusal::DuplicateId { index, first }) => {
-            let what = format!("the id of logs[{first}] appears again");
-            return Err(bad("invalid audit logs".into(), vec![(format!("logs[{index}].id"), what)]));
-        }
-        Err(refusal) => return Err(refusal.into()),
-    };
     let received_at = now_micros();
-    let (positions, inputs): (Vec<usize>, Vec<Input>) = logs
+    let inputs = logs
         .iter()
-        .enumerate()
-        .filter(|(i, _)| !event_ids.replayed.contains_key(i))
-        .filter_map(|(i, entry)| Some((i, entry.as_object()?)))
-        .map(|(i, entry)| {
-            let event = to_event(&principal.space(), entry, received_at);
-            (i, Input { event, raw: texts[i].as_str().into() })
-        })
-        .unzip();
-    let mut output = crate::api::ingest::run(&state, &principal, inputs, AuditLog::POLICY, prepaid).await?;
-    let body = json!({});
-    let refused: Vec<(String, String)> = output
-        .dispositions
-        .iter()
-        .zip(&positions)
-        .filter_map(|(d, i)| match d {
-            Disposition::Rejected { error } => {
-                let field = error.field.as_deref().map_or_else(|| format!("logs[{i}]"), |f| format!("logs[{i}].{f}"));
-                Some((field, format!("{}: {}", error.code, error.message)))
-            }
-            _ => None,
+        .filter_map(Value::as_object)
+        .map(|entry| Input {
+            event: to_event(&principal.space(), entry, received_at),
+            raw: crate::event::raw_of(entry),
         })
         .collect();
-    let status = if refused.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    if refused.is_empty() {
-        for (d, i) in output.dispositions.iter().zip(&positions) {
-            let result = serde_json::to_value(d).unwrap_or(Value::Null);
-            output.batch.idempotency.extend(event_ids.record(*i, &result));
-        }
-    }
-    let answer = ticket.as_ref().map(|t| (t, status, &body));
-    crate::api::ingest::commit(&state, &principal, output.batch, AuditLog::POLICY, answer).await?;
-    Counts::of_request(&output.dispositions, AuditLog::POLICY).record(AuditLog::NAME);
-    let failed = output.dispositions.iter().find_map(|d| match d {
-        Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
-        _ => None,
-    });
-    if let Some(message) = failed {
-        return Err(ApiError::BadGateway(message).into());
-    }
-    if !refused.is_empty() {
-        return Err(bad("audit logs refused by the organization's plugins".into(), refused));
-    }
-    Ok((status, Json(body)).into_response())
+    let reply = request
+        .run(AuditLog::RULES, inputs, |run| {
+            if let Some(message) = run.fresh().find_map(|d| match d {
+                Disposition::Rejected { error } if error.plugin_failed() => Some(error.message.clone()),
+                _ => None,
+            }) {
+                return Err(ApiError::BadGateway(message).into());
+            }
+            let refused: Vec<(String, String)> = run
+                .results
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| match d {
+                    ingest::Entry::Fresh(Disposition::Rejected { error }) => {
+                        let field =
+                            error.field.as_deref().map_or_else(|| format!("logs[{i}]"), |f| format!("logs[{i}].{f}"));
+                        Some((field, format!("{}: {}", error.code, error.message)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !refused.is_empty() {
+                return Err(bad("audit logs refused by the organization's plugins".into(), refused));
+            }
+            Ok(Reply::json(StatusCode::OK.as_u16(), &json!({})))
+        })
+        .await?;
+    Ok(reply.into_response())
 }

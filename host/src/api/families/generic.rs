@@ -7,20 +7,18 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::Family;
 use crate::api::dialect::FastApi;
-use crate::api::idempotency::{self, Begin};
 use crate::api::openapi::{ApiErrors, IngestReport};
 use crate::api::{parse_json, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event, COLUMN_ATTRIBUTES};
-use crate::ingest::{Counts, Policy};
-use crate::pipeline::{Disposition, Input, RunOutput};
+use crate::ingest::{Entry, Opened, Policy, Reply};
+use crate::pipeline::{Disposition, Input};
 
 /// Longest id accepted.
 const MAX_ID: usize = 128;
@@ -386,6 +384,7 @@ impl Family for Generic {
     const NAME: &'static str = "generic";
     const SCOPES: &'static [&'static str] = &["events:write"];
     const POLICY: Policy = Policy::Each;
+    const BY_EVENT_ID: bool = true;
     type Dialect = FastApi;
 
     fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
@@ -394,8 +393,9 @@ impl Family for Generic {
 }
 
 /// The ingest flow shared by the families that take one event, an array or
-/// NDJSON and report per event (generic, IAM): scope check, Idempotency-Key,
-/// `normalize` per value (all field errors at once), the chain, one commit.
+/// NDJSON and report per event (generic, IAM): scope check, the request
+/// opened, `normalize` per value (all field errors at once), then the one
+/// ingest path with the per-event report as its answer.
 ///
 /// # Errors
 ///
@@ -408,16 +408,11 @@ pub(crate) async fn ingest_with<F: Family>(
     normalize: impl Fn(&str, usize, &str, i64) -> Result<Event, Vec<FieldError>>,
 ) -> Result<Response, ApiError> {
     F::permits(principal)?;
-    // Events are written to the caller's space; the chain is the tenant's.
-    let space = principal.space();
-    let ticket = match idempotency::begin(state, &space, headers, body).await? {
-        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
-        Begin::Fresh => None,
-        Begin::Keyed(ticket) => Some(ticket),
+    let request = match crate::api::ingest::open(state, principal, headers, body).await? {
+        Opened::Replay(reply) => return Ok(crate::api::ingest::replayed(reply)),
+        Opened::Fresh(request) => request,
     };
-    // After the key's replay (a retry of a finished request is answered
-    // even in debt), before the body is parsed.
-    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
+    let space = principal.space();
     let values = split_body(headers, body, state.settings.max_batch_events)?;
     let received_at = now_micros();
     let mut inputs = Vec::with_capacity(values.len());
@@ -431,52 +426,13 @@ pub(crate) async fn ingest_with<F: Family>(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    // Events that carry their own id are deduplicated by it.
-    let event_ids = idempotency::event_ids(state, &space, inputs.iter().map(|i| &*i.raw)).await?;
-    let fresh: Vec<Input> =
-        inputs.into_iter().enumerate().filter(|(i, _)| !event_ids.replayed.contains_key(i)).map(|(_, x)| x).collect();
-    let mut output = if fresh.is_empty() {
-        RunOutput::default()
-    } else {
-        crate::api::ingest::run(state, principal, fresh, F::POLICY, prepaid).await?
-    };
-    // What this request's run did (retried events are not counted again),
-    // counted once it is committed.
-    let counts = Counts::of(&output.dispositions);
-    // Every input's result, in request order: retried ones as remembered.
-    let mut fresh_results = std::mem::take(&mut output.dispositions).into_iter();
-    let total = fresh_results.len() + event_ids.replayed.len();
-    let mut results = Vec::with_capacity(total);
-    let mut batch = std::mem::take(&mut output.batch);
-    for index in 0..total {
-        let result = match event_ids.replayed.get(&index) {
-            Some(done) => {
-                let mut done = done.clone();
-                done["replayed"] = Value::Bool(true);
-                Entry::Replayed(done)
-            }
-            None => {
-                let d = fresh_results.next().expect("one disposition per fresh input");
-                if !matches!(d, Disposition::Rejected { .. }) {
-                    batch.idempotency.extend(event_ids.record(index, &d));
-                }
-                Entry::Fresh(d)
-            }
-        };
-        results.push(result);
-    }
-    let (status, report) = report(&results);
-    let answer = ticket.as_ref().map(|t| (t, status, &report));
-    crate::api::ingest::commit(state, principal, batch, F::POLICY, answer).await?;
-    counts.record(F::NAME);
-    Ok((status, Json(report)).into_response())
-}
-
-/// One input's result: what the chain did with it now, or what it became
-/// when it was first sent (a retry of an event with its own id).
-enum Entry {
-    Fresh(Disposition),
-    Replayed(Value),
+    let reply = request
+        .run(F::RULES, inputs, |run| {
+            let (status, report) = report(run.results);
+            Ok::<_, ApiError>(Reply::json(status.as_u16(), &report))
+        })
+        .await?;
+    Ok(reply.into_response())
 }
 
 /// The answer to an ingest request, serialized straight from the

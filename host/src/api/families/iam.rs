@@ -31,6 +31,7 @@ impl Family for Iam {
     const NAME: &'static str = "iam";
     const SCOPES: &'static [&'static str] = &["events:write"];
     const POLICY: Policy = Policy::Each;
+    const BY_EVENT_ID: bool = true;
     type Dialect = FastApi;
 
     fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {

@@ -14,12 +14,11 @@ use serde_json::{json, Value};
 
 use super::Family;
 use crate::api::dialect::{self, Dialect, In};
-use crate::api::idempotency::{self, Begin};
 use crate::api::openapi::LogError;
 use crate::api::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};
-use crate::ingest::{Counts, Policy};
+use crate::ingest::{Opened, Policy, Reply};
 use crate::pipeline::Disposition;
 use crate::store::{EventFilter, Quotas};
 
@@ -31,6 +30,7 @@ impl Family for Logs {
     const NAME: &'static str = "logs";
     const SCOPES: &'static [&'static str] = &["logs:write"];
     const POLICY: Policy = Policy::Whole;
+    const BY_EVENT_ID: bool = false;
     type Dialect = dialect::Logs;
 
     fn renormalize(space: &str, raw: &Value, now: i64) -> Option<Vec<Event>> {
@@ -180,14 +180,10 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, In<dialect::Logs>> {
     let principal = Logs::authorize(principal)?;
-    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
-        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
-        Begin::Fresh => None,
-        Begin::Keyed(ticket) => Some(ticket),
+    let request = match crate::api::ingest::open(&state, &principal, &headers, &body).await? {
+        Opened::Replay(reply) => return Ok(crate::api::ingest::replayed(reply)),
+        Opened::Fresh(request) => request,
     };
-    // After the key's replay (a retry of a finished request is answered
-    // even in debt), before the body is parsed.
-    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let bad = |m: &str| -> In<dialect::Logs> { ApiError::BadRequest { message: m.into(), fields: Vec::new() }.into() };
     let Ok(Value::Object(entry)) = serde_json::from_slice::<Value>(&body) else {
         return Err(bad("the body must be a JSON object"));
@@ -213,29 +209,31 @@ pub async fn create(
     }
     let event = to_event(&principal.space(), &level, &message, &meta, now_micros());
     let input = crate::pipeline::Input { event, raw: crate::event::raw_of(&entry) };
-    let output = crate::api::ingest::run(&state, &principal, vec![input], Logs::POLICY, prepaid).await?;
-    // A plugin's rejection or failure is remembered for the key like a
-    // success, so it is answered here rather than returned.
-    let (status, body) = match &output.dispositions[0] {
-        Disposition::Stored { ids } => {
-            let stored = output.batch.events.first().map(|e| e.event.to_json());
-            let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
-            (StatusCode::CREATED, view)
-        }
-        Disposition::Rejected { error: e } if e.plugin_failed() => {
-            dialect::Logs::answer(&ApiError::BadGateway(e.message.clone()))
-        }
-        Disposition::Rejected { error: e } => {
-            dialect::Logs::answer(&ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
-        }
-        Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. } => {
-            (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
-        }
-    };
-    let answer = ticket.as_ref().map(|t| (t, status, &body));
-    crate::api::ingest::commit(&state, &principal, output.batch, Logs::POLICY, answer).await?;
-    Counts::of_request(&output.dispositions, Logs::POLICY).record(Logs::NAME);
-    Ok((status, Json(body)).into_response())
+    let reply = request
+        .run(Logs::RULES, vec![input], |run| {
+            // A plugin's rejection or failure is answered here in the logs
+            // dialect (a whole request's policy does not remember it).
+            let (status, body) = match run.fresh().next() {
+                Some(Disposition::Stored { ids }) => {
+                    let stored = run.stored.first().map(|e| e.event.to_json());
+                    let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
+                    (StatusCode::CREATED, view)
+                }
+                Some(Disposition::Rejected { error: e }) if e.plugin_failed() => {
+                    dialect::Logs::answer(&ApiError::BadGateway(e.message.clone()))
+                }
+                Some(Disposition::Rejected { error: e }) => {
+                    dialect::Logs::answer(&ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
+                }
+                Some(Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. }) => {
+                    (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
+                }
+                None => return Err(ApiError::Internal("the log entry was not run".into()).into()),
+            };
+            Ok::<_, In<dialect::Logs>>(Reply::json(status.as_u16(), &body))
+        })
+        .await?;
+    Ok(reply.into_response())
 }
 
 /// List log entries, newest first (document 004).

@@ -2,9 +2,10 @@
 //! events and IAM (documents 002 and 001, FastAPI-shaped), session audit
 //! (000), audit logs (003, google.rpc) and logs (004). Each handler parses
 //! its family's body into canonical inputs and answers in its family's
-//! shape; what they share (keys, the chain run under the family's
-//! [`Policy`], the commit, the metrics) is [`crate::ingest`]. What differs
-//! between them is one [`Family`] implementation each.
+//! shape; what they share (keys, events' ids, the chain run under the
+//! family's [`Policy`], the commit, the metrics) is [`crate::ingest`]'s
+//! one path. What differs between them is one [`Family`] implementation
+//! each.
 
 pub mod auditlogs;
 pub mod generic;
@@ -18,7 +19,7 @@ use super::dialect::{Dialect, In};
 use super::ApiError;
 use crate::auth::Principal;
 use crate::event::Event;
-use crate::ingest::Policy;
+use crate::ingest::{Policy, Rules};
 
 /// What one family is, beside its handler.
 pub trait Family {
@@ -28,6 +29,10 @@ pub trait Family {
     const SCOPES: &'static [&'static str];
     /// What it keeps when some of a request's events are rejected.
     const POLICY: Policy;
+    /// Whether an item carrying its own `id` is deduplicated by it.
+    const BY_EVENT_ID: bool;
+    /// How its requests go through [`crate::ingest`].
+    const RULES: Rules = Rules { family: Self::NAME, policy: Self::POLICY, by_event_id: Self::BY_EVENT_ID };
     /// How it answers errors.
     type Dialect: Dialect;
 

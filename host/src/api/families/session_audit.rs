@@ -10,17 +10,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::Family;
 use crate::api::dialect::{In, Session};
-use crate::api::idempotency::{self, Begin, Ticket};
 use crate::api::validate::Validator;
 use crate::api::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
-use crate::ingest::{Counts, Policy};
+use crate::ingest::{Opened, Policy, Reply};
 use crate::pipeline::{Disposition, Input};
 
 /// Session audit events (document 000).
@@ -30,6 +28,7 @@ impl Family for SessionAudit {
     const NAME: &'static str = "session-audit";
     const SCOPES: &'static [&'static str] = &PERMISSIONS;
     const POLICY: Policy = Policy::Whole;
+    const BY_EVENT_ID: bool = false;
     type Dialect = Session;
 
     fn renormalize(space: &str, raw: &Value, _now: i64) -> Option<Vec<Event>> {
@@ -379,8 +378,7 @@ pub struct AdditionalParams {
 }
 
 /// The 200 answer: the stored events' ids.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct SessionAuditResponse {
     event_ids: Vec<String>,
 }
@@ -452,14 +450,10 @@ pub async fn create(
         )
         .into());
     }
-    let ticket = match idempotency::begin(&state, &principal.space(), &headers, &body).await? {
-        Begin::Replay(status, body) => return Ok(idempotency::replay(status, body)),
-        Begin::Fresh => None,
-        Begin::Keyed(ticket) => Some(ticket),
+    let request = match crate::api::ingest::open(&state, &principal, &headers, &body).await? {
+        Opened::Replay(reply) => return Ok(crate::api::ingest::replayed(reply)),
+        Opened::Fresh(request) => request,
     };
-    // After the key's replay (a retry of a finished request is answered
-    // even in debt), before the body is parsed.
-    let prepaid = state.pipeline.admit_early(&principal.tenant, body.len()).await?;
     let raw: Value = parse_json(&body)?;
     let Some(object) = raw.as_object() else {
         return Err(ApiError::field(vec!["body".into()], "Input should be a valid dictionary", "dict_type").into());
@@ -480,37 +474,35 @@ pub async fn create(
         .into());
     }
     let inputs = with_raw(object, to_events(&principal.space(), object));
-    let output = crate::api::ingest::run(&state, &principal, inputs, SessionAudit::POLICY, prepaid).await?;
-    let counts = Counts::of_request(&output.dispositions, SessionAudit::POLICY);
-    for d in &output.dispositions {
-        if let Disposition::Rejected { error } = d {
-            // Nothing of the request is stored; its plugin logs and runs are.
-            let nothing: Option<(&Ticket, StatusCode, &Value)> = None;
-            crate::api::ingest::commit(&state, &principal, output.batch, SessionAudit::POLICY, nothing).await?;
-            counts.record(SessionAudit::NAME);
-            if NOT_FOUND_CODES.contains(&error.code.as_str()) {
-                let (code, message) = (error.code.clone(), error.message.clone());
-                return Err(ApiError::Coded { status: StatusCode::NOT_FOUND, code, message }.into());
+    let reply = request
+        .run(SessionAudit::RULES, inputs, |run| {
+            // Nothing of a rejected request is stored; its plugin logs and
+            // runs are.
+            if let Some(error) = run.fresh().find_map(|d| match d {
+                Disposition::Rejected { error } => Some(error),
+                _ => None,
+            }) {
+                if NOT_FOUND_CODES.contains(&error.code.as_str()) {
+                    let (code, message) = (error.code.clone(), error.message.clone());
+                    return Err(ApiError::Coded { status: StatusCode::NOT_FOUND, code, message }.into());
+                }
+                if error.plugin_failed() {
+                    return Err(ApiError::BadGateway(error.message.clone()).into());
+                }
+                let mut loc = vec![Value::from("body")];
+                loc.extend(error.field.iter().flat_map(|f| f.split('.')).map(Value::from));
+                return Err(ApiError::field(loc, error.message.clone(), &error.code).into());
             }
-            if error.plugin_failed() {
-                return Err(ApiError::BadGateway(error.message.clone()).into());
-            }
-            let mut loc = vec![Value::from("body")];
-            loc.extend(error.field.iter().flat_map(|f| f.split('.')).map(Value::from));
-            return Err(ApiError::field(loc, error.message.clone(), &error.code).into());
-        }
-    }
-    let ids: Vec<&String> = output
-        .dispositions
-        .iter()
-        .flat_map(|d| match d {
-            Disposition::Stored { ids } => ids.iter().collect(),
-            _ => Vec::new(),
+            let event_ids = run
+                .fresh()
+                .flat_map(|d| match d {
+                    Disposition::Stored { ids } => ids.as_slice(),
+                    _ => &[],
+                })
+                .cloned()
+                .collect();
+            Ok::<_, In<Session>>(Reply::json(StatusCode::OK.as_u16(), &SessionAuditResponse { event_ids }))
         })
-        .collect();
-    let body = json!({ "event_ids": ids });
-    let answer = ticket.as_ref().map(|t| (t, StatusCode::OK, &body));
-    crate::api::ingest::commit(&state, &principal, output.batch, SessionAudit::POLICY, answer).await?;
-    counts.record(SessionAudit::NAME);
-    Ok((StatusCode::OK, Json(body)).into_response())
+        .await?;
+    Ok(reply.into_response())
 }
