@@ -13,12 +13,14 @@ use crate::auth::Auth;
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, Rate};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::store::{EventStore, QueryOptions, StoreOptions};
+use crate::store::{Backend, EventStore, QueryOptions, StoreOptions};
 
 /// The service, built and bound, not yet serving.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// The embedded backend itself, for diagnostics ([`Application::store`]).
+    embedded: EventStore,
     generated_admin_token: Option<String>,
 }
 
@@ -60,8 +62,9 @@ impl Application {
                 max_concurrent_per_tenant: settings.query_tenant_concurrency,
             },
         };
-        let store = EventStore::open(&settings.database_path(), options)
+        let embedded = EventStore::open(&settings.database_path(), options)
             .with_context(|| format!("cannot open {}", settings.database_path().display()))?;
+        let store: Arc<dyn Backend> = Arc::new(embedded.clone());
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             max_module_bytes: settings.max_plugin_bytes,
             compile_timeout: Duration::from_secs(settings.compile_timeout_secs),
@@ -104,7 +107,7 @@ impl Application {
         let pipeline = Arc::new(pipeline);
         let ingest = Arc::new(crate::ingest::Ingest::new(store.clone(), pipeline.clone()));
         let state = AppState { store, pipeline, auth, settings: Arc::new(settings), ingest };
-        Ok(Application { listener, state, generated_admin_token })
+        Ok(Application { listener, state, embedded, generated_admin_token })
     }
 
     /// The port actually bound (useful with port 0).
@@ -112,9 +115,10 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// The service's store (for in-process embedding and diagnostics).
-    pub fn store(&self) -> crate::store::EventStore {
-        self.state.store.clone()
+    /// The service's embedded store (for in-process embedding and
+    /// diagnostics).
+    pub fn store(&self) -> EventStore {
+        self.embedded.clone()
     }
 
     /// The admin token generated on first start, if this start generated one.
@@ -152,7 +156,7 @@ impl Application {
 }
 
 /// Enforce tenants' retention periods, every `interval`.
-async fn retention_job(store: crate::store::EventStore, interval: Duration) {
+async fn retention_job(store: Arc<dyn Backend>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -167,7 +171,7 @@ async fn retention_job(store: crate::store::EventStore, interval: Duration) {
 
 /// Keep recently queried spaces' snapshots current, every `interval`, so a
 /// query after heavy ingest finds little to copy.
-async fn snapshot_job(store: crate::store::EventStore, interval: Duration) {
+async fn snapshot_job(store: Arc<dyn Backend>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use serde_json::{json, Value};
 
+use super::views::{AuditEvent, AuditEventPage};
 use super::{require, ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::store::EventFilter;
@@ -112,17 +112,18 @@ fn parse_query(params: &HashMap<String, String>) -> Result<(EventFilter, Option<
         ("cursor" = Option<String>, Query, description = "From a previous page's next_cursor"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Default 50"),
     ),
-    responses((status = 200, body = super::openapi::AuditEventPage), super::openapi::ApiErrors)
+    responses((status = 200, body = super::views::AuditEventPage), super::openapi::ApiErrors)
 )]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditEventPage>, ApiError> {
     require(&principal, "events:read")?;
     let (filter, cursor, limit) = parse_query(&params)?;
     let page = state.store.list_events(principal.space(), filter, cursor, limit).await?;
-    Ok(Json(json!({ "items": page.items, "next_cursor": page.next_cursor })))
+    let items = page.items.into_iter().map(AuditEvent::from).collect();
+    Ok(Json(AuditEventPage { items, next_cursor: page.next_cursor }))
 }
 
 /// One event by id.
@@ -131,16 +132,16 @@ pub async fn list(
     path = "/v1/audit/events/{id}",
     tag = "events",
     params(("id" = String, Path)),
-    responses((status = 200, body = super::openapi::AuditEvent), super::openapi::ApiErrors)
+    responses((status = 200, body = super::views::AuditEvent), super::openapi::ApiErrors)
 )]
 pub async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditEvent>, ApiError> {
     require(&principal, "events:read")?;
     match state.store.get_event(principal.space(), id).await? {
-        Some(event) => Ok(Json(event)),
+        Some(event) => Ok(Json(event.into())),
         None => Err(ApiError::NotFound("Event not found".into())),
     }
 }

@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{stream, StreamExt};
 
+use super::views::ndjson_line;
 use super::{require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::store::{EventFilter, ExportFile};
@@ -122,7 +123,7 @@ pub async fn export(
                 let _slot = slot;
                 let mut after = Some(0i64);
                 while let Some(from) = after {
-                    let page = match store.export_page(tenant.clone(), filter.clone(), from, PAGE).await {
+                    let page = match store.export_page(tenant.clone(), filter.clone(), from, PAGE, ndjson_line).await {
                         Ok((text, _)) if text.is_empty() => return,
                         Ok((text, next)) => {
                             after = next;

@@ -23,6 +23,7 @@ mod shadow;
 mod tenants;
 mod tokens;
 mod validate;
+mod views;
 
 use std::sync::Arc;
 
@@ -40,12 +41,12 @@ use utoipa_axum::routes;
 use crate::auth::{Auth, Principal, ADMIN_SCOPE};
 use crate::config::Settings;
 use crate::pipeline::{Mode, Pipeline, PluginError};
-use crate::store::{EventStore, StoreError};
+use crate::store::{Backend, StoreError};
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: EventStore,
+    pub store: Arc<dyn Backend>,
     pub pipeline: Arc<Pipeline>,
     pub auth: Arc<Auth>,
     pub settings: Arc<Settings>,

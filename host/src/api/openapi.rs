@@ -128,38 +128,6 @@ pub struct IngestReport {
     pub results: Vec<Outcome>,
 }
 
-/// An event as listed (document 002's `AuditEventResponse`, plus `family`,
-/// `received_at` and `lineage`). Custom attributes appear as extra string
-/// fields.
-#[derive(ToSchema)]
-pub struct AuditEvent {
-    pub id: String,
-    pub family: String,
-    /// The event's own time (RFC 3339).
-    pub created_at: String,
-    pub received_at: String,
-    pub user_id: Option<i64>,
-    pub actor_type: String,
-    pub actor_id: Option<String>,
-    pub source: String,
-    pub event_group: String,
-    pub event_type: String,
-    pub status: String,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub session_id: Option<String>,
-    #[schema(value_type = Object)]
-    pub event_payload: Value,
-}
-
-/// A page of events.
-#[derive(ToSchema)]
-pub struct AuditEventPage {
-    pub items: Vec<AuditEvent>,
-    /// Opaque; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
 /// A list of objects.
 #[derive(ToSchema)]
 pub struct Items {

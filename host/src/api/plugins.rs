@@ -10,6 +10,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::views::{DeadLetters, PluginLogs};
 use super::{disposition_json, parse_object, parse_object_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::pipeline::SettingsPatch;
@@ -278,17 +279,17 @@ fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
         ("name" = String, Path, description = "The plugin's name"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Default 100"),
     ),
-    responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors)
+    responses((status = 200, body = PluginLogs), super::openapi::ApiErrors)
 )]
 pub async fn logs(
     State(state): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginLogs>, ApiError> {
     require(&principal, "plugins:read")?;
-    let items = state.store.list_plugin_logs(principal.tenant, Some(name), limit(&params)?).await?;
-    Ok(Json(json!({ "items": items })))
+    let rows = state.store.list_plugin_logs(principal.tenant, Some(name), limit(&params)?).await?;
+    Ok(Json(PluginLogs { items: rows.into_iter().map(Into::into).collect() }))
 }
 
 /// `GET /v1/dead-letters`: events quarantined by the dead-letter policy.
@@ -297,16 +298,16 @@ pub async fn logs(
     path = "/v1/dead-letters",
     tag = "plugins",
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Default 100")),
-    responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors)
+    responses((status = 200, body = DeadLetters), super::openapi::ApiErrors)
 )]
 pub async fn dead_letters(
     State(state): State<AppState>,
     principal: Principal,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetters>, ApiError> {
     require(&principal, "events:read")?;
-    let items = state.store.list_dead_letters(principal.space(), limit(&params)?).await?;
-    Ok(Json(json!({ "items": items })))
+    let rows = state.store.list_dead_letters(principal.space(), limit(&params)?).await?;
+    Ok(Json(DeadLetters { items: rows.into_iter().map(Into::into).collect() }))
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]

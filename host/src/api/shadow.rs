@@ -13,10 +13,12 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::views::AuditEvent;
 use super::{parse_object_or_default, require, within_bytes, ApiError, AppState, ANSWER_BYTES};
 use crate::auth::Principal;
 use crate::event::{COLUMN_ATTRIBUTES, CORE_FIELDS};
 use crate::pipeline::{Disposition, Input};
+use crate::store::EventWithRaw;
 
 /// Most stored events one shadow run looks at.
 const MAX_EVENTS: usize = 10_000;
@@ -134,30 +136,27 @@ struct Prepared {
     read: usize,
 }
 
-fn prepare(space: &str, recent: Vec<(Value, Value)>) -> Prepared {
+fn prepare(space: &str, recent: Vec<EventWithRaw>) -> Prepared {
     // Events that share a raw input and the time it was received came from
     // one request item (a fan-out): replay each input once and compare it
     // with all it produced. The same input sent in two requests is two
     // groups (their receipt times differ).
-    let mut groups: BTreeMap<(String, String), (Value, String, Vec<Value>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(crate::event::Raw, i64), (String, Vec<Value>)> = BTreeMap::new();
     let read = recent.len();
-    for (event, raw) in recent {
-        let family = event["family"].as_str().unwrap_or("generic").to_string();
-        let received = event["received_at"].as_str().unwrap_or_default().to_string();
-        groups
-            .entry((raw.to_string(), received))
-            .or_insert_with(|| (raw, family, Vec::new()))
-            .2
-            .push(comparable(&event));
+    for EventWithRaw { row, raw } in recent {
+        let key = (raw, row.received_at);
+        let family = row.family.clone();
+        let event = serde_json::to_value(AuditEvent::from(row)).unwrap_or(Value::Null);
+        groups.entry(key).or_insert_with(|| (family, Vec::new())).1.push(comparable(&event));
     }
     let mut inputs = Vec::new();
     let mut owner = Vec::new();
     let mut stored = Vec::new();
     let mut unsupported = 0;
-    for (raw, family, before) in groups.into_values() {
-        match super::families::renormalize(&family, space, &raw, crate::event::now_micros()) {
+    for ((raw, _), (family, before)) in groups {
+        let parsed: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+        match super::families::renormalize(&family, space, &parsed, crate::event::now_micros()) {
             Some(events) if !events.is_empty() => {
-                let raw = crate::event::raw_of(&raw);
                 for event in events {
                     owner.push(stored.len());
                     inputs.push(Input { event, raw: raw.clone() });

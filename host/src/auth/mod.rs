@@ -2,6 +2,7 @@
 //! only as SHA-256 hashes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -9,7 +10,7 @@ use parking_lot::RwLock;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::store::{EventStore, StoreError, TokenRecord};
+use crate::store::{ControlState, StoreError, TokenRecord};
 
 /// The tenant that exists from the first start; the bootstrap admin token
 /// belongs to it.
@@ -100,12 +101,12 @@ pub fn hash_token(secret: &str) -> String {
 
 /// Resolves tokens to principals, with a short cache in front of the store.
 pub struct Auth {
-    store: EventStore,
+    store: Arc<dyn ControlState>,
     cache: RwLock<HashMap<String, (Option<Principal>, Instant)>>,
 }
 
 impl Auth {
-    pub fn new(store: EventStore) -> Auth {
+    pub fn new(store: Arc<dyn ControlState>) -> Auth {
         Auth { store, cache: RwLock::new(HashMap::new()) }
     }
 

@@ -6,16 +6,17 @@
 //! the events it describes, so a retry after a crash finds both or neither.
 //! Keys are kept for a day (see the retention job).
 //!
-//! While a request runs, its keys are claimed in memory, so two concurrent
-//! requests with one key cannot both store.
+//! While a request runs, its keys are claimed ([`KeyClaims::claim`], across
+//! everything that writes the store), so two concurrent requests with one
+//! key cannot both store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::store::{EventStore, IdempotencyRecord, StoreError};
+use crate::store::{IdempotencyRecord, KeyClaim, KeyClaims, StoreError};
 
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_KEY: usize = 255;
@@ -26,9 +27,7 @@ pub const EVENT_ID_PREFIX: &str = "event-id:";
 /// The keys of a tenant's requests and events: those remembered in the
 /// store, and those claimed by requests running now.
 pub struct Keys {
-    store: EventStore,
-    /// `(space, key)` of requests being processed now.
-    in_flight: Arc<parking_lot::Mutex<HashSet<(String, String)>>>,
+    store: Arc<dyn KeyClaims>,
 }
 
 /// Why a key cannot be used now.
@@ -69,21 +68,6 @@ impl From<StoreError> for Refusal {
     }
 }
 
-/// Claims on keys while their request runs; released on drop.
-pub struct Claims {
-    set: Arc<parking_lot::Mutex<HashSet<(String, String)>>>,
-    entries: Vec<(String, String)>,
-}
-
-impl Drop for Claims {
-    fn drop(&mut self) {
-        let mut set = self.set.lock();
-        for entry in &self.entries {
-            set.remove(entry);
-        }
-    }
-}
-
 fn sha256(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
@@ -95,7 +79,7 @@ fn sha256(parts: &[&[u8]]) -> String {
 
 /// A request's claim on its `Idempotency-Key`.
 pub struct Ticket {
-    _claims: Claims,
+    _claims: KeyClaim,
     tenant: String,
     key: String,
     hash: String,
@@ -127,7 +111,7 @@ pub enum Begin {
 
 /// The client-chosen ids of a request's events, claimed for its duration.
 pub struct EventIds {
-    _claims: Claims,
+    _claims: KeyClaim,
     tenant: String,
     /// Input index → (key, content hash), for inputs that carry an id.
     keyed: HashMap<usize, (String, String)>,
@@ -150,19 +134,13 @@ impl EventIds {
 }
 
 impl Keys {
-    pub fn new(store: EventStore) -> Keys {
-        Keys { store, in_flight: Arc::default() }
+    pub fn new(store: Arc<dyn KeyClaims>) -> Keys {
+        Keys { store }
     }
 
     /// Claim every key for `tenant`, or none of them.
-    fn claim(&self, tenant: &str, keys: &[String], what: &str) -> Result<Claims, Refusal> {
-        let mut set = self.in_flight.lock();
-        let entries: Vec<(String, String)> = keys.iter().map(|k| (tenant.to_string(), k.clone())).collect();
-        if entries.iter().any(|e| set.contains(e)) {
-            return Err(Refusal::InProgress(what.into()));
-        }
-        set.extend(entries.iter().cloned());
-        Ok(Claims { set: self.in_flight.clone(), entries })
+    fn claim(&self, tenant: &str, keys: &[String], what: &str) -> Result<KeyClaim, Refusal> {
+        self.store.claim(tenant, keys).ok_or_else(|| Refusal::InProgress(what.into()))
     }
 
     /// Look at the request's `Idempotency-Key` (`key`: the header's bytes;

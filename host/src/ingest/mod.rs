@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::event::StoredEvent;
 use crate::pipeline::{Disposition, Input, Mode, Pipeline, PluginError, Prepaid, RunOutput};
-use crate::store::{EventStore, StoreError, WriteBatch};
+use crate::store::{Backend, EventLog, StoreError, WriteBatch};
 
 pub use keys::{Begin, EventIds, Keys, Refusal, Ticket};
 
@@ -155,13 +155,13 @@ impl Report<'_> {
 
 /// The shared ingest steps.
 pub struct Ingest {
-    store: EventStore,
+    store: Arc<dyn EventLog>,
     pipeline: Arc<Pipeline>,
     pub keys: Keys,
 }
 
 impl Ingest {
-    pub fn new(store: EventStore, pipeline: Arc<Pipeline>) -> Ingest {
+    pub fn new(store: Arc<dyn Backend>, pipeline: Arc<Pipeline>) -> Ingest {
         Ingest { keys: Keys::new(store.clone()), store, pipeline }
     }
 

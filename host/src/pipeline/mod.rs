@@ -23,7 +23,7 @@ pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, RejectedBy, Rejection, RunOutput};
 
 use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
-use crate::store::{EventStore, PluginVersion, QuotaUse, Quotas, StoreError};
+use crate::store::{Backend, PluginVersion, QuotaUse, Quotas, StoreError};
 
 /// Why a control-plane change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +252,7 @@ pub struct Prepaid(usize);
 /// Every tenant's plugins, and the way events run through them.
 pub struct Pipeline {
     runtime: Arc<Runtime>,
-    store: EventStore,
+    store: Arc<dyn Backend>,
     plugin_dir: PathBuf,
     tenants: RwLock<HashMap<String, TenantPlugins>>,
     /// One lock per tenant serializing its control-plane changes, so two
@@ -328,7 +328,7 @@ impl Pipeline {
     /// loaded is logged and left out (its settings stay stored).
     pub fn load(
         runtime: Arc<Runtime>,
-        store: EventStore,
+        store: Arc<dyn Backend>,
         plugin_dir: PathBuf,
         (workers, tenant_workers): (usize, usize),
     ) -> Result<Pipeline, PluginError> {
@@ -421,12 +421,10 @@ impl Pipeline {
         };
         let (reservation, (today, bytes)) = match claim {
             None => (None, self.store.space_usage(space).await?),
-            Some((events, bytes)) => {
-                match self.store.reserve_usage(space, events, bytes, |t, b| quotas.exceeded(t, b).1.is_none()).await? {
-                    Ok(reservation) => return Ok(Some(reservation)),
-                    Err(used) => (None, used),
-                }
-            }
+            Some((events, bytes)) => match self.store.reserve_usage(space, events, bytes, quotas).await? {
+                Ok(reservation) => return Ok(Some(reservation)),
+                Err(used) => (None, used),
+            },
         };
         match quotas.exceeded(today, bytes) {
             (_, None) => Ok(reservation),

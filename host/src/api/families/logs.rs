@@ -51,16 +51,6 @@ fn authorize(principal: Result<Principal, ApiError>, scope: &str) -> Result<Prin
     Ok(principal)
 }
 
-fn log_view(e: &Value) -> Value {
-    json!({
-        "id": e["id"],
-        "level": e["event_payload"]["level"],
-        "message": e["event_payload"]["message"],
-        "meta": e["event_payload"]["meta"],
-        "created_at": e["created_at"],
-    })
-}
-
 /// The canonical event of a valid log entry.
 fn to_event(tenant: &str, level: &str, message: &str, meta: &Value, now: i64) -> Event {
     let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
@@ -109,31 +99,45 @@ pub(crate) struct NewLog {
 }
 
 /// A stored log entry.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct LogEntry {
     id: String,
     level: String,
     message: String,
     #[schema(value_type = Object)]
     meta: Value,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
+impl LogEntry {
+    /// The entry of a stored event (`payload`: its JSON text; a plugin may
+    /// have rewritten it, so what is missing shows empty).
+    fn of(id: String, payload: &str, created_at: i64) -> LogEntry {
+        let mut payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        LogEntry {
+            id,
+            level: text(&payload["level"]),
+            message: text(&payload["message"]),
+            meta: payload.get_mut("meta").map(Value::take).unwrap_or(Value::Null),
+            created_at: crate::event::rfc3339(created_at),
+        }
+    }
+}
+
 /// A page of log entries.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct LogPage {
     data: Vec<LogEntry>,
     next_cursor: Option<String>,
 }
 
 /// The entry was dropped or dead-lettered by a plugin.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct LogNotStored {
-    #[schema(value_type = Option<String>)]
-    id: Option<Value>,
+    /// Always null: nothing was stored.
+    id: Option<String>,
     dropped: String,
 }
 
@@ -213,24 +217,27 @@ pub async fn create(
         .run(Logs::RULES, vec![input], |run| {
             // A plugin's rejection or failure is answered here in the logs
             // dialect (a whole request's policy does not remember it).
-            let (status, body) = match run.fresh().next() {
-                Some(Disposition::Stored { ids }) => {
-                    let stored = run.stored.first().map(|e| e.event.to_json());
-                    let view = stored.map(|e| log_view(&e)).unwrap_or_else(|| json!({"id": ids[0]}));
-                    (StatusCode::CREATED, view)
-                }
-                Some(Disposition::Rejected { error: e }) if e.plugin_failed() => {
-                    dialect::Logs::answer(&ApiError::BadGateway(e.message.clone()))
-                }
-                Some(Disposition::Rejected { error: e }) => {
-                    dialect::Logs::answer(&ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
-                }
-                Some(Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. }) => {
-                    (StatusCode::ACCEPTED, json!({"id": null, "dropped": reason}))
-                }
-                None => return Err(ApiError::Internal("the log entry was not run".into()).into()),
+            let refused = |error: ApiError| {
+                let (status, body) = dialect::Logs::answer(&error);
+                Reply::json(status.as_u16(), &body)
             };
-            Ok::<_, In<dialect::Logs>>(Reply::json(status.as_u16(), &body))
+            let reply = match (run.fresh().next(), run.stored.first()) {
+                (Some(Disposition::Stored { .. }), Some(stored)) => {
+                    let e = &stored.event;
+                    Reply::json(StatusCode::CREATED.as_u16(), &LogEntry::of(e.id.clone(), &e.payload, e.occurred_at))
+                }
+                (Some(Disposition::Rejected { error: e }), _) if e.plugin_failed() => {
+                    refused(ApiError::BadGateway(e.message.clone()))
+                }
+                (Some(Disposition::Rejected { error: e }), _) => {
+                    refused(ApiError::BadRequest { message: e.message.clone(), fields: Vec::new() })
+                }
+                (Some(Disposition::Dropped { reason, .. } | Disposition::DeadLettered { reason, .. }), _) => {
+                    Reply::json(StatusCode::ACCEPTED.as_u16(), &LogNotStored { id: None, dropped: reason.clone() })
+                }
+                _ => return Err(ApiError::Internal("the log entry was not run".into()).into()),
+            };
+            Ok::<_, In<dialect::Logs>>(reply)
         })
         .await?;
     Ok(reply.into_response())
@@ -266,11 +273,12 @@ pub async fn list(
         EventFilter { family: Some(Logs::NAME.into()), status: params.get("level").cloned(), ..EventFilter::default() };
     let cursor = params.get("cursor").cloned().filter(|c| !c.is_empty());
     let page = state.store.list_events(principal.space(), filter, cursor, limit).await?;
-    Ok(Json(json!({
-        "data": page.items.iter().map(log_view).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    }))
-    .into_response())
+    let data = page
+        .items
+        .into_iter()
+        .map(|row| LogEntry::of(row.id, row.event_payload.as_deref().unwrap_or("null"), row.created_at))
+        .collect();
+    Ok(Json(LogPage { data, next_cursor: page.next_cursor }).into_response())
 }
 
 /// `PUT /v1/quotas` with `{"events_per_day": N, "storage_bytes": N,

@@ -20,7 +20,8 @@ use duckdb::types::{TimeUnit, Value as DbValue};
 use duckdb::{AccessMode, Config, Connection};
 use serde_json::{json, Map, Value};
 
-use super::query::{QueryFormat, WorkerJob, WorkerReply};
+use super::query::{WorkerJob, WorkerReply};
+use super::QueryFormat;
 
 /// Run the job on stdin and answer on stdout.
 ///
@@ -235,7 +236,7 @@ fn to_json(v: DbValue) -> Value {
         DbValue::Decimal(d) => {
             d.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(Value::Null, Value::Number)
         }
-        DbValue::Timestamp(unit, t) => super::read::rfc3339(unit.to_micros(t)).into(),
+        DbValue::Timestamp(unit, t) => crate::event::rfc3339(unit.to_micros(t)).into(),
         DbValue::Text(s) | DbValue::Enum(s) => s.into(),
         DbValue::Blob(b) | DbValue::Geometry(b) => hex::encode(b).into(),
         DbValue::Date32(days) => {

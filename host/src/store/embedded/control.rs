@@ -3,39 +3,7 @@
 
 use duckdb::OptionalExt;
 
-use super::{EventStore, StoreError};
-
-/// A stored token: who it belongs to and what it may do.
-#[derive(Debug, Clone)]
-pub struct TokenRecord {
-    pub tenant: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    /// `live`, or `test` for test-mode tokens.
-    pub mode: String,
-}
-
-/// A token as listed: never its secret.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TokenInfo {
-    /// The first 16 hex digits of the secret's SHA-256.
-    pub id: String,
-    pub tenant: String,
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub mode: String,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
-}
-
-/// One uploaded version of a plugin.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PluginVersion {
-    pub version: u32,
-    pub sha256: String,
-    pub size: u64,
-    pub uploaded_at: String,
-}
+use super::{EventStore, PluginVersion, StoreError, TokenInfo, TokenRecord};
 
 /// Most tokens one tenant has in force at once (live and test together);
 /// beyond it an issue is refused (409) until some are revoked.
@@ -155,8 +123,8 @@ impl EventStore {
                     name: row.get(2)?,
                     scopes: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
                     mode: row.get(4)?,
-                    created_at: super::read::rfc3339(row.get(5)?),
-                    revoked_at: row.get::<_, Option<i64>>(6)?.map(super::read::rfc3339),
+                    created_at: crate::event::rfc3339(row.get(5)?),
+                    revoked_at: row.get::<_, Option<i64>>(6)?.map(crate::event::rfc3339),
                 })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
@@ -264,7 +232,7 @@ impl EventStore {
                     version: row.get(0)?,
                     sha256: row.get(1)?,
                     size: row.get::<_, i64>(2)? as u64,
-                    uploaded_at: super::read::rfc3339(row.get(3)?),
+                    uploaded_at: crate::event::rfc3339(row.get(3)?),
                 })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)

@@ -7,35 +7,13 @@ use base64::Engine as _;
 use duckdb::types::Value as DbValue;
 use duckdb::{params_from_iter, Row};
 use hmac::{Hmac, Mac};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::Sha256;
 
-use super::{EventStore, ExportFile, StoreError};
-
-/// Filters of `GET /v1/audit/events`. `None` means "any".
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub event_group: Option<String>,
-    pub event_type: Option<String>,
-    pub status: Option<String>,
-    pub user_id: Option<i64>,
-    pub vm_id: Option<String>,
-    pub session_id: Option<String>,
-    pub family: Option<String>,
-    /// Inclusive lower bound on `created_at`, microseconds.
-    pub from: Option<i64>,
-    /// Exclusive upper bound on `created_at`, microseconds.
-    pub to: Option<i64>,
-}
-
-/// One page of events, newest first.
-#[derive(Debug)]
-pub struct EventPage {
-    pub items: Vec<Value>,
-    pub next_cursor: Option<String>,
-}
-
-pub use crate::event::rfc3339;
+use super::{
+    AnalystSlot, DeadLetterRow, EventFilter, EventPage, EventRow, EventStore, EventWithRaw, ExportFile, Letter,
+    PluginLogRow, StoreError,
+};
 
 const EVENT_COLUMNS: &str = "id, epoch_us(created_at), user_id, actor_type, actor_id, source, event_group, \
      event_type, status, resource_type, resource_id, session_id, vm_id, task_id, request_id, correlation_id, \
@@ -64,11 +42,6 @@ const PAGE_BYTES: i64 = 8 << 20;
 /// F23).
 const REPLAY_BYTES: i64 = 32 << 20;
 
-/// An analyst slot ([`EventStore::analyst_slot`]), given back on drop.
-pub struct AnalystSlot {
-    _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
-}
-
 /// The first rows of `sql` (which selects `seq` and a size, in reading
 /// order, for the tenant bound to its one `?`) whose sizes fit in `budget`
 /// bytes (at least one).
@@ -94,55 +67,40 @@ fn json_or_null(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
 }
 
-/// A dead letter to replay: its `dead_letter_id`, its event and the raw
-/// input it came from.
-#[derive(Debug, Clone)]
-pub struct Letter {
-    pub id: i64,
-    pub event: crate::event::Event,
-    pub raw: crate::event::Raw,
-}
-
-/// One row of `EVENT_COLUMNS` as an `AuditEventResponse` (plus `family`,
-/// `received_at` and `lineage`).
-fn event_row(row: &Row<'_>) -> duckdb::Result<(i64, Value)> {
-    let text =
-        |i: usize| -> duckdb::Result<Value> { Ok(row.get::<_, Option<String>>(i)?.map_or(Value::Null, Value::String)) };
-    let int =
-        |i: usize| -> duckdb::Result<Value> { Ok(row.get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::from)) };
-    let mut m = Map::new();
-    m.insert("id".into(), text(0)?);
-    m.insert("created_at".into(), rfc3339(row.get(1)?).into());
-    m.insert("user_id".into(), int(2)?);
-    for (i, name) in [
-        (3, "actor_type"),
-        (4, "actor_id"),
-        (5, "source"),
-        (6, "event_group"),
-        (7, "event_type"),
-        (8, "status"),
-        (9, "resource_type"),
-        (10, "resource_id"),
-        (11, "session_id"),
-        (12, "vm_id"),
-    ] {
-        m.insert(name.into(), text(i)?);
-    }
-    m.insert("task_id".into(), int(13)?);
-    for (i, name) in [(14, "request_id"), (15, "correlation_id"), (16, "http_method"), (17, "path")] {
-        m.insert(name.into(), text(i)?);
-    }
-    m.insert("http_status".into(), int(18)?);
-    m.insert("latency_ms".into(), row.get::<_, Option<f64>>(19)?.map_or(Value::Null, Value::from));
-    for (i, name) in [(20, "ip_address"), (21, "user_agent"), (22, "node_ip"), (23, "worker_id")] {
-        m.insert(name.into(), text(i)?);
-    }
-    m.insert("event_payload".into(), json_or_null(row.get(24)?));
-    m.insert("error_message".into(), text(25)?);
-    m.insert("family".into(), text(26)?);
-    m.insert("received_at".into(), rfc3339(row.get(27)?).into());
-    m.insert("lineage".into(), json_or_null(row.get(28)?));
-    Ok((row.get(29)?, Value::Object(m)))
+/// One row of `EVENT_COLUMNS`, with its sequence number.
+fn event_row(row: &Row<'_>) -> duckdb::Result<(i64, EventRow)> {
+    let event = EventRow {
+        id: row.get(0)?,
+        created_at: row.get(1)?,
+        user_id: row.get(2)?,
+        actor_type: row.get(3)?,
+        actor_id: row.get(4)?,
+        source: row.get(5)?,
+        event_group: row.get(6)?,
+        event_type: row.get(7)?,
+        status: row.get(8)?,
+        resource_type: row.get(9)?,
+        resource_id: row.get(10)?,
+        session_id: row.get(11)?,
+        vm_id: row.get(12)?,
+        task_id: row.get(13)?,
+        request_id: row.get(14)?,
+        correlation_id: row.get(15)?,
+        http_method: row.get(16)?,
+        path: row.get(17)?,
+        http_status: row.get(18)?,
+        latency_ms: row.get(19)?,
+        ip_address: row.get(20)?,
+        user_agent: row.get(21)?,
+        node_ip: row.get(22)?,
+        worker_id: row.get(23)?,
+        event_payload: row.get(24)?,
+        error_message: row.get(25)?,
+        family: row.get(26)?,
+        received_at: row.get(27)?,
+        lineage: row.get(28)?,
+    };
+    Ok((row.get(29)?, event))
 }
 
 impl EventFilter {
@@ -268,7 +226,7 @@ impl EventStore {
             args.push(DbValue::BigInt(*oldest));
             let mut stmt =
                 conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events{conditions} ORDER BY seq DESC"))?;
-            let rows: Vec<(i64, Value)> =
+            let rows: Vec<(i64, EventRow)> =
                 stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;
             let next_cursor = (sizes.len() > fit).then(|| encode_cursor(&key, &tenant, &filter, *oldest));
             Ok(EventPage { items: rows.into_iter().map(|(_, v)| v).collect(), next_cursor })
@@ -280,8 +238,9 @@ impl EventStore {
     /// oldest first, in `[from, to)` of `created_at`, no further than what
     /// is committed of the space (a page never passes a range still being
     /// written, whose rows would land behind it), and at most
-    /// [`PAGE_BYTES`] of payloads. Returns the rows and, when more may
-    /// follow, the sequence number to continue after.
+    /// [`PAGE_BYTES`] of payloads. Returns the rows, each written by
+    /// `encode` (an NDJSON line, say), and, when more may follow, the
+    /// sequence number to continue after.
     ///
     /// # Errors
     ///
@@ -292,6 +251,7 @@ impl EventStore {
         filter: EventFilter,
         after: i64,
         limit: usize,
+        encode: crate::store::Encode,
     ) -> Result<(String, Option<i64>), StoreError> {
         let upto = self.committed_seq(&tenant);
         // Read and serialized on the background threads, which yield the
@@ -318,15 +278,14 @@ impl EventStore {
             args.push(DbValue::BigInt(*last));
             let mut stmt =
                 conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events{conditions} ORDER BY seq"))?;
-            let rows: Vec<(i64, Value)> =
+            let rows: Vec<(i64, EventRow)> =
                 stmt.query_map(params_from_iter(args), event_row)?.collect::<duckdb::Result<_>>()?;
             // More may follow when the page stopped at its row limit or
             // at its byte bound.
             let more = sizes.len() == limit || fit < sizes.len();
             let mut text = String::new();
-            for (_, row) in &rows {
-                text.push_str(&row.to_string());
-                text.push('\n');
+            for (_, row) in rows {
+                encode(row, &mut text);
             }
             Ok((text, more.then_some(*last)))
         })
@@ -341,7 +300,7 @@ impl EventStore {
     /// [`StoreError::Busy`] beyond the analyst slots.
     pub fn analyst_slot(&self, space: &str) -> Result<AnalystSlot, StoreError> {
         let permits = self.inner.query.admit(space).map_err(|e| StoreError::Busy(e.to_string()))?;
-        Ok(AnalystSlot { _permits: permits })
+        Ok(AnalystSlot::new(permits))
     }
 
     /// Export a tenant space's events in `[from, to)` into a Parquet file
@@ -389,7 +348,7 @@ impl EventStore {
     /// # Errors
     ///
     /// Database errors.
-    pub async fn recent_with_raw(&self, tenant: String, n: usize) -> Result<Vec<(Value, Value)>, StoreError> {
+    pub async fn recent_with_raw(&self, tenant: String, n: usize) -> Result<Vec<EventWithRaw>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
             let sizes = sized_prefix(
                 conn,
@@ -412,7 +371,7 @@ impl EventStore {
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([&tenant], |row| {
                 let (_, event) = event_row(row)?;
-                Ok((event, json_or_null(row.get(30)?)))
+                Ok(EventWithRaw { row: event, raw: row.get::<_, String>(30)?.into() })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
         })
@@ -424,7 +383,7 @@ impl EventStore {
     /// # Errors
     ///
     /// Database errors.
-    pub async fn get_event(&self, tenant: String, id: String) -> Result<Option<Value>, StoreError> {
+    pub async fn get_event(&self, tenant: String, id: String) -> Result<Option<EventRow>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ? AND id = ? ORDER BY seq LIMIT 1");
             let mut stmt = conn.prepare_cached(&sql)?;
@@ -440,7 +399,7 @@ impl EventStore {
     /// # Errors
     ///
     /// Database errors.
-    pub async fn list_dead_letters(&self, tenant: String, limit: usize) -> Result<Vec<Value>, StoreError> {
+    pub async fn list_dead_letters(&self, tenant: String, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
             let sizes = sized_prefix(
                 conn,
@@ -460,17 +419,17 @@ impl EventStore {
                 seq_list(&sizes)
             ))?;
             let rows = stmt.query_map([&tenant], |row| {
-                Ok(serde_json::json!({
-                    "id": row.get::<_, String>(0)?,
-                    "family": row.get::<_, String>(1)?,
-                    "received_at": rfc3339(row.get(2)?),
-                    "plugin": row.get::<_, String>(3)?,
-                    "plugin_version": row.get::<_, i32>(4)?,
-                    "reason": row.get::<_, String>(5)?,
-                    "event": json_or_null(row.get(6)?),
-                    "raw": json_or_null(row.get(7)?),
-                    "dead_letter_id": row.get::<_, i64>(8)?,
-                }))
+                Ok(DeadLetterRow {
+                    id: row.get(0)?,
+                    family: row.get(1)?,
+                    received_at: row.get(2)?,
+                    plugin: row.get(3)?,
+                    plugin_version: row.get(4)?,
+                    reason: row.get(5)?,
+                    event: row.get(6)?,
+                    raw: row.get(7)?,
+                    dead_letter_id: row.get(8)?,
+                })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
         })
@@ -518,14 +477,14 @@ impl EventStore {
             );
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([&tenant], |row| {
-                Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), json_or_null(row.get(2)?)))
+                Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), row.get::<_, String>(2)?))
             })?;
             let mut letters = Vec::with_capacity(sizes.len());
             for row in rows {
                 let (id, event, raw) = row?;
                 let event = crate::event::Event::from_json(&tenant, &event)
                     .map_err(|e| StoreError::Corrupt(format!("dead letter {id} unreadable: {e}")))?;
-                letters.push(Letter { id, event, raw: crate::event::raw_of(&raw) });
+                letters.push(Letter { id, event, raw: raw.into() });
             }
             Ok(letters)
         })
@@ -542,21 +501,21 @@ impl EventStore {
         tenant: String,
         plugin: Option<String>,
         limit: usize,
-    ) -> Result<Vec<Value>, StoreError> {
+    ) -> Result<Vec<PluginLogRow>, StoreError> {
         self.read_as(&tenant.clone(), move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT plugin, plugin_version, epoch_us(logged_at), level, message, fields FROM plugin_logs \
                  WHERE tenant = ? AND (? IS NULL OR plugin = ?) ORDER BY logged_at DESC LIMIT ?",
             )?;
             let rows = stmt.query_map(duckdb::params![tenant, plugin, plugin, limit as i64], |row| {
-                Ok(serde_json::json!({
-                    "plugin": row.get::<_, String>(0)?,
-                    "plugin_version": row.get::<_, i32>(1)?,
-                    "at": rfc3339(row.get(2)?),
-                    "level": row.get::<_, String>(3)?,
-                    "message": row.get::<_, String>(4)?,
-                    "fields": json_or_null(row.get(5)?),
-                }))
+                Ok(PluginLogRow {
+                    plugin: row.get(0)?,
+                    plugin_version: row.get(1)?,
+                    at: row.get(2)?,
+                    level: row.get(3)?,
+                    message: row.get(4)?,
+                    fields: row.get(5)?,
+                })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
         })

@@ -1,62 +1,7 @@
 //! Per-tenant retention: expired rows are deleted in bounded batches, each
 //! its own short job on the writer, so ingest keeps flowing in between.
 
-use super::{EventStore, StoreError};
-
-/// A tenant's quotas; `None` means unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Quotas {
-    #[schema(minimum = 0)]
-    #[serde(default, deserialize_with = "crate::whole::option")]
-    pub events_per_day: Option<i64>,
-    #[schema(minimum = 0)]
-    #[serde(default, deserialize_with = "crate::whole::option")]
-    pub storage_bytes: Option<i64>,
-    /// Sustained ingest rate in events per second (`None`: the server's
-    /// default, `SLUICE_TENANT_EVENTS_PER_SEC`).
-    #[schema(minimum = 1)]
-    #[serde(default, deserialize_with = "crate::whole::option")]
-    pub events_per_second: Option<i64>,
-    /// Events at once before the rate applies (`None`: the server's
-    /// default, `SLUICE_TENANT_EVENTS_BURST`).
-    #[schema(minimum = 1)]
-    #[serde(default, deserialize_with = "crate::whole::option")]
-    pub events_burst: Option<i64>,
-    /// Plugin CPU time per second, in milliseconds, all the tenant's
-    /// plugins together (`None`: the server's default,
-    /// `SLUICE_TENANT_PLUGIN_MS_PER_SEC`; twice it at once).
-    #[schema(minimum = 1)]
-    #[serde(default, deserialize_with = "crate::whole::option")]
-    pub plugin_ms_per_second: Option<i64>,
-    /// Bytes its runs may store per second, four times that at once
-    /// (`None`: the server's default, `SLUICE_TENANT_BYTES_PER_SEC`).
-    #[schema(minimum = 1)]
-    #[serde(default, deserialize_with = "crate::whole::option")]
-    pub bytes_per_second: Option<i64>,
-}
-
-/// One quota a space has, and what it uses of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaUse {
-    pub metric: &'static str,
-    pub used: i64,
-    pub limit: i64,
-}
-
-impl Quotas {
-    /// The quotas that are set with their use (`today` events received,
-    /// `bytes` stored), and the first one used up, if any.
-    pub fn exceeded(&self, today: i64, bytes: i64) -> (Vec<QuotaUse>, Option<&'static str>) {
-        let set: Vec<QuotaUse> =
-            [("events_per_day", today, self.events_per_day), ("storage_bytes", bytes, self.storage_bytes)]
-                .into_iter()
-                .filter_map(|(metric, used, limit)| limit.map(|limit| QuotaUse { metric, used, limit }))
-                .collect();
-        let first = set.iter().find(|q| q.used >= q.limit).map(|q| q.metric);
-        (set, first)
-    }
-}
+use super::{EventStore, Quotas, Reservation, StoreError};
 
 /// The quota columns of `tenants`, in the order [`quotas_at`] reads them.
 const QUOTA_COLUMNS: &str =
@@ -206,7 +151,7 @@ impl EventStore {
     }
 
     /// Reserve `events` and `bytes` of a space's quotas for a run about to
-    /// be committed, if `admit` admits what the space uses (as
+    /// be committed, if `quotas` admit what the space uses (as
     /// [`EventStore::space_usage`] counts it) — checked and reserved under
     /// one lock, so of concurrent runs only one can cross a quota. `Err`
     /// with the use when refused.
@@ -219,21 +164,21 @@ impl EventStore {
         space: String,
         events: i64,
         bytes: i64,
-        admit: impl FnOnce(i64, i64) -> bool,
-    ) -> Result<Result<super::Reservation, (i64, i64)>, StoreError> {
+        quotas: Quotas,
+    ) -> Result<Result<Reservation, (i64, i64)>, StoreError> {
         self.counted(&space).await?;
         let mut usage = self.inner.usage.lock();
         let (used, pending) = &mut *usage;
         let u = used.get(&space).copied().map_or((0, 0), |u| (u.today, u.bytes));
         let p = pending.entry(space.clone()).or_default();
         let now = (u.0 + p.events, u.1 + p.bytes);
-        if !admit(now.0, now.1) {
+        if quotas.exceeded(now.0, now.1).1.is_some() {
             return Ok(Err(now));
         }
         p.events += events;
         p.bytes += bytes;
         let pending = super::Pending { events, bytes };
-        Ok(Ok(super::Reservation { store: self.inner.clone(), space, pending }))
+        Ok(Ok(Reservation::new(super::Held { store: self.inner.clone(), space, pending })))
     }
 
     /// Count a space's use from the table unless it is counted for today.

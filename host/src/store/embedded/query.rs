@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{EventStore, StoreError};
+use super::{EventStore, QueryAnswer, QueryError, QueryFormat, QueryLimits, StoreError};
 
 /// The views a query may read.
 pub const QUERY_VIEWS: [&str; 4] = ["events", "dead_letters", "plugin_runs", "plugin_logs"];
@@ -55,66 +55,6 @@ const DENIED_FUNCTIONS: [&str; 16] = [
     "current_query",
 ];
 const DENIED_PREFIXES: [&str; 6] = ["read_", "duckdb_", "pragma_", "sqlite_", "parquet_", "glob"];
-
-/// Why a query was refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the query ran longer than {0:?} and was stopped")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Failed(String),
-    /// The answer would be larger than the byte cap (Parquet only; JSON and
-    /// CSV are cut and marked truncated).
-    #[error("{0}")]
-    TooLarge(String),
-    /// Too many queries running: retry later.
-    #[error("{0}")]
-    Busy(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Limits of one query.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct QueryLimits {
-    pub timeout: Duration,
-    /// Most rows of a JSON or CSV answer.
-    pub max_rows: usize,
-    /// Most bytes of an answer in any format.
-    pub max_bytes: usize,
-}
-
-/// The format of an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueryFormat {
-    Json,
-    Csv,
-    Parquet,
-}
-
-impl QueryFormat {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            QueryFormat::Json => "application/json",
-            QueryFormat::Csv => "text/csv; charset=utf-8",
-            QueryFormat::Parquet => "application/vnd.apache.parquet",
-        }
-    }
-}
-
-/// A finished answer, already encoded in its format and within the byte cap.
-#[derive(Debug)]
-pub struct QueryAnswer {
-    pub format: QueryFormat,
-    pub body: Vec<u8>,
-    /// Whether the row or byte cap cut the result.
-    pub truncated: bool,
-}
 
 /// How the server runs query workers.
 #[derive(Debug, Clone)]
