@@ -111,6 +111,7 @@ async fn main() {
     let largest: u64 = std::env::var("SLUICE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let dir = tempfile::tempdir().unwrap();
     let options = StoreOptions {
+        components_dir: dir.path().join("plugins"),
         cursor_key: [1; 32],
         memory_limit: "8GB".into(),
         checkpoint_threshold: "512MB".into(),

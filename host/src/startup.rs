@@ -61,6 +61,7 @@ impl Application {
                 max_concurrent: settings.query_concurrency,
                 max_concurrent_per_tenant: settings.query_tenant_concurrency,
             },
+            components_dir: settings.plugin_dir(),
         };
         let embedded = EventStore::open(&settings.database_path(), options)
             .with_context(|| format!("cannot open {}", settings.database_path().display()))?;

@@ -14,8 +14,9 @@ use crate::ingest::{Error, Opened, Reply};
 ///
 /// # Errors
 ///
-/// 422 for an invalid `Idempotency-Key`, 409 for one in use or bound to
-/// another body, the tenant's rate refusals (429).
+/// An invalid `Idempotency-Key` (a field error: 422, or 400 in the
+/// google.rpc and logs dialects), 409 for one in use or bound to another
+/// body, the tenant's rate refusals (429).
 pub(crate) async fn open<'a>(
     state: &'a AppState,
     principal: &Principal,

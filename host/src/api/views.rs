@@ -10,9 +10,16 @@ use crate::event::rfc3339;
 use crate::store::{DeadLetterRow, EventRow, PluginLogRow};
 
 /// Stored JSON text as it is, or `null` when there is none or it is not
-/// JSON.
+/// JSON. Text with a line break (outside a string it can only be
+/// whitespace; inside one it is escaped) is written compactly, so an event
+/// stays one line of an NDJSON export.
 fn json_text(text: Option<String>) -> Box<RawValue> {
-    text.and_then(|t| RawValue::from_string(t).ok()).unwrap_or_else(null)
+    let Some(text) = text else { return null() };
+    if text.contains(['\n', '\r']) {
+        let compact = serde_json::from_str::<serde_json::Value>(&text).ok();
+        return compact.and_then(|v| serde_json::value::to_raw_value(&v).ok()).unwrap_or_else(null);
+    }
+    RawValue::from_string(text).unwrap_or_else(|_| null())
 }
 
 fn null() -> Box<RawValue> {
@@ -110,7 +117,7 @@ pub fn ndjson_line(row: EventRow, out: &mut String) {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditEventPage {
     pub items: Vec<AuditEvent>,
-    /// Opaque; absent on the last page.
+    /// Opaque; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -226,5 +233,14 @@ mod tests {
         assert_eq!(v["event_payload"], serde_json::json!({"b": 1, "a": [2]}));
         assert!(line.contains(r#""event_payload":{"b":1,"a":[2]}"#), "the payload's text as stored: {line}");
         assert!(v["lineage"].is_null(), "text that is not JSON shows as null");
+
+        // A payload stored as a client pretty-printed it is still one line.
+        let pretty =
+            EventRow { event_payload: Some("{\n  \"a\": \"x\\ny\",\r\n  \"b\": 2\n}".into()), ..EventRow::default() };
+        let mut line = String::new();
+        ndjson_line(pretty, &mut line);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event_payload"], serde_json::json!({"a": "x\ny", "b": 2}));
     }
 }

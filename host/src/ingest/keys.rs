@@ -79,13 +79,18 @@ fn sha256(parts: &[&[u8]]) -> String {
 
 /// A request's claim on its `Idempotency-Key`.
 pub struct Ticket {
-    _claims: KeyClaim,
+    claims: KeyClaim,
     tenant: String,
     key: String,
     hash: String,
 }
 
 impl Ticket {
+    /// The claim on the key, to hold until the request's commit landed.
+    pub fn into_claim(self) -> KeyClaim {
+        self.claims
+    }
+
     /// The record that remembers this request's response (`body`: its JSON).
     pub fn record(&self, status: u16, body: &str) -> IdempotencyRecord {
         IdempotencyRecord {
@@ -111,7 +116,7 @@ pub enum Begin {
 
 /// The client-chosen ids of a request's events, claimed for its duration.
 pub struct EventIds {
-    _claims: KeyClaim,
+    claims: KeyClaim,
     tenant: String,
     /// Input index → (key, content hash), for inputs that carry an id.
     keyed: HashMap<usize, (String, String)>,
@@ -120,6 +125,11 @@ pub struct EventIds {
 }
 
 impl EventIds {
+    /// The claims on the ids, to hold until the request's commit landed.
+    pub fn into_claim(self) -> KeyClaim {
+        self.claims
+    }
+
     /// The record that remembers input `index`'s result, if it has an id.
     pub fn record(&self, index: usize, result: &impl serde::Serialize) -> Option<IdempotencyRecord> {
         let (key, hash) = self.keyed.get(&index)?;
@@ -179,7 +189,7 @@ impl Keys {
             }
             return Ok(Begin::Replay(done.status, done.body.clone()));
         }
-        Ok(Begin::Keyed(Ticket { _claims: claims, tenant: tenant.to_string(), key, hash }))
+        Ok(Begin::Keyed(Ticket { claims: claims, tenant: tenant.to_string(), key, hash }))
     }
 
     /// Claim the ids that a request's items carry (their `id` field) and find
@@ -231,6 +241,6 @@ impl Keys {
                 replayed.insert(*index, serde_json::from_str(&done.body).unwrap_or(Value::Null));
             }
         }
-        Ok(EventIds { _claims: claims, tenant: tenant.to_string(), keyed, replayed })
+        Ok(EventIds { claims: claims, tenant: tenant.to_string(), keyed, replayed })
     }
 }

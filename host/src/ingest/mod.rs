@@ -26,7 +26,8 @@ use crate::event::StoredEvent;
 use crate::pipeline::{Disposition, Input, Mode, Pipeline, PluginError, Prepaid, RunOutput};
 use crate::store::{Backend, EventLog, StoreError, WriteBatch};
 
-pub use keys::{Begin, EventIds, Keys, Refusal, Ticket};
+use keys::{Begin, EventIds, Ticket};
+pub use keys::{Keys, Refusal};
 
 /// What a family keeps when some of a request's events are rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,7 @@ impl Policy {
 /// How one family's requests go through ingest.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
-    /// Its events' `family` column, and its name in the metrics.
+    /// Its name in the metrics (its events' `family`).
     pub family: &'static str,
     pub policy: Policy,
     /// Whether an item carrying its own `id` is deduplicated by it.
@@ -157,7 +158,7 @@ impl Report<'_> {
 pub struct Ingest {
     store: Arc<dyn EventLog>,
     pipeline: Arc<Pipeline>,
-    pub keys: Keys,
+    keys: Keys,
 }
 
 impl Ingest {
@@ -216,24 +217,31 @@ impl Ingest {
             letters.into_iter().map(|l| (l.id, Input { event: l.event, raw: l.raw })).unzip();
         let mut output = self.pipeline.run(tenant, inputs, mode, Prepaid::default()).await?;
         output.batch.replayed = replayed.clone();
-        self.commit(tenant, output.batch, Policy::Each, None).await?;
+        self.commit(tenant, output.batch, Policy::Each, None, None).await?;
         Ok(replayed.into_iter().zip(output.dispositions).collect())
     }
 
-    /// Commit a request's batch with `reply` remembered under its key when
-    /// there is one and `policy` remembers it. The answers the batch
-    /// remembers (under its key and its events' ids) are charged to the
-    /// tenant's byte rate like what its run stores: they are kept for a day
-    /// (RELIABILITY.md, F22). Returns once the batch is durable.
+    /// Commit a request's batch, with `reply` remembered under the key of
+    /// `ticket` when there are both and `policy` remembers the reply's
+    /// status; the claim of `ticket` is held until the commit has landed.
+    /// The answers the batch remembers (under its key and its events' ids)
+    /// are charged to the tenant's byte rate like what its run stores: they
+    /// are kept for a day (RELIABILITY.md, F22). Returns once the batch is
+    /// durable.
     async fn commit(
         &self,
         tenant: &str,
         mut batch: WriteBatch,
         policy: Policy,
-        answer: Option<(&Ticket, &Reply)>,
+        ticket: Option<Ticket>,
+        reply: Option<&Reply>,
     ) -> Result<(), StoreError> {
-        let remembered = answer.filter(|(_, reply)| policy.remembers(reply.status));
-        batch.idempotency.extend(remembered.map(|(ticket, reply)| ticket.record(reply.status, &reply.body)));
+        if let Some(ticket) = ticket {
+            if let Some(reply) = reply.filter(|r| policy.remembers(r.status)) {
+                batch.idempotency.push(ticket.record(reply.status, &reply.body));
+            }
+            batch.claims.push(ticket.into_claim());
+        }
         self.pipeline.charge_bytes(tenant, batch.remembered_bytes());
         self.store.commit(batch).await
     }
@@ -244,10 +252,12 @@ impl Request<'_> {
     /// whose own id was stored before are not run again, the rest go
     /// through the tenant's chain under the family's policy; `answer` makes
     /// the family's answer from the [`Report`]. The batch is committed with
-    /// the answer (when `Ok` and the policy remembers its status) and with
-    /// what each fresh input became under its id; an `Err` answer is
-    /// committed unremembered and returned. Counted in the metrics once
-    /// committed.
+    /// the answer under the request's key (when `Ok` and the policy
+    /// remembers its status) and with what each fresh input it stores
+    /// became under the input's own id (whatever the answer: a retry must
+    /// not store it again); an `Err` answer is returned once committed.
+    /// Counted in the metrics once committed. The claims on the key and the
+    /// ids are held until the commit has landed, even if the caller goes.
     ///
     /// # Errors
     ///
@@ -260,13 +270,14 @@ impl Request<'_> {
         answer: impl FnOnce(&Report) -> Result<Reply, E>,
     ) -> Result<Reply, E> {
         let ingest = self.ingest;
-        let ids = if rules.by_event_id {
+        let mut ids = if rules.by_event_id {
             let ids = ingest.keys.event_ids(&self.space, inputs.iter().map(|i| &*i.raw)).await.map_err(Error::from)?;
             Some(ids)
         } else {
             None
         };
-        let mut replayed = ids.as_ref().map_or_else(HashMap::new, |ids| ids.replayed.clone());
+        let mut replayed: HashMap<usize, Value> =
+            ids.as_mut().map(|ids| std::mem::take(&mut ids.replayed)).unwrap_or_default();
         let total = inputs.len();
         let fresh: Vec<Input> =
             inputs.into_iter().enumerate().filter(|(i, _)| !replayed.contains_key(i)).map(|(_, x)| x).collect();
@@ -299,11 +310,9 @@ impl Request<'_> {
             results.push(entry);
         }
         let reply = answer(&Report { results: &results, stored: &output.batch.events });
-        let remembered = match (&self.ticket, &reply) {
-            (Some(ticket), Ok(reply)) => Some((ticket, reply)),
-            _ => None,
-        };
-        ingest.commit(&self.tenant, output.batch, rules.policy, remembered).await.map_err(Error::from)?;
+        output.batch.claims.extend(ids.map(EventIds::into_claim));
+        let remembered = reply.as_ref().ok();
+        ingest.commit(&self.tenant, output.batch, rules.policy, self.ticket, remembered).await.map_err(Error::from)?;
         counts.record(rules.family);
         reply
     }

@@ -22,7 +22,7 @@ pub use admission::Rate;
 pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, RejectedBy, Rejection, RunOutput};
 
-use crate::runtime::{store_artifacts, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
+use crate::runtime::{cache_compiled, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
 use crate::store::{Backend, PluginVersion, QuotaUse, Quotas, StoreError};
 
 /// Why a control-plane change was refused.
@@ -249,10 +249,20 @@ impl TenantPlugins {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prepaid(usize);
 
+/// Keep an uploaded component in the store (where every host finds it)
+/// and its compiled artifact in this host's cache (`cache`), so a restart
+/// loads instead of recompiling.
+fn keep(store: &dyn Backend, cache: &Path, sha256: &str, component: &[u8], artifact: &[u8]) -> Result<(), PluginError> {
+    store.put_component(sha256, component).map_err(|e| PluginError::Host(format!("cannot store plugin: {e}")))?;
+    cache_compiled(cache, sha256, artifact).map_err(|e| PluginError::Host(format!("cannot cache plugin: {e}")))
+}
+
 /// Every tenant's plugins, and the way events run through them.
 pub struct Pipeline {
     runtime: Arc<Runtime>,
     store: Arc<dyn Backend>,
+    /// This host's cache of compiled plugins (the components themselves
+    /// are the store's).
     plugin_dir: PathBuf,
     tenants: RwLock<HashMap<String, TenantPlugins>>,
     /// One lock per tenant serializing its control-plane changes, so two
@@ -317,7 +327,8 @@ fn budget_of(per_second_ms: u64) -> Rate {
 const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Pipeline {
-    /// Load every installed plugin from the store and the artifact directory;
+    /// Load every installed plugin from the store and the cache of compiled
+    /// artifacts;
     /// at most `workers.0` batches (0: two per core) run plugins at once, at
     /// most `workers.1` of one tenant (0: half of them and half of the
     /// cores, at least one).
@@ -341,7 +352,7 @@ impl Pipeline {
                     continue;
                 }
             };
-            match runtime.load(&plugin_dir, &settings.sha256) {
+            match runtime.load(&plugin_dir, &settings.sha256, || Ok(store.component(&settings.sha256)?)) {
                 Ok(compiled) => {
                     let inst = Installation::new(tenant.clone(), name.clone(), settings, Arc::new(compiled));
                     tenants.entry(tenant).or_default().all.insert(name, Arc::new(inst));
@@ -788,8 +799,9 @@ impl Pipeline {
             None => versions.last(),
         }
         .ok_or_else(|| PluginError::NotFound(format!("{name} version {}", version.unwrap_or(0))))?;
-        let (runtime, dir, sha) = (self.runtime.clone(), self.plugin_dir.clone(), target.sha256.clone());
-        let compiled = tokio::task::spawn_blocking(move || runtime.load(&dir, &sha))
+        let (runtime, dir, sha, store) =
+            (self.runtime.clone(), self.plugin_dir.clone(), target.sha256.clone(), self.store.clone());
+        let compiled = tokio::task::spawn_blocking(move || runtime.load(&dir, &sha, || Ok(store.component(&sha)?)))
             .await
             .map_err(|e| PluginError::Host(e.to_string()))?
             .map_err(|e| PluginError::Host(format!("cannot load version {}: {e:#}", target.version)))?;
@@ -914,11 +926,11 @@ impl Pipeline {
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         self.admit_upload(slot.tenant(), name, &sha256, bytes.len() as u64).await?;
         let artifact = self.runtime.compile_in_worker(worker, &bytes).await?;
-        let (runtime, dir, size) = (self.runtime.clone(), self.plugin_dir.clone(), bytes.len() as u64);
+        let (runtime, dir, size, store) =
+            (self.runtime.clone(), self.plugin_dir.clone(), bytes.len() as u64, self.store.clone());
         let compiled = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
             let plugin = runtime.prepare_compiled(&bytes, &artifact)?;
-            store_artifacts(&dir, plugin.sha256(), &bytes, artifact.as_bytes())
-                .map_err(|e| PluginError::Host(format!("cannot store plugin: {e}")))?;
+            keep(&*store, &dir, plugin.sha256(), &bytes, artifact.as_bytes())?;
             Ok(plugin)
         })
         .await
@@ -1027,11 +1039,11 @@ impl Pipeline {
         };
         // Compiled in this process, not in a worker: the host trusts the
         // plugin it ships to compile in time.
-        let (runtime, dir, bytes) = (self.runtime.clone(), self.plugin_dir.clone(), crate::shipped::CUSTOMER_PREFIX);
+        let (runtime, dir, bytes, store) =
+            (self.runtime.clone(), self.plugin_dir.clone(), crate::shipped::CUSTOMER_PREFIX, self.store.clone());
         let compiled = tokio::task::spawn_blocking(move || -> Result<_, PluginError> {
             let (plugin, artifact) = runtime.compile(bytes)?;
-            store_artifacts(&dir, plugin.sha256(), bytes, &artifact)
-                .map_err(|e| PluginError::Host(format!("cannot store plugin: {e}")))?;
+            keep(&*store, &dir, plugin.sha256(), bytes, &artifact)?;
             Ok(plugin)
         })
         .await
@@ -1057,8 +1069,9 @@ impl Pipeline {
             .iter()
             .find(|v| v.version == wanted)
             .ok_or_else(|| PluginError::NotFound(format!("{name} version {wanted}")))?;
-        let (runtime, dir, sha) = (self.runtime.clone(), self.plugin_dir.clone(), target.sha256.clone());
-        let compiled = tokio::task::spawn_blocking(move || runtime.load(&dir, &sha))
+        let (runtime, dir, sha, store) =
+            (self.runtime.clone(), self.plugin_dir.clone(), target.sha256.clone(), self.store.clone());
+        let compiled = tokio::task::spawn_blocking(move || runtime.load(&dir, &sha, || Ok(store.component(&sha)?)))
             .await
             .map_err(|e| PluginError::Host(e.to_string()))?
             .map_err(|e| PluginError::Host(format!("cannot load version {wanted}: {e:#}")))?;

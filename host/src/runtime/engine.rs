@@ -233,24 +233,33 @@ impl Runtime {
         Ok((plugin, artifact.0))
     }
 
-    /// Load a plugin precompiled at upload from disk, falling back to
-    /// compiling its source (`.wasm` beside it, accepted at upload) in this
-    /// process when the artifact is missing or was made by another engine
-    /// version.
+    /// Load a plugin from this host's cache of compiled artifacts
+    /// (`cache`), falling back to compiling its component (`source`: its
+    /// bytes from the store, which must have the digest `sha256`) when the
+    /// artifact is missing or was made by another engine version; the
+    /// compiled artifact is cached then.
     ///
     /// # Errors
     ///
-    /// When neither the artifact nor the source can be loaded.
-    pub fn load(&self, dir: &Path, sha256: &str) -> anyhow::Result<CompiledPlugin> {
-        let artifact = artifact_path(dir, sha256);
-        // SAFETY: artifacts in the data directory are written only by
-        // `store_artifacts` and `load`, from this binary's compiler's output.
+    /// When neither the artifact nor the component can be loaded, or the
+    /// component is not the one named.
+    pub fn load(
+        &self,
+        cache: &Path,
+        sha256: &str,
+        source: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<CompiledPlugin> {
+        let artifact = artifact_path(cache, sha256);
+        // SAFETY: the cache is written only by `cache_compiled` and `load`,
+        // from this binary's compiler's output.
         if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, &artifact) } {
             return Ok(self.prepare(sha256.to_string(), component)?);
         }
-        let source = std::fs::read(source_path(dir, sha256))?;
+        let source = source()?;
+        let found = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&source));
+        anyhow::ensure!(found == sha256, "the stored component {sha256} has the digest {found}");
         let (plugin, compiled) = self.compile(&source)?;
-        write_atomic(&artifact, &compiled)?;
+        cache_compiled(cache, sha256, &compiled)?;
         Ok(plugin)
     }
 
@@ -272,35 +281,18 @@ impl Runtime {
     }
 }
 
-/// Where the precompiled artifact of a plugin lives.
-pub(crate) fn artifact_path(dir: &Path, sha256: &str) -> PathBuf {
+/// Where the compiled artifact of a plugin is cached.
+fn artifact_path(dir: &Path, sha256: &str) -> PathBuf {
     dir.join(format!("{sha256}.cwasm"))
 }
 
-/// Where the uploaded component of a plugin lives.
-pub(crate) fn source_path(dir: &Path, sha256: &str) -> PathBuf {
-    dir.join(format!("{sha256}.wasm"))
-}
-
-/// Keep an uploaded component and its precompiled artifact on disk, so a
-/// restart loads instead of recompiling.
+/// Keep a plugin's compiled artifact in this host's cache, so a restart
+/// loads instead of recompiling.
 ///
 /// # Errors
 ///
-/// I/O errors writing either file.
-pub fn store_artifacts(dir: &Path, sha256: &str, source: &[u8], artifact: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    write_atomic(&source_path(dir, sha256), source)?;
-    write_atomic(&artifact_path(dir, sha256), artifact)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    // A temporary name of its own: two tenants may store the same
-    // content-addressed plugin at once, each under its own control lock.
-    let tmp = path.with_extension(format!("{:016x}.tmp", rand::random::<u64>()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path)
+/// I/O errors.
+pub fn cache_compiled(cache: &Path, sha256: &str, artifact: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(cache)?;
+    crate::files::write_atomic(&artifact_path(cache, sha256), artifact)
 }

@@ -21,6 +21,6 @@ mod limits;
 mod plugin;
 
 pub use codegen::UploadError;
-pub use engine::{store_artifacts, Artifact, Runtime, RuntimeConfig, SUPPORTED_CONTRACTS};
+pub use engine::{cache_compiled, Artifact, Runtime, RuntimeConfig, SUPPORTED_CONTRACTS};
 pub use limits::PluginLimits;
 pub use plugin::{Blame, CallReport, CompiledPlugin, PluginFault, PluginInstances};

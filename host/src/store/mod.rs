@@ -14,8 +14,11 @@
 //!   writes, and the answers remembered under them.
 //! - [`UsageMeter`]: what each space uses of its quotas, with reservations
 //!   that concurrent runs see.
+//! - [`Components`]: plugin components, content-addressed (each host
+//!   compiles and caches them itself).
 //!
-//! What a second host must share (sequence numbers, key claims, quota use)
+//! What a second host must share (sequence numbers, key claims, quota use,
+//! components)
 //! lives behind these traits, inside the backend; callers hold
 //! `Arc<dyn Backend>` or one role.
 
@@ -70,6 +73,10 @@ pub struct WriteBatch {
     pub idempotency: Vec<IdempotencyRecord>,
     /// The run's claim on its space's quotas, counted as use by the commit.
     pub reservation: Option<Reservation>,
+    /// The request's claims on its keys: held until the commit has landed
+    /// or failed, even when the caller stops waiting (a retry meanwhile
+    /// would find the key neither claimed nor remembered).
+    pub claims: Vec<KeyClaim>,
 }
 
 /// A response remembered under an `Idempotency-Key`.
@@ -340,6 +347,12 @@ impl KeyClaim {
     }
 }
 
+impl std::fmt::Debug for KeyClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyClaim")
+    }
+}
+
 /// What each space uses of its quotas.
 #[async_trait]
 pub trait UsageMeter: Send + Sync {
@@ -358,7 +371,16 @@ pub trait UsageMeter: Send + Sync {
     ) -> Result<Result<Reservation, (i64, i64)>, StoreError>;
 }
 
-/// Every role of one backend. `Arc<dyn Backend>` coerces to each role.
-pub trait Backend: EventLog + ControlState + Analytics + KeyClaims + UsageMeter {}
+/// Plugin components, kept by their SHA-256 where every host can fetch
+/// them. Called on blocking threads.
+pub trait Components: Send + Sync {
+    /// Keep a component's bytes under their digest (again: no change).
+    fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The bytes kept under a digest.
+    fn component(&self, sha256: &str) -> Result<Vec<u8>, StoreError>;
+}
 
-impl<T: EventLog + ControlState + Analytics + KeyClaims + UsageMeter> Backend for T {}
+/// Every role of one backend. `Arc<dyn Backend>` coerces to each role.
+pub trait Backend: EventLog + ControlState + Analytics + KeyClaims + UsageMeter + Components {}
+
+impl<T: EventLog + ControlState + Analytics + KeyClaims + UsageMeter + Components> Backend for T {}

@@ -219,3 +219,37 @@ async fn plugin_settings_and_a_tenants_components_are_bounded_and_listings_leave
     assert_eq!(status, 422, "{body}");
     assert!(body.to_string().contains("SLUICE_TENANT_PLUGIN_BYTES"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_without_compiled_artifacts_compiles_from_the_stored_component_and_checks_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    let sha = {
+        let app = spawn_app_in(dir.path()).await;
+        let view = app.install(ADMIN_TOKEN, "prefix", "customer-prefix", json!({"families": ["generic"]})).await;
+        view["sha256"].as_str().unwrap().to_string()
+    };
+    let forget_compiled = || {
+        for entry in std::fs::read_dir(&plugins).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "cwasm") {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    };
+    // The host's cache of compiled plugins is gone: the component is
+    // fetched from the store and compiled again.
+    forget_compiled();
+    {
+        let app = spawn_app_in(dir.path()).await;
+        app.post_events(ADMIN_TOKEN, &json!({"event_type": "recompiled"})).await;
+        assert_eq!(app.all_events(ADMIN_TOKEN, "").await[0]["event_type"], "customer.recompiled");
+    }
+    assert!(plugins.join(format!("{sha}.cwasm")).exists(), "compiled again and cached");
+    // A stored component that is not the one its digest names is not run.
+    forget_compiled();
+    std::fs::write(plugins.join(format!("{sha}.wasm")), plugin_wasm("hostile-escape")).unwrap();
+    let app = spawn_app_in(dir.path()).await;
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "tampered"})).await;
+    assert_eq!(app.all_events(ADMIN_TOKEN, "").await[0]["event_type"], "tampered", "the plugin was not loaded");
+    assert!(!plugins.join(format!("{sha}.cwasm")).exists(), "nothing compiled from the wrong bytes");
+}

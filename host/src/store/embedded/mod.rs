@@ -77,6 +77,8 @@ pub struct StoreOptions {
     pub queue_depth: usize,
     /// How analysts' queries run (worker processes).
     pub query: QueryOptions,
+    /// Where plugin components are kept.
+    pub components_dir: PathBuf,
 }
 
 /// A cheap-to-clone handle to the store.
@@ -118,6 +120,7 @@ struct Inner {
     tenant_queue_depth: usize,
     /// Idempotency keys claimed by requests running now.
     claimed: roles::Claimed,
+    components_dir: PathBuf,
 }
 
 impl Inner {
@@ -274,6 +277,7 @@ impl EventStore {
             threads,
             queue_depth,
             query,
+            components_dir,
         } = options;
         check_size("memory limit", &memory_limit)?;
         check_size("checkpoint threshold", &checkpoint_threshold)?;
@@ -332,6 +336,7 @@ impl EventStore {
                 waiting: Arc::new(Mutex::new(HashMap::new())),
                 tenant_queue_depth: (queue_depth / 4).max(1),
                 claimed: roles::Claimed::default(),
+                components_dir,
             }),
         })
     }
@@ -370,6 +375,7 @@ impl EventStore {
             }
         }
         let reservation = batch.reservation.take().and_then(Reservation::into_inner::<Held>);
+        let claims = std::mem::take(&mut batch.claims);
         let (done, wait) = oneshot::channel();
         let lane = if batch.rows() > writer::BULK_ROWS { &self.inner.writer.bulk } else { &self.inner.writer.main };
         lane.try_send(Command::Write { batch, done }).map_err(|e| match e {
@@ -403,6 +409,7 @@ impl EventStore {
                 }
             }
             drop(_place);
+            drop(claims);
             committed
         });
         settled.await.map_err(|_| StoreError::Closed)?

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::*;
-use crate::store::{Analytics, ControlState, EventLog, KeyClaim, KeyClaims, UsageMeter};
+use crate::store::{Analytics, Components, ControlState, EventLog, KeyClaim, KeyClaims, UsageMeter};
 
 #[async_trait]
 impl EventLog for EventStore {
@@ -235,4 +235,27 @@ impl UsageMeter for EventStore {
     ) -> Result<Result<Reservation, (i64, i64)>, StoreError> {
         EventStore::reserve_usage(self, space, events, bytes, quotas).await
     }
+}
+
+/// Components are files named by their digest in the components directory
+/// (beside the runtime's cache of compiled artifacts).
+impl Components for EventStore {
+    fn put_component(&self, sha256: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = &self.inner.components_dir;
+        std::fs::create_dir_all(dir)?;
+        crate::files::write_atomic(&component_path(dir, sha256)?, bytes)?;
+        Ok(())
+    }
+
+    fn component(&self, sha256: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(std::fs::read(component_path(&self.inner.components_dir, sha256)?)?)
+    }
+}
+
+/// Where a component is kept; only a SHA-256 in hex names one.
+fn component_path(dir: &std::path::Path, sha256: &str) -> Result<std::path::PathBuf, StoreError> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::Corrupt(format!("{sha256:?} is not a component digest")));
+    }
+    Ok(dir.join(format!("{sha256}.wasm")))
 }
