@@ -538,3 +538,86 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Runtime, RuntimeConfig};
+
+    /// customer-prefix (the plugin the host ships), installed for tenant `t`
+    /// with `settings` changed by `change`.
+    fn prefix(runtime: &Runtime, change: impl FnOnce(&mut PluginSettings)) -> Arc<Installation> {
+        let (plugin, _) = runtime.compile(crate::shipped::CUSTOMER_PREFIX).unwrap();
+        let mut settings = PluginSettings::new(3, plugin.sha256().to_string(), 0);
+        change(&mut settings);
+        Arc::new(Installation::new("t".into(), "prefix".into(), settings, Arc::new(plugin)))
+    }
+
+    fn runtime() -> Runtime {
+        Runtime::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).unwrap()
+    }
+
+    fn input(id: &str, family: &str, name: &str) -> Input {
+        let event = Event {
+            id: id.into(),
+            tenant: "t".into(),
+            family: family.into(),
+            name: name.into(),
+            source: "s".into(),
+            payload: "{}".into(),
+            ..Event::default()
+        };
+        Input { event, raw: format!("{{\"id\":\"{id}\"}}").into() }
+    }
+
+    fn names(output: &RunOutput) -> Vec<&str> {
+        output.batch.events.iter().map(|e| e.event.name.as_str()).collect()
+    }
+
+    #[test]
+    fn an_empty_chain_stores_every_input_as_it_came() {
+        let inputs = vec![input("a", "generic", "one"), input("b", "iam", "two")];
+        let output = run_chain(&[], inputs, Mode::Live);
+        assert_eq!(names(&output), ["one", "two"]);
+        assert!(output.batch.events.iter().all(|e| e.lineage.is_empty()));
+        assert_eq!(&*output.batch.events[1].raw, r#"{"id":"b"}"#, "each event keeps its raw input");
+        let stored: Vec<&Disposition> = output.dispositions.iter().collect();
+        assert!(matches!(stored[..], [Disposition::Stored { .. }, Disposition::Stored { .. }]));
+        assert!(output.batch.runs.is_empty() && output.batch.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn a_plugin_rewrites_the_events_in_its_scope_and_is_recorded_in_their_lineage() {
+        let runtime = runtime();
+        let chain = [prefix(&runtime, |s| s.families = vec!["generic".into()])];
+        let inputs = vec![
+            input("a", "generic", "match.started"),
+            input("b", "iam", "account.created"),
+            input("c", "generic", "customer.x"),
+        ];
+        let output = run_chain(&chain, inputs, Mode::Live);
+        // In request order; the IAM event is out of the plugin's scope, and a
+        // name already prefixed is not prefixed again.
+        assert_eq!(names(&output), ["customer.match.started", "account.created", "customer.x"]);
+        let lineage = &output.batch.events[0].lineage;
+        assert_eq!(lineage.len(), 1);
+        assert_eq!((lineage[0].plugin.as_str(), lineage[0].version), ("prefix", 3));
+        assert_eq!(lineage[0].sha256, chain[0].settings().sha256);
+        assert!(output.batch.events[1].lineage.is_empty(), "untouched by a plugin it did not meet");
+        // One call, on the two events in scope.
+        assert_eq!(output.batch.runs.len(), 1);
+        assert_eq!((output.batch.runs[0].events_in, output.batch.runs[0].events_out), (2, 2));
+        assert!(output.batch.runs[0].fault.is_none());
+    }
+
+    #[test]
+    fn a_disabled_plugin_is_skipped_except_in_a_dry_run() {
+        let runtime = runtime();
+        let chain = [prefix(&runtime, |s| s.enabled = false)];
+        let live = run_chain(&chain, vec![input("a", "generic", "e")], Mode::Live);
+        assert_eq!(names(&live), ["e"]);
+        assert!(live.batch.runs.is_empty(), "not called");
+        let dry = run_chain(&chain, vec![input("a", "generic", "e")], Mode::Dry);
+        assert_eq!(names(&dry), ["customer.e"], "a dry run tries the chain as configured, disabled plugins too");
+    }
+}
