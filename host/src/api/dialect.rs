@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{retry_after, ApiError, FieldError};
 
@@ -58,25 +58,105 @@ impl<D: Dialect> IntoResponse for In<D> {
     }
 }
 
+/// 422: invalid input (FastAPI shape).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HttpValidationError {
+    pub detail: Vec<FieldError>,
+}
+
+/// Every other error of the `/v1` endpoints (FastAPI shape).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Message {
+    pub detail: String,
+}
+
+/// Document 000's error body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SessionError {
+    pub auth_success: bool,
+    pub error_code: String,
+    pub desc: String,
+}
+
+/// Document 003's error body (a `google.rpc.Status`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RpcStatus {
+    /// gRPC status code.
+    pub code: i32,
+    pub message: String,
+    /// A `google.rpc.BadRequest` with `field_violations` for invalid entries.
+    #[schema(value_type = Vec<Object>)]
+    pub details: Vec<BadRequestDetail>,
+}
+
+/// `google.rpc.BadRequest`.
+#[derive(serde::Serialize)]
+pub struct BadRequestDetail {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub field_violations: Vec<FieldViolation>,
+}
+
+/// One bad field of a `google.rpc.BadRequest`.
+#[derive(serde::Serialize)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Document 004's error body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LogError {
+    pub error: LogErrorDetail,
+}
+
+/// `{code, message}`, and for `quota_exceeded` the metric and the quotas.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct LogErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Vec<QuotaUse>>,
+}
+
+/// One quota and its use.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct QuotaUse {
+    pub metric: String,
+    pub used: i64,
+    pub limit: i64,
+    /// Whether it counts all time (`storage_bytes`) rather than today.
+    pub cumulative: bool,
+}
+
+/// A body as the JSON a dialect answers with.
+fn value(body: impl serde::Serialize) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
+}
+
 /// The `/v1/...` endpoints' FastAPI shapes.
 pub struct FastApi;
 
 impl Dialect for FastApi {
     fn answer(error: &ApiError) -> (StatusCode, Value) {
         let (status, detail) = match error {
-            ApiError::Validation(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!(errors)),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, json!("Not authenticated")),
+            ApiError::Validation(errors) => {
+                return (StatusCode::UNPROCESSABLE_ENTITY, value(HttpValidationError { detail: errors.clone() }));
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Not authenticated".to_string()),
             ApiError::Internal(m) => {
                 // Logged once here; the client gets no internals.
                 tracing::error!(error = %m, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!("internal error"))
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())
             }
             e => {
                 let (status, _, message) = parts(e);
-                (status, json!(message))
+                (status, message)
             }
         };
-        (status, json!({ "detail": detail }))
+        (status, value(Message { detail }))
     }
 }
 
@@ -123,7 +203,7 @@ impl Dialect for Session {
             e => parts(e),
         };
         let auth_success = !matches!(error, ApiError::Unauthorized);
-        (status, json!({"auth_success": auth_success, "error_code": code, "desc": desc}))
+        (status, value(SessionError { auth_success, error_code: code.to_string(), desc }))
     }
 }
 
@@ -171,14 +251,16 @@ impl Dialect for Rpc {
             ApiError::Validation(fields) | ApiError::BadRequest { fields, .. } => fields,
             _ => &[],
         };
-        let details: Vec<Value> = if fields.is_empty() {
+        let details = if fields.is_empty() {
             Vec::new()
         } else {
-            let list: Vec<Value> =
-                fields.iter().map(|f| json!({"field": field_name(&f.loc), "description": f.msg})).collect();
-            vec![json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": list})]
+            let field_violations = fields
+                .iter()
+                .map(|f| FieldViolation { field: field_name(&f.loc), description: f.msg.clone() })
+                .collect();
+            vec![BadRequestDetail { kind: "type.googleapis.com/google.rpc.BadRequest", field_violations }]
         };
-        (status, json!({"code": rpc_code(status), "message": message, "details": details}))
+        (status, value(RpcStatus { code: rpc_code(status).into(), message, details }))
     }
 }
 
@@ -189,20 +271,26 @@ impl Dialect for Logs {
     fn answer(error: &ApiError) -> (StatusCode, Value) {
         if let ApiError::QuotaExceeded { metric, quotas } = error {
             // The metric used up, and every quota set.
-            let all: Vec<Value> = quotas
+            let all = quotas
                 .iter()
-                .map(|q| json!({"metric": q.metric, "used": q.used, "limit": q.limit, "cumulative": q.metric == "storage_bytes"}))
+                .map(|q| QuotaUse {
+                    metric: q.metric.into(),
+                    used: q.used,
+                    limit: q.limit,
+                    cumulative: q.metric == "storage_bytes",
+                })
                 .collect();
-            let body = json!({"error": {
-                "code": "quota_exceeded",
-                "message": format!("tier quota exceeded for {metric}"),
-                "metric": metric,
-                "quotas": all,
-            }});
-            return (StatusCode::TOO_MANY_REQUESTS, body);
+            let error = LogErrorDetail {
+                code: "quota_exceeded".into(),
+                message: format!("tier quota exceeded for {metric}"),
+                metric: Some(metric.to_string()),
+                quotas: Some(all),
+            };
+            return (StatusCode::TOO_MANY_REQUESTS, value(LogError { error }));
         }
         let (status, code, message) = parts(error);
-        (status, json!({"error": {"code": code, "message": message}}))
+        let error = LogErrorDetail { code: code.into(), message, metric: None, quotas: None };
+        (status, value(LogError { error }))
     }
 }
 
@@ -222,6 +310,8 @@ pub fn by_path(path: &str, error: ApiError) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -2,18 +2,24 @@
 //! utoipa from the handlers' `#[utoipa::path]` attributes. The router is
 //! assembled from the same attributes (`utoipa_axum::routes!`), so a route
 //! cannot be served without being described, or described without being
-//! served. This module holds the document's frame and the response shapes
-//! that several endpoints share.
+//! served. This module holds the document's frame, the `/v1` endpoints'
+//! error responses (their bodies are `dialect.rs`'s types) and the schema
+//! of the per-event ingest report.
 //!
-//! The response types here (and the request types beside handlers that
-//! validate a raw `Value` in their document's error words) describe bodies
-//! that handlers build as JSON; they are never constructed, hence the
-//! `dead_code` allowances.
+//! Response bodies are real types (`Serialize` + `ToSchema`: `views.rs`,
+//! `dialect.rs`, beside their handlers). What stays a description only,
+//! hence the `dead_code` allowances: the ingest report, which
+//! `families/generic.rs` serializes straight from the run's dispositions
+//! without building a tree of its own, the plugin listing (the pipeline's
+//! view), and the request types beside handlers that validate a raw
+//! `Value` in their document's error words.
 #![allow(dead_code)]
 
 use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use super::dialect::{HttpValidationError, Message};
 
 /// The document's frame: info, security schemes, tags. Paths are added by
 /// the router.
@@ -27,7 +33,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
     modifiers(&SecuritySchemes),
     // Referenced from inside inlined response schemas, which do not
     // register what they reference.
-    components(schemas(super::FieldError, LogErrorDetail, QuotaUse)),
+    components(schemas(super::FieldError, super::dialect::LogErrorDetail, super::dialect::QuotaUse)),
     security(("bearer" = []), ("api_key" = [])),
     tags(
         (name = "events", description = "Generic ingest, listing, export and SQL"),
@@ -53,18 +59,6 @@ impl Modify for SecuritySchemes {
         components
             .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
     }
-}
-
-/// 422: invalid input (FastAPI shape).
-#[derive(ToSchema)]
-pub struct HttpValidationError {
-    pub detail: Vec<super::FieldError>,
-}
-
-/// Every other error of the `/v1` endpoints (FastAPI shape).
-#[derive(ToSchema)]
-pub struct Message {
-    pub detail: String,
 }
 
 /// The errors of the `/v1` endpoints.
@@ -126,6 +120,8 @@ pub struct IngestReport {
     pub rejected: u64,
     pub dead_lettered: u64,
     pub results: Vec<Outcome>,
+    /// Only when every event was refused: each refusal with its location.
+    pub detail: Option<Vec<super::FieldError>>,
 }
 
 /// A list of objects.
@@ -133,36 +129,6 @@ pub struct IngestReport {
 pub struct Items {
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<Value>,
-}
-
-// Document 004's error shapes (the logs family), here beside the other
-// shared schemas so that `logs` and this module do not import each other.
-
-/// One quota and its use.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct QuotaUse {
-    metric: String,
-    used: i64,
-    limit: i64,
-    cumulative: bool,
-}
-
-/// `{code, message}`, and for `quota_exceeded` the metric and the quotas.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct LogErrorDetail {
-    code: String,
-    message: String,
-    metric: Option<String>,
-    quotas: Option<Vec<QuotaUse>>,
-}
-
-/// Document 004's error body.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct LogError {
-    error: LogErrorDetail,
 }
 
 /// What a JSON Schema validator cannot take from utoipa's output alone, so

@@ -10,7 +10,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::views::{DeadLetters, PluginLogs};
+use super::views::{DeadLetters, PluginLogs, Versions};
 use super::{disposition_json, parse_object, parse_object_or_default, require, ApiError, AppState};
 use crate::auth::Principal;
 use crate::pipeline::SettingsPatch;
@@ -247,15 +247,15 @@ pub async fn remove(
 }
 
 /// Every uploaded version (content-addressed by sha256).
-#[utoipa::path(get, path = "/v1/plugins/{name}/versions", tag = "plugins", params(("name" = String, Path, description = "The plugin's name")), responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
+#[utoipa::path(get, path = "/v1/plugins/{name}/versions", tag = "plugins", params(("name" = String, Path, description = "The plugin's name")), responses((status = 200, body = Versions), super::openapi::ApiErrors))]
 pub async fn versions(
     State(state): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Versions>, ApiError> {
     require(&principal, "plugins:read")?;
     let versions = state.pipeline.versions(&principal.tenant, &name).await?;
-    Ok(Json(json!({ "items": versions })))
+    Ok(Json(Versions { items: versions.into_iter().map(Into::into).collect() }))
 }
 
 fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {

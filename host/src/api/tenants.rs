@@ -5,7 +5,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
@@ -18,9 +17,8 @@ struct NewTenant {
 }
 
 /// A new tenant and its first admin token (shown once).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-struct CreatedTenant {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedTenant {
     id: String,
     admin_token: String,
 }
@@ -37,7 +35,7 @@ pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     require(&principal, ADMIN_SCOPE)?;
     if principal.tenant != DEFAULT_TENANT {
         return Err(ApiError::Forbidden("only the default tenant's admin may create tenants".into()));
@@ -60,7 +58,7 @@ pub async fn create(
     match state.auth.create_tenant(&new.id).await? {
         Some(token) => {
             state.pipeline.install_defaults(&new.id).await?;
-            Ok((StatusCode::CREATED, Json(json!({ "id": new.id, "admin_token": token }))))
+            Ok((StatusCode::CREATED, Json(CreatedTenant { id: new.id, admin_token: token })))
         }
         None => Err(ApiError::Conflict(format!("tenant {} already exists", new.id))),
     }

@@ -9,8 +9,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
 
+use super::views::Tokens;
 use super::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT, SCOPES};
 use crate::store::{TokenInfo, TokenRecord};
@@ -31,9 +31,8 @@ struct NewToken {
 }
 
 /// A token just issued: the secret is shown this once.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-struct IssuedToken {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct IssuedToken {
     id: String,
     token: String,
     tenant: String,
@@ -54,7 +53,7 @@ pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     require(&principal, "tokens:write")?;
     let new: NewToken = parse_object(&body)?;
     let tenant = new.tenant.unwrap_or_else(|| principal.tenant.clone());
@@ -107,12 +106,7 @@ pub async fn create(
         TokenRecord { tenant: tenant.clone(), name: new.name.clone(), scopes: new.scopes.clone(), mode: mode.clone() };
     let secret = state.auth.issue(record).await?;
     let id = crate::auth::hash_token(&secret)[..16].to_string();
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({"id": id, "token": secret, "tenant": tenant, "name": new.name, "scopes": new.scopes, "mode": mode}),
-        ),
-    ))
+    Ok((StatusCode::CREATED, Json(IssuedToken { id, token: secret, tenant, name: new.name, scopes: new.scopes, mode })))
 }
 
 /// The tenant's tokens the caller may manage: of its mode when it is a
@@ -127,10 +121,11 @@ async fn managed(state: &AppState, principal: &Principal) -> Result<Vec<TokenInf
 /// The tenant's tokens the caller may manage, without secrets (a test-mode
 /// caller sees only test-mode ones; nobody sees a token with a scope it
 /// lacks).
-#[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, body = super::openapi::Items), super::openapi::ApiErrors))]
-pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/tokens", tag = "admin", responses((status = 200, body = Tokens), super::openapi::ApiErrors))]
+pub async fn list(State(state): State<AppState>, principal: Principal) -> Result<Json<Tokens>, ApiError> {
     require(&principal, "tokens:write")?;
-    Ok(Json(json!({ "items": managed(&state, &principal).await? })))
+    let items = managed(&state, &principal).await?.into_iter().map(Into::into).collect();
+    Ok(Json(Tokens { items }))
 }
 
 /// Revoke a token; effective immediately. A token the caller may not

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::event::rfc3339;
-use crate::store::{DeadLetterRow, EventRow, PluginLogRow};
+use crate::store::{DeadLetterRow, EventRow, PluginLogRow, PluginVersion, TokenInfo};
 
 /// Stored JSON text as it is, or `null` when there is none or it is not
 /// JSON. Text with a line break (outside a string it can only be
@@ -197,6 +197,67 @@ impl From<PluginLogRow> for PluginLogView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PluginLogs {
     pub items: Vec<PluginLogView>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    /// The first 16 hex digits of the secret's SHA-256: what a revocation
+    /// names.
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// `live` or `test`.
+    pub mode: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub revoked_at: Option<String>,
+}
+
+impl From<TokenInfo> for TokenView {
+    fn from(t: TokenInfo) -> Self {
+        TokenView {
+            id: t.id,
+            tenant: t.tenant,
+            name: t.name,
+            scopes: t.scopes,
+            mode: t.mode,
+            created_at: rfc3339(t.created_at),
+            revoked_at: t.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+/// The tenant's tokens the caller may manage, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tokens {
+    pub items: Vec<TokenView>,
+}
+
+/// One uploaded version of a plugin.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionView {
+    pub version: u32,
+    /// The component's SHA-256, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    #[schema(format = DateTime)]
+    pub uploaded_at: String,
+}
+
+impl From<PluginVersion> for VersionView {
+    fn from(v: PluginVersion) -> Self {
+        VersionView { version: v.version, sha256: v.sha256, size: v.size, uploaded_at: rfc3339(v.uploaded_at) }
+    }
+}
+
+/// A plugin's versions, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Versions {
+    pub items: Vec<VersionView>,
 }
 
 #[cfg(test)]

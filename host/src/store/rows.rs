@@ -125,8 +125,8 @@ pub struct TokenRecord {
     pub mode: String,
 }
 
-/// A token as listed: never its secret.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A token as listed: never its secret. Times in microseconds.
+#[derive(Debug, Clone)]
 pub struct TokenInfo {
     /// The first 16 hex digits of the secret's SHA-256.
     pub id: String,
@@ -134,17 +134,17 @@ pub struct TokenInfo {
     pub name: String,
     pub scopes: Vec<String>,
     pub mode: String,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
 }
 
-/// One uploaded version of a plugin.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One uploaded version of a plugin (`uploaded_at` in microseconds).
+#[derive(Debug, Clone)]
 pub struct PluginVersion {
     pub version: u32,
     pub sha256: String,
     pub size: u64,
-    pub uploaded_at: String,
+    pub uploaded_at: i64,
 }
 
 /// A tenant's quotas; `None` means unlimited.

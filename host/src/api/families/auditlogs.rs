@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::Family;
-use crate::api::dialect::{In, Rpc};
+use crate::api::dialect::{In, Rpc, RpcStatus};
 use crate::api::{ApiError, AppState, FieldError};
 use crate::auth::Principal;
 use crate::event::{now_micros, Event};
@@ -170,18 +170,6 @@ pub(crate) struct Party {
 #[allow(dead_code)]
 pub(crate) struct AuditLogs {
     logs: Vec<AuditLogEntry>,
-}
-
-/// Document 003's error body (a `google.rpc.Status`).
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct RpcStatus {
-    /// gRPC status code.
-    code: i32,
-    message: String,
-    /// `google.rpc.BadRequest` with `field_violations` for invalid entries.
-    #[schema(value_type = Vec<Object>)]
-    details: Vec<Value>,
 }
 
 #[derive(utoipa::IntoResponses)]

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Family;
 use crate::api::dialect::FastApi;
@@ -446,7 +446,7 @@ struct Report<'a> {
     results: Vec<Indexed<'a>>,
     /// Only when every event was refused: each refusal with its location.
     #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<Vec<Value>>,
+    detail: Option<Vec<FieldError>>,
 }
 
 /// `results[i]`: input i's result with its `index`.
@@ -529,7 +529,7 @@ fn report<'a>(results: &'a [Entry]) -> (StatusCode, Report<'a>) {
             if let Some(f) = field {
                 loc.extend(f.split('.').map(Value::from));
             }
-            detail.push(json!({ "loc": loc, "msg": message, "type": code }));
+            detail.push(FieldError::new(loc, message, code));
         }
     }
     let all_refused = rejected == results.len();

@@ -13,8 +13,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::Family;
+use crate::api::dialect::LogError;
 use crate::api::dialect::{self, Dialect, In};
-use crate::api::openapi::LogError;
 use crate::api::{parse_object, require, ApiError, AppState};
 use crate::auth::{Principal, ADMIN_SCOPE, DEFAULT_TENANT};
 use crate::event::{now_micros, Event};

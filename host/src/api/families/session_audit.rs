@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::Family;
-use crate::api::dialect::{In, Session};
+use crate::api::dialect::{In, Session, SessionError};
 use crate::api::validate::Validator;
 use crate::api::{parse_json, ApiError, AppState};
 use crate::auth::Principal;
@@ -383,15 +383,6 @@ pub struct SessionAuditResponse {
     event_ids: Vec<String>,
 }
 
-/// Document 000's error body.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct SessionError {
-    auth_success: bool,
-    error_code: String,
-    desc: String,
-}
-
 /// Document 000's errors.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
@@ -411,7 +402,7 @@ enum SessionErrors {
     #[response(status = 413)]
     PayloadTooLarge(#[to_schema] SessionError),
     #[response(status = 422)]
-    Invalid(#[to_schema] crate::api::openapi::HttpValidationError),
+    Invalid(#[to_schema] crate::api::dialect::HttpValidationError),
     /// The tenant's plugins failed (reject policy).
     /// Over one of the tenant's rates or budgets (retry after
     /// `Retry-After` seconds), or a quota used up.

@@ -123,8 +123,8 @@ impl EventStore {
                     name: row.get(2)?,
                     scopes: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or_default(),
                     mode: row.get(4)?,
-                    created_at: crate::event::rfc3339(row.get(5)?),
-                    revoked_at: row.get::<_, Option<i64>>(6)?.map(crate::event::rfc3339),
+                    created_at: row.get(5)?,
+                    revoked_at: row.get(6)?,
                 })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
@@ -232,7 +232,7 @@ impl EventStore {
                     version: row.get(0)?,
                     sha256: row.get(1)?,
                     size: row.get::<_, i64>(2)? as u64,
-                    uploaded_at: crate::event::rfc3339(row.get(3)?),
+                    uploaded_at: row.get(3)?,
                 })
             })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
