@@ -22,7 +22,11 @@ pub const COLUMN_ATTRIBUTES: [&str; 13] = [
 ];
 
 /// One event in canonical form. Times are microseconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Its serde form (these field names, attributes as `[key, value]` pairs,
+/// the payload as its text) is how a dead letter keeps it
+/// ([`Event::to_stored`]).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Event {
     pub id: String,
     pub tenant: String,
@@ -52,6 +56,33 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event as a dead letter stores it: canonical and lossless (every
+    /// field as it is, the payload's text and the attributes' order kept),
+    /// unlike the listing's JSON form ([`Event::to_json`]).
+    pub fn to_stored(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// An event stored by [`Event::to_stored`], in `tenant`'s space; or, as
+    /// dead letters written before it existed were, in the listing's JSON
+    /// form ([`Event::from_json`]).
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is missing or mistyped.
+    pub fn from_stored(tenant: &str, text: &str) -> Result<Event, String> {
+        match serde_json::from_str::<Event>(text) {
+            Ok(mut event) => {
+                event.tenant = tenant.to_string();
+                Ok(event)
+            }
+            Err(_) => {
+                let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+                Event::from_json(tenant, &value)
+            }
+        }
+    }
+
     /// The value of an attribute.
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -297,7 +328,37 @@ pub fn now_micros() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{lineage_bytes, LineageStep};
+    use super::{lineage_bytes, Event, LineageStep};
+
+    #[test]
+    fn a_stored_event_reads_back_exactly_and_old_dead_letters_still_read() {
+        let event = Event {
+            id: "e1".into(),
+            tenant: "acme".into(),
+            family: "generic".into(),
+            name: "login".into(),
+            occurred_at: 1_700_000_000_000_001,
+            user_id: Some(7),
+            // Order kept; a key named like a core field stays an attribute.
+            attributes: vec![("zeta".into(), "1".into()), ("status".into(), "x".into()), ("alpha".into(), "2".into())],
+            payload: r#"{"b": 1,  "a": [2]}"#.into(),
+            ..Event::default()
+        };
+        let stored = event.to_stored();
+        assert_eq!(Event::from_stored("acme", &stored).unwrap(), event);
+        // The row's space wins over what the text says.
+        assert_eq!(Event::from_stored("other", &stored).unwrap().tenant, "other");
+        // Written before: the listing's JSON form.
+        let old = serde_json::json!({"id": "e2", "family": "iam", "created_at": "2023-11-14T22:13:20Z",
+            "received_at": "2023-11-14T22:13:20Z", "actor_type": "user", "source": "s", "event_group": "g",
+            "event_type": "account.created", "status": "ok", "event_payload": {"k": 1}});
+        let read = Event::from_stored("acme", &old.to_string()).unwrap();
+        assert_eq!(
+            (read.name.as_str(), read.family.as_str(), read.tenant.as_str()),
+            ("account.created", "iam", "acme")
+        );
+        assert!(Event::from_stored("acme", "not json").is_err());
+    }
 
     #[test]
     fn a_lineages_bytes_are_its_json_length() {

@@ -133,9 +133,10 @@ pub struct DeadLetterView {
     pub plugin: String,
     pub plugin_version: u32,
     pub reason: String,
-    /// The event as it entered the failing plugin.
+    /// The event as it entered the failing plugin, in the listing's field
+    /// names.
     #[schema(value_type = Object)]
-    pub event: Box<RawValue>,
+    pub event: serde_json::Value,
     /// The client's input it came from.
     #[schema(value_type = Object)]
     pub raw: Box<RawValue>,
@@ -152,7 +153,7 @@ impl From<DeadLetterRow> for DeadLetterView {
             plugin: r.plugin,
             plugin_version: r.plugin_version,
             reason: r.reason,
-            event: json_text(Some(r.event)),
+            event: r.event.to_json(),
             raw: json_text(Some(r.raw)),
             dead_letter_id: r.dead_letter_id,
         }

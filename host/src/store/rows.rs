@@ -88,8 +88,8 @@ pub struct DeadLetterRow {
     pub plugin: String,
     pub plugin_version: u32,
     pub reason: String,
-    /// The event, as the listing API shows events (JSON text).
-    pub event: String,
+    /// The event as it entered the failing plugin.
+    pub event: crate::event::Event,
     /// The client's raw input (JSON text).
     pub raw: String,
 }

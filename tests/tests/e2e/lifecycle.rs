@@ -156,11 +156,14 @@ async fn dead_letters_replay_through_the_current_chain_exactly_once() {
         json!({"failure_policy": "dead-letter", "config": {"only_name": "bad"}, "max_consecutive_failures": 100}),
     )
     .await;
-    let batch = json!([
-        {"event_type": "bad", "id": "b-1", "created_at": "2026-05-01T00:00:00Z"},
+    // Sent as text: its payload's keys in the client's order, and a custom
+    // attribute named like a core field (kept apart from it).
+    let batch = r#"[
+        {"event_type": "bad", "id": "b-1", "created_at": "2026-05-01T00:00:00Z", "status": "failed",
+         "attributes": {"status": "an attribute", "zone": "eu"}, "event_payload": {"z": 1, "a": [2]}},
         {"event_type": "good", "id": "g-1"}
-    ]);
-    let (status, body) = app.post_events(ADMIN_TOKEN, &batch).await;
+    ]"#;
+    let (status, body) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", batch).await;
     assert_eq!(status, 200, "{body}");
     // The whole batch failed in the plugin, so both went to dead letters.
     assert_eq!(body["dead_lettered"], 2);
@@ -186,6 +189,15 @@ async fn dead_letters_replay_through_the_current_chain_exactly_once() {
     let bad = events.iter().find(|e| e["id"] == "b-1").unwrap();
     assert_eq!(bad["created_at"], "2026-05-01T00:00:00.000000Z", "the original event, not a copy");
     assert_eq!(bad["lineage"][0]["plugin"], "picky");
+    // A dead letter keeps the canonical event: what is stored after its
+    // replay is what was sent, to the payload's bytes.
+    assert_eq!(bad["status"], "failed");
+    let sql = "SELECT event_payload, attributes, raw FROM events WHERE id = 'b-1'";
+    let (status, rows) = app.post(ADMIN_TOKEN, "/v1/query", &json!({"sql": sql})).await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows["rows"][0][0], r#"{"z": 1, "a": [2]}"#);
+    assert_eq!(rows["rows"][0][1], r#"{"status":"an attribute","zone":"eu"}"#);
+    assert!(rows["rows"][0][2].as_str().unwrap().contains(r#""event_payload": {"z": 1, "a": [2]}"#), "{rows}");
     let (status, _) = app.post(ADMIN_TOKEN, "/v1/dead-letters/replay", &json!({})).await;
     assert_eq!(status, 422);
 }

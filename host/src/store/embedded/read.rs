@@ -7,7 +7,6 @@ use base64::Engine as _;
 use duckdb::types::Value as DbValue;
 use duckdb::{params_from_iter, Row};
 use hmac::{Hmac, Mac};
-use serde_json::Value;
 use sha2::Sha256;
 
 use super::{
@@ -61,10 +60,6 @@ fn sized_prefix(
 /// The sequence numbers of sized rows, for an `IN (...)` list.
 fn seq_list(sizes: &[(i64, i64)]) -> String {
     sizes.iter().map(|(seq, _)| seq.to_string()).collect::<Vec<_>>().join(",")
-}
-
-fn json_or_null(text: Option<String>) -> Value {
-    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
 }
 
 /// One row of `EVENT_COLUMNS`, with its sequence number.
@@ -419,19 +414,30 @@ impl EventStore {
                 seq_list(&sizes)
             ))?;
             let rows = stmt.query_map([&tenant], |row| {
-                Ok(DeadLetterRow {
-                    id: row.get(0)?,
-                    family: row.get(1)?,
-                    received_at: row.get(2)?,
-                    plugin: row.get(3)?,
-                    plugin_version: row.get(4)?,
-                    reason: row.get(5)?,
-                    event: row.get(6)?,
-                    raw: row.get(7)?,
-                    dead_letter_id: row.get(8)?,
-                })
+                Ok((
+                    DeadLetterRow {
+                        id: row.get(0)?,
+                        family: row.get(1)?,
+                        received_at: row.get(2)?,
+                        plugin: row.get(3)?,
+                        plugin_version: row.get(4)?,
+                        reason: row.get(5)?,
+                        event: crate::event::Event::default(),
+                        raw: row.get(7)?,
+                        dead_letter_id: row.get(8)?,
+                    },
+                    row.get::<_, String>(6)?,
+                ))
             })?;
-            Ok(rows.collect::<duckdb::Result<_>>()?)
+            let mut letters = Vec::with_capacity(sizes.len());
+            for row in rows {
+                let (mut letter, event) = row?;
+                letter.event = crate::event::Event::from_stored(&tenant, &event).map_err(|e| {
+                    StoreError::Corrupt(format!("dead letter {} unreadable: {e}", letter.dead_letter_id))
+                })?;
+                letters.push(letter);
+            }
+            Ok(letters)
         })
         .await
     }
@@ -477,12 +483,12 @@ impl EventStore {
             );
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map([&tenant], |row| {
-                Ok((row.get::<_, i64>(0)?, json_or_null(row.get(1)?), row.get::<_, String>(2)?))
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
             })?;
             let mut letters = Vec::with_capacity(sizes.len());
             for row in rows {
                 let (id, event, raw) = row?;
-                let event = crate::event::Event::from_json(&tenant, &event)
+                let event = crate::event::Event::from_stored(&tenant, &event)
                     .map_err(|e| StoreError::Corrupt(format!("dead letter {id} unreadable: {e}")))?;
                 letters.push(Letter { id, event, raw: raw.into() });
             }

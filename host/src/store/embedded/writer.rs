@@ -375,7 +375,7 @@ impl Writer {
                     d.plugin,
                     d.plugin_version,
                     d.reason,
-                    d.event.to_json().to_string(),
+                    d.event.to_stored(),
                     d.raw.to_string(),
                 ])?;
                 seq += 1;
