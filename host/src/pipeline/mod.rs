@@ -23,7 +23,7 @@ pub use installation::{FailurePolicy, Installation, PluginSettings, Standing};
 pub use run::{Disposition, Input, Mode, RejectedBy, Rejection, RunOutput};
 
 use crate::runtime::{cache_compiled, Blame, CompiledPlugin, PluginFault, PluginLimits, Runtime, UploadError};
-use crate::store::{Backend, PluginVersion, QuotaUse, Quotas, StoreError};
+use crate::store::{Backend, InstalledPlugin, PluginVersion, QuotaUse, Quotas, StoreError};
 
 /// Why a control-plane change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -344,7 +344,7 @@ impl Pipeline {
         (workers, tenant_workers): (usize, usize),
     ) -> Result<Pipeline, PluginError> {
         let mut tenants: HashMap<String, TenantPlugins> = HashMap::new();
-        for (tenant, name, settings) in store.load_plugins()? {
+        for InstalledPlugin { tenant, name, settings } in store.load_plugins()? {
             let settings: PluginSettings = match serde_json::from_str(&settings) {
                 Ok(s) => s,
                 Err(e) => {

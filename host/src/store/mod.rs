@@ -36,8 +36,8 @@ use crate::event::{DeadLetter, PluginLog, PluginRun, StoredEvent};
 
 pub use embedded::{query_worker, EventStore, QueryOptions, StoreOptions, QUERY_VIEWS, TENANT_READS};
 pub use rows::{
-    DeadLetterRow, EventFilter, EventPage, EventRow, EventWithRaw, Letter, PluginLogRow, PluginVersion, QueryAnswer,
-    QueryError, QueryFormat, QueryLimits, QuotaUse, Quotas, TokenInfo, TokenRecord,
+    DeadLetterRow, EventFilter, EventPage, EventRow, EventWithRaw, InstalledPlugin, Letter, PluginLogRow,
+    PluginVersion, QueryAnswer, QueryError, QueryFormat, QueryLimits, QuotaUse, Quotas, TokenInfo, TokenRecord,
 };
 
 /// A file being written or read under the export directory; dropping the
@@ -286,8 +286,8 @@ pub trait ControlState: Send + Sync {
     /// Store a plugin's settings (JSON text, the pipeline's own).
     async fn save_plugin(&self, tenant: String, name: String, settings: String) -> Result<(), StoreError>;
     async fn delete_plugin(&self, tenant: String, name: String) -> Result<(), StoreError>;
-    /// Every installed plugin as `(tenant, name, settings)` (startup).
-    fn load_plugins(&self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// Every installed plugin (startup).
+    fn load_plugins(&self) -> Result<Vec<InstalledPlugin>, StoreError>;
     async fn set_retention(&self, tenant: String, days: Option<u32>) -> Result<(), StoreError>;
     async fn retention(&self, tenant: String) -> Result<Option<u32>, StoreError>;
     async fn set_quotas(&self, tenant: String, quotas: Quotas) -> Result<(), StoreError>;

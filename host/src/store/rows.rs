@@ -138,6 +138,15 @@ pub struct TokenInfo {
     pub revoked_at: Option<i64>,
 }
 
+/// An installed plugin: its tenant, its name and its settings (JSON text,
+/// the pipeline's own).
+#[derive(Debug, Clone)]
+pub struct InstalledPlugin {
+    pub tenant: String,
+    pub name: String,
+    pub settings: String,
+}
+
 /// One uploaded version of a plugin (`uploaded_at` in microseconds).
 #[derive(Debug, Clone)]
 pub struct PluginVersion {

@@ -3,7 +3,7 @@
 
 use duckdb::OptionalExt;
 
-use super::{EventStore, PluginVersion, StoreError, TokenInfo, TokenRecord};
+use super::{EventStore, InstalledPlugin, PluginVersion, StoreError, TokenInfo, TokenRecord};
 
 /// Most tokens one tenant has in force at once (live and test together);
 /// beyond it an issue is refused (409) until some are revoked.
@@ -276,10 +276,12 @@ impl EventStore {
     /// # Errors
     ///
     /// Database errors.
-    pub fn load_plugins(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub fn load_plugins(&self) -> Result<Vec<InstalledPlugin>, StoreError> {
         self.read_blocking(|conn| {
             let mut stmt = conn.prepare("SELECT tenant, name, settings FROM plugins ORDER BY tenant, name")?;
-            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            let rows = stmt.query_map([], |row| {
+                Ok(InstalledPlugin { tenant: row.get(0)?, name: row.get(1)?, settings: row.get(2)? })
+            })?;
             Ok(rows.collect::<duckdb::Result<_>>()?)
         })
     }

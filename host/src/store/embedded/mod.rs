@@ -30,9 +30,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AnalystSlot, DeadLetterRow, EventFilter, EventPage, EventRow, EventWithRaw, ExportFile, IdempotencyRecord, Letter,
-    PluginLogRow, PluginVersion, QueryAnswer, QueryError, QueryFormat, QueryLimits, Quotas, Reservation, StoreError,
-    TokenInfo, TokenRecord, WriteBatch,
+    AnalystSlot, DeadLetterRow, EventFilter, EventPage, EventRow, EventWithRaw, ExportFile, IdempotencyRecord,
+    InstalledPlugin, Letter, PluginLogRow, PluginVersion, QueryAnswer, QueryError, QueryFormat, QueryLimits, Quotas,
+    Reservation, StoreError, TokenInfo, TokenRecord, WriteBatch,
 };
 
 pub use query::{QueryOptions, QUERY_VIEWS};

@@ -130,7 +130,7 @@ impl ControlState for EventStore {
         EventStore::delete_plugin(self, tenant, name).await
     }
 
-    fn load_plugins(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    fn load_plugins(&self) -> Result<Vec<InstalledPlugin>, StoreError> {
         EventStore::load_plugins(self)
     }
 
