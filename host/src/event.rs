@@ -270,7 +270,11 @@ impl Event {
         map.insert("resource_type".into(), self.resource_type.clone().into());
         map.insert("resource_id".into(), self.resource_id.clone().into());
         map.insert("session_id".into(), self.session_id.clone().into());
-        for (k, v) in &self.attributes {
+        // An attribute named like a core field (`tenant`, `id`, `status`,
+        // ...) is not shown here: it must not pass for that field (an
+        // event claiming another tenant; RELIABILITY.md, F67). It is kept
+        // in the event, and stored.
+        for (k, v) in self.attributes.iter().filter(|(k, _)| !CORE_FIELDS.contains(&k.as_str())) {
             map.insert(k.clone(), v.clone().into());
         }
         map.insert("event_payload".into(), serde_json::from_str(&self.payload).unwrap_or(Value::Null));

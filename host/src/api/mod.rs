@@ -354,8 +354,9 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Prometheus text format. Metrics name every tenant, so only the default
-/// tenant's admin (the operator) may read them.
+/// Prometheus text format. Metrics name every tenant and count live
+/// traffic, so only the default tenant's live admin (the operator) may read
+/// them; its test-mode token stays in its test space (RELIABILITY.md, F68).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -364,8 +365,8 @@ async fn health() -> Json<Value> {
 )]
 async fn metrics(principal: Principal) -> Result<Response, ApiError> {
     require(&principal, "metrics:read")?;
-    if principal.tenant != crate::auth::DEFAULT_TENANT {
-        return Err(ApiError::Forbidden("metrics are for the operator (the default tenant's admin)".into()));
+    if principal.tenant != crate::auth::DEFAULT_TENANT || principal.is_test() {
+        return Err(ApiError::Forbidden("metrics are for the operator (the default tenant's live admin)".into()));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render()).into_response())
 }

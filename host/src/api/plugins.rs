@@ -288,7 +288,7 @@ pub async fn logs(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<PluginLogs>, ApiError> {
     require(&principal, "plugins:read")?;
-    let rows = state.store.list_plugin_logs(principal.tenant, Some(name), limit(&params)?).await?;
+    let rows = state.store.list_plugin_logs(principal.space(), Some(name), limit(&params)?).await?;
     Ok(Json(PluginLogs { items: rows.into_iter().map(Into::into).collect() }))
 }
 

@@ -355,6 +355,13 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             continue;
         }
         let version = inst.version();
+        // What the call leaves behind (its logs, its run) belongs to the
+        // space the events came for: test traffic's to the test space.
+        let space = if mode == Mode::Test {
+            format!("{}{}", inst.tenant, crate::auth::TEST_SPACE_SUFFIX)
+        } else {
+            inst.tenant.clone()
+        };
         if let Standing::AutoDisabled(reason) = standing {
             // Not called, but not skipped either: its events meet its failure
             // policy, as they would if it had failed on them.
@@ -378,7 +385,7 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
         let at = now_micros();
         for log in report.logs {
             out.batch.logs.push(PluginLog {
-                tenant: inst.tenant.clone(),
+                tenant: space.clone(),
                 plugin: inst.name.clone(),
                 plugin_version: version,
                 at,
@@ -394,7 +401,7 @@ pub fn run_chain(chain: &[Arc<Installation>], inputs: Vec<Input>, mode: Mode) ->
             Ok(outcomes)
         });
         let mut run = PluginRun {
-            tenant: inst.tenant.clone(),
+            tenant: space.clone(),
             plugin: inst.name.clone(),
             plugin_version: version,
             started_at: at - report.elapsed.as_micros() as i64,

@@ -328,3 +328,64 @@ async fn ambiguous_credentials_are_unauthenticated() {
     assert_eq!((body["auth_success"].clone(), body["error_code"].clone()), (json!(false), json!("auth_token_invalid")));
     assert!(app.all_events(&alpha, "").await.is_empty() && app.all_events(ADMIN_TOKEN, "").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_traffics_plugin_runs_are_the_test_spaces_and_live_metrics_the_live_operators() {
+    let app = spawn_app().await;
+    app.install(ADMIN_TOKEN, "prefix", "customer-prefix", Value::Null).await;
+    let scopes = json!(["events:write", "query:run", "metrics:read"]);
+    let (_, test) = token(&app, ADMIN_TOKEN, "ci", scopes, "test").await;
+    let (status, body) = app.post_events(&test, &json!([{"event_type": "a"}, {"event_type": "b"}])).await;
+    assert_eq!(status, 200, "{body}");
+    let runs = |token: String| {
+        let app = &app;
+        async move {
+            let sql = json!({"sql": "SELECT count(*), coalesce(sum(events_in), 0) FROM plugin_runs"});
+            let (status, body) = app.post(&token, "/v1/query", &sql).await;
+            assert_eq!(status, 200, "{body}");
+            body["rows"][0].clone()
+        }
+    };
+    // The run of test traffic is the test space's, not the live space's.
+    assert_eq!(runs(test.clone()).await, json!([1, 2]));
+    assert_eq!(runs(ADMIN_TOKEN.to_string()).await, json!([0, 0]));
+    // Metrics count live traffic of every tenant: the operator's test token
+    // does not read them; its live admin does.
+    let (status, _) = app.get(&test, "/metrics").await;
+    assert_eq!(status, 403);
+    let r = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attribute_named_like_a_core_field_never_passes_for_it() {
+    let app = spawn_app().await;
+    let other = app.create_tenant("someone-else").await;
+    app.install(
+        &other,
+        "boom",
+        "hostile-panic",
+        json!({"failure_policy": "dead-letter", "max_consecutive_failures": 100}),
+    )
+    .await;
+    let spoof = json!({"event_type": "real", "id": "mine", "status": "ok",
+        "attributes": {"tenant": "default", "id": "theirs", "status": "spoofed", "event_type": "fake", "zone": "eu"}});
+    let (status, body) = app.post_events(&other, &spoof).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dead_lettered"], 1, "{body}");
+    let (_, letters) = app.get(&other, "/v1/dead-letters").await;
+    let event = &letters["items"][0]["event"];
+    assert!(event.get("tenant").is_none(), "{event}");
+    assert_eq!((&event["id"], &event["status"], &event["event_type"]), (&json!("mine"), &json!("ok"), &json!("real")));
+    assert_eq!(event["zone"], "eu", "other attributes are shown");
+    // A dry run shows its output events the same way.
+    app.install(&other, "prefix", "customer-prefix", Value::Null).await;
+    let (status, body) = app.post(&other, "/v1/plugins/prefix/test", &json!({"events": [spoof]})).await;
+    assert_eq!(status, 200, "{body}");
+    let event = &body["events"][0];
+    assert!(event.get("tenant").is_none(), "{body}");
+    assert_eq!(
+        (&event["id"], &event["status"], &event["event_type"]),
+        (&json!("mine"), &json!("ok"), &json!("customer.real"))
+    );
+}
