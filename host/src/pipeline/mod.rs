@@ -973,10 +973,25 @@ impl Pipeline {
         settings.sha256 = sha256.clone();
         settings.disabled_reason = None;
         let mut settings = patch.apply(settings)?;
-        let (version, _) = self.store.add_plugin_version(tenant.to_string(), name.to_string(), sha256, size).await?;
-        settings.version = version;
+        // The version it will be (the same content is the same version),
+        // recorded only once its `init` accepted the config (a refused
+        // upload left a version behind: RELIABILITY.md, F64). The tenant's
+        // lock keeps the number from being taken meanwhile.
+        let versions = self.store.plugin_versions(tenant.to_string(), name.to_string()).await?;
+        settings.version = versions
+            .iter()
+            .find(|v| v.sha256 == sha256)
+            .map_or_else(|| versions.iter().map(|v| v.version).max().unwrap_or(0) + 1, |v| v.version);
         let inst = Installation::new(tenant.to_string(), name.to_string(), settings, compiled);
-        self.activate(inst).await?;
+        let inst = self.check(inst).await?;
+        let (version, _) = self.store.add_plugin_version(tenant.to_string(), name.to_string(), sha256, size).await?;
+        if version != inst.version() {
+            return Err(PluginError::Host(format!(
+                "version {version} recorded for {name}, {} expected",
+                inst.version()
+            )));
+        }
+        self.go_live(inst).await?;
         Ok((self.get(tenant, name)?, is_new))
     }
 
@@ -1104,6 +1119,13 @@ impl Pipeline {
     /// Check the installation's config with `init`, persist its settings and
     /// swap it into the tenant's chain.
     async fn activate(&self, inst: Installation) -> Result<(), PluginError> {
+        let inst = self.check(inst).await?;
+        self.go_live(inst).await
+    }
+
+    /// Run an installation's `init` check (its config, its limits) before
+    /// anything of it is recorded.
+    async fn check(&self, inst: Installation) -> Result<Arc<Installation>, PluginError> {
         let inst = Arc::new(inst);
         let checking = inst.clone();
         let checked = tokio::task::spawn_blocking(move || checking.instances.check())
@@ -1124,6 +1146,12 @@ impl Pipeline {
             }
             Err(fault) => return Err(PluginError::Invalid("config".into(), format!("init failed: {fault}"))),
         }
+        Ok(inst)
+    }
+
+    /// Store a checked installation's settings and put it in its tenant's
+    /// chain.
+    async fn go_live(&self, inst: Arc<Installation>) -> Result<(), PluginError> {
         let json = serde_json::to_string(&inst.settings()).map_err(|e| PluginError::Host(e.to_string()))?;
         // What a change writes is charged like what ingest stores: a loop of
         // 1 MB PATCHes wrote the WAL at twice the byte rate (F35).

@@ -253,3 +253,20 @@ async fn a_restart_without_compiled_artifacts_compiles_from_the_stored_component
     assert_eq!(app.all_events(ADMIN_TOKEN, "").await[0]["event_type"], "tampered", "the plugin was not loaded");
     assert!(!plugins.join(format!("{sha}.cwasm")).exists(), "nothing compiled from the wrong bytes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_whose_init_refuses_its_config_records_no_version() {
+    let app = spawn_app().await;
+    let bytes = plugin_wasm("customer-prefix");
+    let (status, body) =
+        app.upload_with_manifest(ADMIN_TOKEN, "p1", bytes.clone(), &json!({"config": {"prefix": 3}})).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = app.get(ADMIN_TOKEN, "/v1/plugins/p1/versions").await;
+    assert_eq!(status, 404, "nothing installed, nothing recorded");
+    // With a config it accepts, the plugin is installed at version 1.
+    let (status, body) = app.upload_with_manifest(ADMIN_TOKEN, "p1", bytes, &json!({"config": {"prefix": "c."}})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 1, "{body}");
+    let (_, versions) = app.get(ADMIN_TOKEN, "/v1/plugins/p1/versions").await;
+    assert_eq!(versions["items"].as_array().unwrap().len(), 1, "{versions}");
+}
