@@ -750,12 +750,7 @@ impl Pipeline {
             return Ok(run::run_chain(&chain, inputs, mode));
         }
         let tenant = chain.first().map_or_else(String::new, |i| i.tenant.clone());
-        let permit = self.workers.acquire(&tenant).await.map_err(|refused| match refused {
-            workers::Refused::Backlog { waiting, share } => {
-                PluginError::PluginWorkersBusy { waiting, share, retry_after: MAX_HOLD }
-            }
-            workers::Refused::Closed(e) => PluginError::Host(e.to_string()),
-        })?;
+        let permit = self.worker(&tenant).await?;
         // Checked again once a worker is free: batches admitted together
         // and queued behind the tenant's own would otherwise all run past
         // its budget (RELIABILITY.md, F41). Dry runs are held to it too.
@@ -777,6 +772,16 @@ impl Pipeline {
             output
         };
         self.workers.run(permit, run).await.map_err(PluginError::Host)
+    }
+
+    /// One of the tenant's share of the plugin workers.
+    async fn worker(&self, tenant: &str) -> Result<workers::Permit, PluginError> {
+        self.workers.acquire(tenant).await.map_err(|refused| match refused {
+            workers::Refused::Backlog { waiting, share } => {
+                PluginError::PluginWorkersBusy { waiting, share, retry_after: MAX_HOLD }
+            }
+            workers::Refused::Closed(e) => PluginError::Host(e.to_string()),
+        })
     }
 
     /// The tenant's active chain with plugin `name` running `version`
@@ -1125,12 +1130,22 @@ impl Pipeline {
 
     /// Run an installation's `init` check (its config, its limits) before
     /// anything of it is recorded.
+    /// It runs on one of the tenant's plugin workers and is charged to its
+    /// plugin time, like its events' calls: a loop of uploads and PATCHes
+    /// whose `init` spins took the service's threads (RELIABILITY.md, F63).
     async fn check(&self, inst: Installation) -> Result<Arc<Installation>, PluginError> {
         let inst = Arc::new(inst);
-        let checking = inst.clone();
-        let checked = tokio::task::spawn_blocking(move || checking.instances.check())
-            .await
-            .map_err(|e| PluginError::Host(e.to_string()))?;
+        let (checking, tenant, budget) = (inst.clone(), inst.tenant.clone(), self.plugin_time.clone());
+        let permit = self.worker(&tenant).await?;
+        let check = move || {
+            let started = crate::sandbox::thread_cpu_time();
+            let checked = checking.instances.check();
+            let spent = crate::sandbox::thread_cpu_time().saturating_sub(started);
+            budget.charge(&tenant, spent.as_micros() as usize);
+            crate::metrics::tenant_plugin_time(&tenant, spent.as_micros() as u64);
+            checked
+        };
+        let checked = self.workers.run(permit, check).await.map_err(PluginError::Host)?;
         match checked {
             Ok(_) => {}
             Err(PluginFault::Init(message)) => return Err(PluginError::Invalid("config".into(), message)),

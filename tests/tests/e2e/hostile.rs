@@ -167,6 +167,16 @@ async fn a_plugin_whose_init_never_returns_is_refused_at_install() {
     assert!(body["detail"][0]["msg"].as_str().unwrap().contains("init exceeded the deadline"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(app.plugin_names(ADMIN_TOKEN).await, [sluice_e2e::SHIPPED], "only the default plugin");
+    // The check ran on the tenant's plugin workers and its CPU time, up to
+    // the deadline, was charged to the tenant (RELIABILITY.md, F63).
+    let r = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    let charged: u64 = text
+        .lines()
+        .find(|l| l.starts_with("sluice_tenant_plugin_microseconds_total{tenant=\"default\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(charged >= 100_000, "{charged} us charged for an init that spun to its deadline");
 }
 
 /// Hostile uploads (RELIABILITY.md, item 3): random bytes, components cut
