@@ -1130,6 +1130,7 @@ impl Pipeline {
 
     /// Run an installation's `init` check (its config, its limits) before
     /// anything of it is recorded.
+    ///
     /// It runs on one of the tenant's plugin workers and is charged to its
     /// plugin time, like its events' calls: a loop of uploads and PATCHes
     /// whose `init` spins took the service's threads (RELIABILITY.md, F63).
