@@ -11,15 +11,35 @@ use crate::store::{DeadLetterRow, EventRow, PluginLogRow, PluginVersion, TokenIn
 
 /// Stored JSON text as it is, or `null` when there is none or it is not
 /// JSON. Text with a line break (outside a string it can only be
-/// whitespace; inside one it is escaped) is written compactly, so an event
-/// stays one line of an NDJSON export.
+/// whitespace; inside one it is escaped) loses its whitespace, keys kept in
+/// order, so an event stays one line of an NDJSON export.
 fn json_text(text: Option<String>) -> Box<RawValue> {
     let Some(text) = text else { return null() };
-    if text.contains(['\n', '\r']) {
-        let compact = serde_json::from_str::<serde_json::Value>(&text).ok();
-        return compact.and_then(|v| serde_json::value::to_raw_value(&v).ok()).unwrap_or_else(null);
-    }
+    let text = if text.contains(['\n', '\r']) { without_whitespace(&text) } else { text };
     RawValue::from_string(text).unwrap_or_else(|_| null())
+}
+
+/// JSON text without the whitespace between its tokens.
+fn without_whitespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn null() -> Box<RawValue> {
@@ -304,5 +324,8 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1, "{line}");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["event_payload"], serde_json::json!({"a": "x\ny", "b": 2}));
+        assert!(line.contains(r#""event_payload":{"a":"x\ny","b":2}"#), "keys in order, strings untouched: {line}");
+        let quoted = without_whitespace("{ \"k \\\" v\" :\n [1, \"a b\"] }");
+        assert_eq!(quoted, r#"{"k \" v":[1,"a b"]}"#);
     }
 }

@@ -188,3 +188,23 @@ fn days_ago(days: u64) -> String {
     let conn = duckdb::Connection::open_in_memory().unwrap();
     conn.query_row("SELECT strftime(to_timestamp(?), '%Y-%m-%dT%H:%M:%SZ')", [secs as i64], |row| row.get(0)).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pretty_printed_payload_is_one_line_of_an_ndjson_export_and_listed_as_sent() {
+    let app = sluice_e2e::spawn_app().await;
+    let body = "{\"event_type\": \"pretty\", \"event_payload\": {\n  \"z\": 1,\n  \"a\": \"x\\ny\"\r\n}}";
+    let (status, body) = app.post_text(ADMIN_TOKEN, "/v1/events", "application/json", body).await;
+    assert_eq!(status, 200, "{body}");
+    app.post_events(ADMIN_TOKEN, &json!({"event_type": "plain"})).await;
+    let r = app.client.get(app.url("/v1/export?format=ndjson")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["event_payload"], json!({"z": 1, "a": "x\ny"}));
+    // A listing shows the payload too (its keys in the client's order).
+    let r =
+        app.client.get(app.url("/v1/audit/events?event_type=pretty")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let listed = r.text().await.unwrap();
+    assert!(listed.contains(r#""event_payload":{"z":1,"a":"x\ny"}"#), "{listed}");
+}
